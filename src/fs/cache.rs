@@ -1,0 +1,151 @@
+//! Metadata cache: attributes and negative entries by remote path, with TTLs.
+//!
+//! Owns bounded (LRU) caches of what the server said about a path and when, so that a
+//! lookup after a directory listing costs no round trip. Every change this mount makes
+//! invalidates the paths it touches. It must never be the only copy of anything: a miss
+//! always falls back to the server.
+
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+
+use crate::sftp::Attrs;
+
+const CAPACITY: usize = 64 * 1024;
+
+pub struct MetaCache {
+    attrs: Mutex<LruCache<String, (Attrs, Instant)>>,
+    missing: Mutex<LruCache<String, Instant>>,
+    attr_ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl MetaCache {
+    pub fn new(attr_ttl: Duration, negative_ttl: Duration) -> Self {
+        let cap = NonZeroUsize::new(CAPACITY).unwrap_or(NonZeroUsize::MIN);
+        MetaCache {
+            attrs: Mutex::new(LruCache::new(cap)),
+            missing: Mutex::new(LruCache::new(cap)),
+            attr_ttl,
+            negative_ttl,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Option<Attrs> {
+        let mut c = self.attrs.lock().ok()?;
+        match c.get(path) {
+            Some((a, at)) if at.elapsed() < self.attr_ttl => Some(a.clone()),
+            Some(_) => {
+                c.pop(path);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub fn put(&self, path: &str, attrs: &Attrs) {
+        if self.attr_ttl.is_zero() {
+            return;
+        }
+        if let Ok(mut c) = self.attrs.lock() {
+            c.put(path.to_string(), (attrs.clone(), Instant::now()));
+        }
+        if let Ok(mut m) = self.missing.lock() {
+            m.pop(path);
+        }
+    }
+
+    /// True if `path` is known not to exist.
+    pub fn is_missing(&self, path: &str) -> bool {
+        let Ok(mut m) = self.missing.lock() else {
+            return false;
+        };
+        match m.get(path) {
+            Some(at) if at.elapsed() < self.negative_ttl => true,
+            Some(_) => {
+                m.pop(path);
+                false
+            }
+            None => false,
+        }
+    }
+
+    pub fn put_missing(&self, path: &str) {
+        if self.negative_ttl.is_zero() {
+            return;
+        }
+        if let Ok(mut m) = self.missing.lock() {
+            m.put(path.to_string(), Instant::now());
+        }
+        if let Ok(mut c) = self.attrs.lock() {
+            c.pop(path);
+        }
+    }
+
+    /// Forgets everything about `path`.
+    pub fn invalidate(&self, path: &str) {
+        if let Ok(mut c) = self.attrs.lock() {
+            c.pop(path);
+        }
+        if let Ok(mut m) = self.missing.lock() {
+            m.pop(path);
+        }
+    }
+
+    /// Forgets `path` and everything below it (after a rename or rmdir of a directory).
+    pub fn invalidate_tree(&self, path: &str) {
+        self.invalidate(path);
+        let prefix = format!("{}/", path.trim_end_matches('/'));
+        if let Ok(mut c) = self.attrs.lock() {
+            let stale: Vec<String> = c.iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(k, _)| k.clone()).collect();
+            for k in stale {
+                c.pop(&k);
+            }
+        }
+        if let Ok(mut m) = self.missing.lock() {
+            let stale: Vec<String> = m.iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(k, _)| k.clone()).collect();
+            for k in stale {
+                m.pop(&k);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.attrs.lock().map(|c| c.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_and_invalidation() {
+        let c = MetaCache::new(Duration::from_secs(60), Duration::from_secs(60));
+        let a = Attrs {
+            size: Some(3),
+            ..Default::default()
+        };
+        c.put("/r/a", &a);
+        c.put("/r/d/x", &a);
+        assert_eq!(c.get("/r/a"), Some(a.clone()));
+        c.put_missing("/r/b");
+        assert!(c.is_missing("/r/b"));
+        c.put("/r/b", &a);
+        assert!(!c.is_missing("/r/b"));
+        c.invalidate_tree("/r/d");
+        assert_eq!(c.get("/r/d/x"), None);
+        assert!(c.get("/r/a").is_some());
+    }
+
+    #[test]
+    fn zero_ttl_caches_nothing() {
+        let c = MetaCache::new(Duration::ZERO, Duration::ZERO);
+        c.put("/a", &Attrs::default());
+        c.put_missing("/b");
+        assert_eq!(c.get("/a"), None);
+        assert!(!c.is_missing("/b"));
+    }
+}

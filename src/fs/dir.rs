@@ -1,0 +1,254 @@
+//! Directory operations: listings, and creating, removing and renaming names.
+//!
+//! Owns directory handles (a listing fetched once at opendir and served by offset),
+//! filtering of unsafe names from the server, and the errno recovery for vague failures of
+//! mkdir/rmdir/unlink/rename. It must never hand the kernel a name with `/`, `.` or `..`
+//! from the server.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use fuser::FileType;
+
+use crate::session::{Attrs, Kind, Remote, RenameMode};
+
+use super::error::{FsError, FsResult};
+use super::{file_type, inode, Entry, Fs};
+
+/// One listed name.
+#[derive(Debug, Clone)]
+pub struct DirEntryOut {
+    pub name: String,
+    pub kind: FileType,
+    pub attrs: Attrs,
+}
+
+/// A directory listing held open by the kernel.
+pub struct Listing {
+    pub ino: u64,
+    pub parent: u64,
+    pub entries: Vec<DirEntryOut>,
+}
+
+/// A name from the server that is safe to show.
+fn safe_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/') && name.len() <= super::NAME_MAX
+}
+
+impl<R: Remote> Fs<R> {
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let path = self.path_of(ino)?;
+        let list = self.remote.read_dir(&path).await?;
+        let prefix = if path.ends_with('/') { path.clone() } else { format!("{path}/") };
+        let mut entries = Vec::with_capacity(list.len());
+        for e in list {
+            if !safe_name(&e.name) {
+                if e.name != "." && e.name != ".." {
+                    tracing::warn!(dir = %path, name = ?e.name, "skipping unsafe name from server");
+                }
+                continue;
+            }
+            let mut attrs = e.attrs;
+            if self.cfg.follow_symlinks && attrs.kind() == Kind::Symlink {
+                if let Ok(t) = self.remote.stat(&format!("{prefix}{}", e.name)).await {
+                    attrs = t;
+                }
+            }
+            self.cache.put(&format!("{prefix}{}", e.name), &attrs);
+            entries.push(DirEntryOut {
+                kind: file_type(attrs.mode.unwrap_or(0)),
+                name: e.name,
+                attrs,
+            });
+        }
+        let parent = if ino == inode::ROOT {
+            inode::ROOT
+        } else {
+            self.inodes
+                .lock()
+                .ok()
+                .and_then(|t| t.parent(ino))
+                .unwrap_or(inode::ROOT)
+        };
+        let fh = self.next_dir.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut d) = self.dirs.lock() {
+            d.insert(fh, Arc::new(Listing { ino, parent, entries }));
+        }
+        Ok(fh)
+    }
+
+    pub fn listing(&self, fh: u64) -> FsResult<Arc<Listing>> {
+        self.dirs
+            .lock()
+            .ok()
+            .and_then(|d| d.get(&fh).cloned())
+            .ok_or_else(|| FsError::new(libc::EBADF, "no such directory handle"))
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        if let Ok(mut d) = self.dirs.lock() {
+            d.remove(&fh);
+        }
+    }
+
+    /// Inode number to show for a listed name in plain readdir (no lookup is counted).
+    pub fn peek_ino(&self, parent: u64, name: &str) -> u64 {
+        self.inodes
+            .lock()
+            .ok()
+            .and_then(|t| t.child(parent, name))
+            // Unknown yet: a stable, non-zero number outside the range we hand out.
+            .unwrap_or_else(|| {
+                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                for b in name.bytes() {
+                    h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+                }
+                h | (1 << 63)
+            })
+    }
+
+    /// readdirplus: the entry for a listed name; counts as a kernel lookup.
+    pub fn listed_entry(&self, parent: u64, e: &DirEntryOut) -> FsResult<Entry> {
+        self.entry(parent, &e.name, &e.attrs)
+    }
+
+    pub async fn mkdir(&self, parent: u64, name: &str, mode: u32) -> FsResult<Entry> {
+        let path = self.child_path(parent, name)?;
+        let perm = mode & 0o7777;
+        self.cache.invalidate(&path);
+        if let Err(e) = self.remote.mkdir(&path, perm).await {
+            return Err(self.refine(e, &path, Op::Create).await);
+        }
+        let mut attrs = self.remote.lstat(&path).await?;
+        // The server applies its own umask to MKDIR: set the mode that was asked for.
+        if attrs.mode.map(|m| m & 0o7777) != Some(perm) {
+            self.remote.setstat(&path, &Attrs::with_perm(perm)).await?;
+            attrs.mode = Some(libc::S_IFDIR | perm);
+        }
+        self.cache.put(&path, &attrs);
+        self.entry(parent, name, &attrs)
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
+        let path = self.child_path(parent, name)?;
+        let r = self.remote.remove(&path).await;
+        self.cache.invalidate(&path);
+        if let Err(e) = r {
+            return Err(self.refine(e, &path, Op::Unlink).await);
+        }
+        self.cache.put_missing(&path);
+        self.with_inodes(|t| t.unlink(parent, name))?;
+        Ok(())
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
+        let path = self.child_path(parent, name)?;
+        let r = self.remote.rmdir(&path).await;
+        self.cache.invalidate_tree(&path);
+        if let Err(e) = r {
+            return Err(self.refine(e, &path, Op::Rmdir).await);
+        }
+        self.cache.put_missing(&path);
+        self.with_inodes(|t| t.unlink(parent, name))?;
+        Ok(())
+    }
+
+    pub async fn symlink(&self, parent: u64, name: &str, target: &str) -> FsResult<Entry> {
+        let path = self.child_path(parent, name)?;
+        self.cache.invalidate(&path);
+        if let Err(e) = self.remote.symlink(target, &path).await {
+            return Err(self.refine(e, &path, Op::Create).await);
+        }
+        let attrs = self.remote.lstat(&path).await?;
+        self.cache.put(&path, &attrs);
+        self.entry(parent, name, &attrs)
+    }
+
+    pub async fn link(&self, ino: u64, new_parent: u64, new_name: &str) -> FsResult<Entry> {
+        if !self.remote.capabilities().hardlink {
+            return Err(FsError::new(libc::EPERM, "server does not support hard links"));
+        }
+        let from = self.path_of(ino)?;
+        let to = self.child_path(new_parent, new_name)?;
+        self.cache.invalidate(&to);
+        if let Err(e) = self.remote.hardlink(&from, &to).await {
+            return Err(self.refine(e, &to, Op::Create).await);
+        }
+        self.cache.invalidate(&from);
+        let attrs = self.remote.lstat(&to).await?;
+        self.entry(new_parent, new_name, &attrs)
+    }
+
+    /// `noreplace`: RENAME_NOREPLACE. RENAME_EXCHANGE is refused by the caller.
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        noreplace: bool,
+    ) -> FsResult<()> {
+        let from = self.child_path(parent, name)?;
+        let to = self.child_path(new_parent, new_name)?;
+        if from == to {
+            return Ok(());
+        }
+        let mode = if noreplace {
+            if self.remote.lstat(&to).await.is_ok() {
+                return Err(FsError::new(libc::EEXIST, "target exists"));
+            }
+            RenameMode::NoReplace
+        } else {
+            RenameMode::Replace
+        };
+        let r = self.remote.rename(&from, &to, mode).await;
+        self.cache.invalidate_tree(&from);
+        self.cache.invalidate_tree(&to);
+        if let Err(e) = r {
+            return Err(self.refine_rename(e, &from, &to).await);
+        }
+        self.cache.put_missing(&from);
+        self.with_inodes(|t| t.rename(parent, name, new_parent, new_name))?;
+        Ok(())
+    }
+
+    /// Recovers the errno a generic FAILURE stands for, from the state of the tree.
+    async fn refine(&self, e: crate::session::RemoteError, path: &str, op: Op) -> FsError {
+        if !e.is_vague() {
+            return e.into();
+        }
+        let found = self.remote.lstat(path).await.ok().map(|a| a.kind());
+        let errno = match (op, found) {
+            (Op::Create, Some(_)) => libc::EEXIST,
+            (Op::Rmdir, Some(Kind::Dir)) => libc::ENOTEMPTY,
+            (Op::Rmdir, Some(_)) => libc::ENOTDIR,
+            (Op::Unlink, Some(Kind::Dir)) => libc::EISDIR,
+            (_, None) => libc::ENOENT,
+            _ => e.errno(),
+        };
+        FsError::new(errno, e.to_string())
+    }
+
+    async fn refine_rename(&self, e: crate::session::RemoteError, from: &str, to: &str) -> FsError {
+        if !e.is_vague() {
+            return e.into();
+        }
+        let src = self.remote.lstat(from).await.ok().map(|a| a.kind());
+        let dst = self.remote.lstat(to).await.ok().map(|a| a.kind());
+        let errno = match (src, dst) {
+            (None, _) => libc::ENOENT,
+            (Some(Kind::Dir), Some(Kind::Dir)) => libc::ENOTEMPTY,
+            (Some(Kind::Dir), Some(_)) => libc::ENOTDIR,
+            (Some(_), Some(Kind::Dir)) => libc::EISDIR,
+            _ => e.errno(),
+        };
+        FsError::new(errno, e.to_string())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Create,
+    Unlink,
+    Rmdir,
+}

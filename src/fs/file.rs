@@ -1,0 +1,145 @@
+//! File operations: open, create, read, write, fsync, release.
+//!
+//! Owns the mapping of kernel open flags to SFTP open modes, setting the requested mode on
+//! new files (the server's umask would cut it), and turning a vague write failure into
+//! ENOSPC when the remote disk is full. It must never acknowledge a write the server has
+//! not confirmed.
+
+use crate::session::{Attrs, FileId, Remote, RemoteError};
+use crate::sftp::OpenMode;
+
+use super::error::{FsError, FsResult};
+use super::{Entry, Fs};
+
+fn open_mode(flags: i32) -> OpenMode {
+    let acc = flags & libc::O_ACCMODE;
+    OpenMode {
+        read: acc == libc::O_RDONLY || acc == libc::O_RDWR,
+        write: acc == libc::O_WRONLY || acc == libc::O_RDWR,
+        truncate: flags & libc::O_TRUNC != 0,
+        ..Default::default()
+    }
+}
+
+impl<R: Remote> Fs<R> {
+    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
+        let path = self.path_of(ino)?;
+        let mode = open_mode(flags);
+        if mode.truncate {
+            self.cache.invalidate(&path);
+        }
+        let fid = self.remote.open(&path, mode, None).await?;
+        self.track(fid.0, ino);
+        Ok(fid.0)
+    }
+
+    pub async fn create(&self, parent: u64, name: &str, mode: u32, flags: i32) -> FsResult<(Entry, u64)> {
+        let path = self.child_path(parent, name)?;
+        let perm = mode & 0o7777;
+        let open = OpenMode {
+            create: true,
+            exclusive: flags & libc::O_EXCL != 0,
+            ..open_mode(flags)
+        };
+        // A file must be writable to be created; O_RDONLY|O_CREAT still creates it.
+        let open = OpenMode { write: true, ..open };
+        self.cache.invalidate(&path);
+        let fid = match self.remote.open(&path, open, Some(perm)).await {
+            Ok(f) => f,
+            Err(e) if e.is_vague() => {
+                let exists = self.remote.lstat(&path).await.is_ok();
+                let errno = if exists { libc::EEXIST } else { e.errno() };
+                return Err(FsError::new(errno, e.to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut attrs = self.remote.fstat(fid).await?;
+        // The server applies its umask to OPEN: set the mode that was asked for.
+        if attrs.mode.map(|m| m & 0o7777) != Some(perm) {
+            self.remote.fsetstat(fid, &Attrs::with_perm(perm)).await?;
+            attrs.mode = Some(libc::S_IFREG | perm);
+        }
+        self.cache.put(&path, &attrs);
+        let entry = self.entry(parent, name, &attrs)?;
+        self.track(fid.0, entry.attr.ino.0);
+        Ok((entry, fid.0))
+    }
+
+    fn track(&self, fh: u64, ino: u64) {
+        if let Ok(mut o) = self.open.lock() {
+            o.insert(fh, ino);
+        }
+    }
+
+    /// Drops cached attributes of the file behind `fh` (its size or times changed).
+    fn touched(&self, fh: u64) {
+        let ino = self.open.lock().ok().and_then(|o| o.get(&fh).copied());
+        if let Some(path) = ino.and_then(|i| self.path_of(i).ok()) {
+            self.cache.invalidate(&path);
+        }
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        Ok(self.remote.read(FileId(fh), offset, size).await?)
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        self.touched(fh);
+        match self.remote.write(FileId(fh), offset, data).await {
+            Ok(()) => Ok(data.len() as u32),
+            Err(e) => Err(self.refine_write(e).await),
+        }
+    }
+
+    /// A generic write FAILURE on a full disk is ENOSPC.
+    async fn refine_write(&self, e: RemoteError) -> FsError {
+        if e.is_vague() && self.remote.capabilities().statvfs {
+            if let Ok(s) = self.remote.statvfs(&self.root_path()).await {
+                if s.bavail == 0 || s.bfree == 0 {
+                    return FsError::new(libc::ENOSPC, "remote disk is full");
+                }
+            }
+        }
+        e.into()
+    }
+
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        if !self.remote.capabilities().fsync {
+            // Every write was confirmed by the server already; there is no way to ask it
+            // to flush its own disk.
+            return Ok(());
+        }
+        Ok(self.remote.fsync(FileId(fh)).await?)
+    }
+
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        self.touched(fh);
+        if let Ok(mut o) = self.open.lock() {
+            o.remove(&fh);
+        }
+        Ok(self.remote.close(FileId(fh)).await?)
+    }
+
+    /// Attributes through an open handle (accurate while the file is being written).
+    pub async fn getattr_open(&self, ino: u64, fh: u64) -> FsResult<(fuser::FileAttr, std::time::Duration)> {
+        let attrs = self.remote.fstat(FileId(fh)).await?;
+        Ok((self.file_attr(ino, &attrs), self.cfg.attr_ttl))
+    }
+
+    pub fn open_file_count(&self) -> usize {
+        self.open.lock().map(|o| o.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::open_mode;
+
+    #[test]
+    fn flags_to_modes() {
+        let m = open_mode(libc::O_WRONLY | libc::O_TRUNC | libc::O_APPEND);
+        assert!(m.write && !m.read && m.truncate);
+        let m = open_mode(libc::O_RDWR);
+        assert!(m.write && m.read && !m.truncate);
+    }
+}

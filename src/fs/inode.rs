@@ -1,0 +1,189 @@
+//! The inode table: kernel inode numbers <-> remote paths.
+//!
+//! Owns inode numbering, the parent/name tree that turns an inode into a remote path,
+//! kernel lookup counts (an inode lives until the kernel forgets it), and moving entries on
+//! rename/unlink. It must never talk to the remote.
+
+use std::collections::HashMap;
+
+use crate::sftp::Kind;
+
+pub const ROOT: u64 = 1;
+
+struct Node {
+    parent: u64,
+    name: String,
+    kind: Kind,
+    lookups: u64,
+    /// False once unlinked or replaced: the inode lives on for the kernel, but has no path.
+    linked: bool,
+}
+
+pub struct Inodes {
+    nodes: HashMap<u64, Node>,
+    children: HashMap<(u64, String), u64>,
+    next: u64,
+}
+
+impl Default for Inodes {
+    fn default() -> Self {
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            ROOT,
+            Node {
+                parent: ROOT,
+                name: String::new(),
+                kind: Kind::Dir,
+                lookups: 1,
+                linked: true,
+            },
+        );
+        Inodes {
+            nodes,
+            children: HashMap::new(),
+            next: ROOT + 1,
+        }
+    }
+}
+
+impl Inodes {
+    /// The path of `ino` relative to the mount root ("" for the root, "a/b" otherwise), or
+    /// None if the inode is unknown or no longer linked.
+    pub fn rel_path(&self, ino: u64) -> Option<String> {
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT {
+            let n = self.nodes.get(&cur)?;
+            if !n.linked {
+                return None;
+            }
+            parts.push(n.name.as_str());
+            cur = n.parent;
+        }
+        parts.reverse();
+        Some(parts.join("/"))
+    }
+
+    pub fn parent(&self, ino: u64) -> Option<u64> {
+        self.nodes.get(&ino).map(|n| n.parent)
+    }
+
+    pub fn kind(&self, ino: u64) -> Option<Kind> {
+        self.nodes.get(&ino).map(|n| n.kind)
+    }
+
+    pub fn child(&self, parent: u64, name: &str) -> Option<u64> {
+        self.children.get(&(parent, name.to_string())).copied()
+    }
+
+    /// Records that the kernel now holds one more reference to `parent/name` of `kind`,
+    /// and returns its inode. A name whose kind changed gets a fresh inode.
+    pub fn lookup(&mut self, parent: u64, name: &str, kind: Kind) -> u64 {
+        let key = (parent, name.to_string());
+        if let Some(&ino) = self.children.get(&key) {
+            if let Some(n) = self.nodes.get_mut(&ino) {
+                if n.kind == kind {
+                    n.lookups += 1;
+                    return ino;
+                }
+                n.linked = false;
+            }
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.nodes.insert(
+            ino,
+            Node {
+                parent,
+                name: name.to_string(),
+                kind,
+                lookups: 1,
+                linked: true,
+            },
+        );
+        self.children.insert(key, ino);
+        ino
+    }
+
+    /// The kernel dropped `n` references.
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        node.lookups = node.lookups.saturating_sub(n);
+        if node.lookups == 0 {
+            let key = (node.parent, std::mem::take(&mut node.name));
+            self.nodes.remove(&ino);
+            if self.children.get(&key) == Some(&ino) {
+                self.children.remove(&key);
+            }
+        }
+    }
+
+    /// `parent/name` is gone from the server.
+    pub fn unlink(&mut self, parent: u64, name: &str) {
+        if let Some(ino) = self.children.remove(&(parent, name.to_string())) {
+            if let Some(n) = self.nodes.get_mut(&ino) {
+                n.linked = false;
+            }
+        }
+    }
+
+    /// `parent/name` moved to `new_parent/new_name` (replacing whatever was there).
+    pub fn rename(&mut self, parent: u64, name: &str, new_parent: u64, new_name: &str) {
+        self.unlink(new_parent, new_name);
+        if let Some(ino) = self.children.remove(&(parent, name.to_string())) {
+            if let Some(n) = self.nodes.get_mut(&ino) {
+                n.parent = new_parent;
+                n.name = new_name.to_string();
+            }
+            self.children.insert((new_parent, new_name.to_string()), ino);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_follow_renames() {
+        let mut t = Inodes::default();
+        let a = t.lookup(ROOT, "a", Kind::Dir);
+        let b = t.lookup(a, "b", Kind::File);
+        assert_eq!(t.rel_path(b).unwrap(), "a/b");
+        let x = t.lookup(ROOT, "x", Kind::Dir);
+        t.rename(a, "b", x, "c");
+        assert_eq!(t.rel_path(b).unwrap(), "x/c");
+        assert_eq!(t.child(a, "b"), None);
+    }
+
+    #[test]
+    fn forget_drops_and_unlink_orphans() {
+        let mut t = Inodes::default();
+        let a = t.lookup(ROOT, "a", Kind::File);
+        assert_eq!(t.lookup(ROOT, "a", Kind::File), a);
+        t.forget(a, 1);
+        assert_eq!(t.rel_path(a).unwrap(), "a");
+        t.unlink(ROOT, "a");
+        assert_eq!(t.rel_path(a), None);
+        t.forget(a, 1);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn kind_change_gets_new_inode() {
+        let mut t = Inodes::default();
+        let a = t.lookup(ROOT, "a", Kind::File);
+        let b = t.lookup(ROOT, "a", Kind::Dir);
+        assert_ne!(a, b);
+        assert_eq!(t.rel_path(a), None);
+    }
+}

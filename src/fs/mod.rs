@@ -1,0 +1,408 @@
+//! The filesystem logic, without the kernel: inodes, caches, ownership, and every
+//! operation expressed against a [`Remote`].
+//!
+//! Owns turning kernel-level requests (by inode and name) into remote requests (by path),
+//! recovering precise errnos from vague SFTP failures, and the attributes the kernel sees.
+//! It is generic over [`Remote`] so it can run against an in-memory fake in tests. It must
+//! never talk to `/dev/fuse` (that is [`crate::fuse`]) nor reconnect (that is
+//! [`crate::session`]).
+
+pub mod cache;
+mod dir;
+pub mod error;
+mod file;
+pub mod idmap;
+pub mod inode;
+mod symlink;
+
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{FileAttr, FileType, INodeNo};
+
+use crate::session::{Attrs, Kind, Remote};
+
+use cache::MetaCache;
+pub use dir::Listing;
+pub use error::{FsError, FsResult};
+use idmap::IdMap;
+use inode::Inodes;
+
+/// Longest file name the kernel may send us (as ext4).
+pub const NAME_MAX: usize = 255;
+
+/// Filesystem settings derived from the mount options.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Remote directory that is the mount's root, as given ("" means the login directory).
+    pub root: String,
+    pub idmap: IdMap,
+    /// `idmap=user`: the login's ids are shown as the mounting user's.
+    pub idmap_user: bool,
+    pub transform_symlinks: bool,
+    pub follow_symlinks: bool,
+    pub attr_ttl: Duration,
+    pub entry_ttl: Duration,
+    pub negative_ttl: Duration,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig {
+            root: String::new(),
+            idmap: IdMap::default(),
+            idmap_user: false,
+            transform_symlinks: false,
+            follow_symlinks: false,
+            attr_ttl: Duration::from_secs(20),
+            entry_ttl: Duration::from_secs(20),
+            negative_ttl: Duration::ZERO,
+        }
+    }
+}
+
+/// A name and its attributes, as the kernel is told about it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub attr: FileAttr,
+    pub ttl: Duration,
+}
+
+/// Attribute changes requested by `setattr`; times are already resolved ("now" -> a time).
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SystemTime>,
+    pub mtime: Option<SystemTime>,
+}
+
+/// Filesystem statistics for statfs.
+#[derive(Debug, Clone, Copy)]
+pub struct FsStat {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+pub struct Fs<R: Remote> {
+    remote: Arc<R>,
+    cfg: FsConfig,
+    idmap: RwLock<IdMap>,
+    /// The absolute remote path of the root, once known (for transform_symlinks).
+    abs_root: RwLock<Option<String>>,
+    inodes: Mutex<Inodes>,
+    pub cache: MetaCache,
+    dirs: Mutex<HashMap<u64, Arc<Listing>>>,
+    next_dir: AtomicU64,
+    /// Open file handle -> its inode (to invalidate cached attributes on write).
+    open: Mutex<HashMap<u64, u64>>,
+}
+
+impl<R: Remote> Fs<R> {
+    pub fn new(remote: Arc<R>, cfg: FsConfig) -> Self {
+        Fs {
+            idmap: RwLock::new(cfg.idmap.clone()),
+            cache: MetaCache::new(cfg.attr_ttl, cfg.negative_ttl),
+            remote,
+            cfg,
+            abs_root: RwLock::new(None),
+            inodes: Mutex::new(Inodes::default()),
+            dirs: Mutex::new(HashMap::new()),
+            next_dir: AtomicU64::new(1),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.cfg
+    }
+
+    /// Checks the remote root (exists, is a directory) and learns what needs a server:
+    /// its absolute path and, with `idmap=user`, the login's ids.
+    pub async fn prepare(&self) -> FsResult<()> {
+        let root = self.root_path();
+        let attrs = self.remote.stat(&root).await.map_err(|e| {
+            FsError::new(e.errno(), format!("remote path '{}': {}", root, errno_text(e.errno())))
+        })?;
+        if attrs.kind() != Kind::Dir {
+            return Err(FsError::new(
+                libc::ENOTDIR,
+                format!("remote path '{root}' is not a directory"),
+            ));
+        }
+        if let Ok(abs) = self.remote.realpath(&root).await {
+            if let Ok(mut r) = self.abs_root.write() {
+                *r = Some(abs);
+            }
+        }
+        if self.cfg.idmap_user {
+            let home = self.remote.stat(".").await?;
+            if let (Some(u), Some(g), Ok(mut m)) = (home.uid, home.gid, self.idmap.write()) {
+                m.map_login(u, g, nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+            }
+        }
+        Ok(())
+    }
+
+    fn root_path(&self) -> String {
+        if self.cfg.root.is_empty() {
+            ".".to_string()
+        } else {
+            self.cfg.root.clone()
+        }
+    }
+
+    /// Remote path of a path relative to the root.
+    fn remote_path(&self, rel: &str) -> String {
+        let root = self.root_path();
+        if rel.is_empty() {
+            root
+        } else if root.ends_with('/') {
+            format!("{root}{rel}")
+        } else {
+            format!("{root}/{rel}")
+        }
+    }
+
+    fn rel_path(&self, ino: u64) -> FsResult<String> {
+        self.inodes
+            .lock()
+            .map_err(|_| FsError::new(libc::EIO, "inode table poisoned"))?
+            .rel_path(ino)
+            .ok_or_else(|| FsError::new(libc::ESTALE, format!("inode {ino} is gone")))
+    }
+
+    /// Remote path of inode `ino`.
+    fn path_of(&self, ino: u64) -> FsResult<String> {
+        Ok(self.remote_path(&self.rel_path(ino)?))
+    }
+
+    /// Remote path of `name` inside directory `parent`, and its relative path.
+    fn child_path(&self, parent: u64, name: &str) -> FsResult<String> {
+        check_name(name)?;
+        let rel = self.rel_path(parent)?;
+        Ok(if rel.is_empty() {
+            self.remote_path(name)
+        } else {
+            self.remote_path(&format!("{rel}/{name}"))
+        })
+    }
+
+    fn with_inodes<T>(&self, f: impl FnOnce(&mut Inodes) -> T) -> FsResult<T> {
+        let mut t = self
+            .inodes
+            .lock()
+            .map_err(|_| FsError::new(libc::EIO, "inode table poisoned"))?;
+        Ok(f(&mut t))
+    }
+
+    /// The attributes the kernel sees for remote attributes `a` of inode `ino`.
+    pub fn file_attr(&self, ino: u64, a: &Attrs) -> FileAttr {
+        let map = self.idmap.read().map(|m| m.clone()).unwrap_or_default();
+        let mode = a.mode.unwrap_or(0);
+        let kind = file_type(mode);
+        let time = |s: Option<u32>| UNIX_EPOCH + Duration::from_secs(s.unwrap_or(0) as u64);
+        let size = a.size.unwrap_or(0);
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: time(a.atime),
+            mtime: time(a.mtime),
+            ctime: time(a.mtime),
+            crtime: time(a.mtime),
+            kind,
+            perm: map.perm(mode),
+            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            uid: map.uid(a.uid),
+            gid: map.gid(a.gid),
+            rdev: 0,
+            blksize: 128 * 1024,
+            flags: 0,
+        }
+    }
+
+    /// Fetches attributes of a remote path, through the cache. Follows symlinks with
+    /// `follow_symlinks` (a dangling link is shown as the link).
+    async fn fetch_attrs(&self, path: &str) -> FsResult<Attrs> {
+        if let Some(a) = self.cache.get(path) {
+            return Ok(a);
+        }
+        if self.cache.is_missing(path) {
+            return Err(FsError::new(libc::ENOENT, "cached: no such file"));
+        }
+        let mut attrs = match self.remote.lstat(path).await {
+            Ok(a) => a,
+            Err(e) => {
+                if e.errno() == libc::ENOENT {
+                    self.cache.put_missing(path);
+                }
+                return Err(e.into());
+            }
+        };
+        if self.cfg.follow_symlinks && attrs.kind() == Kind::Symlink {
+            if let Ok(t) = self.remote.stat(path).await {
+                attrs = t;
+            }
+        }
+        self.cache.put(path, &attrs);
+        Ok(attrs)
+    }
+
+    /// Registers `parent/name` with the kernel and builds its entry.
+    fn entry(&self, parent: u64, name: &str, attrs: &Attrs) -> FsResult<Entry> {
+        let ino = self.with_inodes(|t| t.lookup(parent, name, attrs.kind()))?;
+        Ok(Entry {
+            attr: self.file_attr(ino, attrs),
+            ttl: self.cfg.entry_ttl,
+        })
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Entry> {
+        let path = self.child_path(parent, name)?;
+        let attrs = self.fetch_attrs(&path).await?;
+        self.entry(parent, name, &attrs)
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        let _ = self.with_inodes(|t| t.forget(ino, n));
+    }
+
+    pub async fn getattr(&self, ino: u64) -> FsResult<(FileAttr, Duration)> {
+        let path = self.path_of(ino)?;
+        let attrs = if ino == inode::ROOT {
+            self.remote.stat(&path).await?
+        } else {
+            self.fetch_attrs(&path).await?
+        };
+        Ok((self.file_attr(ino, &attrs), self.cfg.attr_ttl))
+    }
+
+    pub async fn setattr(&self, ino: u64, fh: Option<u64>, req: SetAttr) -> FsResult<(FileAttr, Duration)> {
+        let path = self.path_of(ino)?;
+        let mut current = None;
+        let mut change = Attrs::default();
+        if req.uid.is_some() || req.gid.is_some() {
+            // Ownership is forced or mapped locally; a login cannot chown on the server.
+            // Setting the owner it already shows is accepted (cp -p, tar, rsync do it).
+            let a = self.remote.lstat(&path).await?;
+            let shown = self.file_attr(ino, &a);
+            if req.uid.is_some_and(|u| u != shown.uid) || req.gid.is_some_and(|g| g != shown.gid) {
+                return Err(FsError::new(libc::EPERM, "cannot change the owner of a remote file"));
+            }
+            current = Some(a);
+        }
+        if let Some(m) = req.mode {
+            change.mode = Some(m & 0o7777);
+        }
+        if let Some(s) = req.size {
+            change.size = Some(s);
+        }
+        if req.atime.is_some() || req.mtime.is_some() {
+            // SFTP v3 sets both times at once: keep the one not being changed.
+            let a = match current.take() {
+                Some(a) => a,
+                None => self.remote.lstat(&path).await?,
+            };
+            let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(0);
+            change.atime = Some(req.atime.map(secs).or(a.atime).unwrap_or(0));
+            change.mtime = Some(req.mtime.map(secs).or(a.mtime).unwrap_or(0));
+        }
+        if change != Attrs::default() {
+            let r = match fh {
+                Some(fh) => self.remote.fsetstat(crate::session::FileId(fh), &change).await,
+                None => self.remote.setstat(&path, &change).await,
+            };
+            self.cache.invalidate(&path);
+            r?;
+        }
+        let attrs = self.remote.lstat(&path).await?;
+        self.cache.put(&path, &attrs);
+        Ok((self.file_attr(ino, &attrs), self.cfg.attr_ttl))
+    }
+
+    pub async fn readlink(&self, ino: u64) -> FsResult<String> {
+        let rel = self.rel_path(ino)?;
+        let target = self.remote.readlink(&self.remote_path(&rel)).await?;
+        if !self.cfg.transform_symlinks {
+            return Ok(target);
+        }
+        let abs_root = self.abs_root.read().ok().and_then(|r| r.clone());
+        Ok(match abs_root {
+            Some(root) => symlink::transform(&root, &rel, &target),
+            None => target,
+        })
+    }
+
+    pub async fn statfs(&self) -> FsResult<FsStat> {
+        if !self.remote.capabilities().statvfs {
+            // No statvfs on this server: report a large, empty filesystem (as sshfs).
+            return Ok(FsStat {
+                blocks: 1 << 40,
+                bfree: 1 << 40,
+                bavail: 1 << 40,
+                files: 1 << 30,
+                ffree: 1 << 30,
+                bsize: 4096,
+                namelen: NAME_MAX as u32,
+                frsize: 4096,
+            });
+        }
+        let s = self.remote.statvfs(&self.root_path()).await?;
+        Ok(FsStat {
+            blocks: s.blocks,
+            bfree: s.bfree,
+            bavail: s.bavail,
+            files: s.files,
+            ffree: s.ffree,
+            bsize: s.bsize.min(u32::MAX as u64) as u32,
+            namelen: if s.namemax == 0 { NAME_MAX as u32 } else { s.namemax.min(u32::MAX as u64) as u32 },
+            frsize: s.frsize.min(u32::MAX as u64) as u32,
+        })
+    }
+
+    /// Number of inodes the kernel holds (for status).
+    pub fn inode_count(&self) -> usize {
+        self.inodes.lock().map(|t| t.len()).unwrap_or(0)
+    }
+}
+
+/// Names the kernel sends are single components; refuse what SFTP would misread.
+fn check_name(name: &str) -> FsResult<()> {
+    if name.len() > NAME_MAX {
+        return error::err(libc::ENAMETOOLONG, "name too long");
+    }
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return error::err(libc::EINVAL, "invalid name");
+    }
+    Ok(())
+}
+
+/// The kernel's file type for a remote mode.
+pub fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+/// strerror text for an errno, for messages.
+pub fn errno_text(errno: i32) -> String {
+    std::io::Error::from_raw_os_error(errno).to_string()
+}

@@ -1,0 +1,491 @@
+//! The fuser adapter: kernel requests in, [`Fs`] calls on the tokio runtime, replies out.
+//!
+//! Owns only translation: argument types, the kernel connection's tuning (`init`), and
+//! replying. Every request runs as its own task so slow remote calls never block the
+//! kernel's request loop. It must never contain filesystem logic; that lives in
+//! [`crate::fs`].
+
+use std::ffi::OsStr;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::fs::{Fs, FsError, SetAttr};
+use crate::session::Remote;
+
+/// Largest read/write the kernel sends in one request.
+const MAX_IO: u32 = 1024 * 1024;
+
+pub struct FuseFs<R: Remote> {
+    fs: Arc<Fs<R>>,
+    rt: tokio::runtime::Handle,
+    negative_ttl: Duration,
+}
+
+impl<R: Remote> FuseFs<R> {
+    pub fn new(fs: Arc<Fs<R>>, rt: tokio::runtime::Handle) -> Self {
+        let negative_ttl = fs.config().negative_ttl;
+        FuseFs { fs, rt, negative_ttl }
+    }
+
+    fn spawn<F: Future<Output = ()> + Send + 'static>(&self, f: F) {
+        self.rt.spawn(f);
+    }
+}
+
+fn errno(op: &str, e: FsError) -> Errno {
+    match e.errno {
+        libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::ENODATA => {
+            tracing::trace!(op, error = %e)
+        }
+        _ => tracing::debug!(op, error = %e),
+    }
+    Errno::from_i32(e.errno)
+}
+
+/// Kernel names are bytes; SFTP names here are UTF-8.
+fn utf8(name: &OsStr) -> Result<String, Errno> {
+    name.to_str().map(str::to_string).ok_or(Errno::EINVAL)
+}
+
+fn time(t: Option<TimeOrNow>) -> Option<SystemTime> {
+    t.map(|t| match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    })
+}
+
+impl<R: Remote> Filesystem for FuseFs<R> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let wanted = InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_AUTO_INVAL_DATA;
+        let supported = config.capabilities() & wanted;
+        let _ = config.add_capabilities(supported);
+        let _ = config.set_max_write(MAX_IO);
+        let _ = config.set_max_readahead(MAX_IO);
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let fs = self.fs.clone();
+        let neg = self.negative_ttl;
+        let name = match utf8(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(async move {
+            match fs.lookup(parent.0, &name).await {
+                Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
+                Err(e) if e.errno == libc::ENOENT && !neg.is_zero() => {
+                    // A negative entry (inode 0) the kernel may cache for `neg`.
+                    let mut attr = fs.file_attr(0, &Default::default());
+                    attr.ino = INodeNo(0);
+                    reply.entry(&neg, &attr, Generation(0))
+                }
+                Err(e) => reply.error(errno("lookup", e)),
+            }
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let fs = self.fs.clone();
+        self.spawn(async move {
+            let r = match fh {
+                Some(fh) => fs.getattr_open(ino.0, fh.0).await,
+                None => fs.getattr(ino.0).await,
+            };
+            match r {
+                Ok((attr, ttl)) => reply.attr(&ttl, &attr),
+                Err(e) => reply.error(errno("getattr", e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let fs = self.fs.clone();
+        let req = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: time(atime),
+            mtime: time(mtime),
+        };
+        self.spawn(async move {
+            match fs.setattr(ino.0, fh.map(|f| f.0), req).await {
+                Ok((attr, ttl)) => reply.attr(&ttl, &attr),
+                Err(e) => reply.error(errno("setattr", e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let fs = self.fs.clone();
+        self.spawn(async move {
+            match fs.readlink(ino.0).await {
+                Ok(t) => reply.data(t.as_bytes()),
+                Err(e) => reply.error(errno("readlink", e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            // SFTP has no way to make device nodes, FIFOs or sockets.
+            return reply.error(Errno::EPERM);
+        }
+        let fs = self.fs.clone();
+        let name = match utf8(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(async move {
+            let r = match fs.create(parent.0, &name, mode, libc::O_WRONLY | libc::O_EXCL).await {
+                Ok((entry, fh)) => fs.release(fh).await.map(|_| entry),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
+                Err(e) => reply.error(errno("mknod", e)),
+            }
+        });
+    }
+
+    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let fs = self.fs.clone();
+        let name = match utf8(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(async move {
+            match fs.mkdir(parent.0, &name, mode).await {
+                Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
+                Err(e) => reply.error(errno("mkdir", e)),
+            }
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        let name = match utf8(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(async move {
+            match fs.unlink(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("unlink", e)),
+            }
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        let name = match utf8(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(async move {
+            match fs.rmdir(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("rmdir", e)),
+            }
+        });
+    }
+
+    fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let fs = self.fs.clone();
+        let (name, target) = match (utf8(link_name), utf8(target.as_os_str())) {
+            (Ok(n), Ok(t)) => (n, t),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        self.spawn(async move {
+            match fs.symlink(parent.0, &name, &target).await {
+                Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
+                Err(e) => reply.error(errno("symlink", e)),
+            }
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        }
+        let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        let fs = self.fs.clone();
+        let (name, newname) = match (utf8(name), utf8(newname)) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        self.spawn(async move {
+            match fs.rename(parent.0, &name, newparent.0, &newname, noreplace).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("rename", e)),
+            }
+        });
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let fs = self.fs.clone();
+        let name = match utf8(newname) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(async move {
+            match fs.link(ino.0, newparent.0, &name).await {
+                Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
+                Err(e) => reply.error(errno("link", e)),
+            }
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let fs = self.fs.clone();
+        self.spawn(async move {
+            match fs.open(ino.0, flags.0).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno("open", e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let fs = self.fs.clone();
+        self.spawn(async move {
+            match fs.read(fh.0, offset, size).await {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(errno("read", e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let fs = self.fs.clone();
+        let data = data.to_vec();
+        self.spawn(async move {
+            match fs.write(fh.0, offset, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno("write", e)),
+            }
+        });
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Writes are confirmed by the server before they are acknowledged: nothing to flush.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        self.spawn(async move {
+            match fs.release(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("release", e)),
+            }
+        });
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        self.spawn(async move {
+            match fs.fsync(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("fsync", e)),
+            }
+        });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fs = self.fs.clone();
+        self.spawn(async move {
+            match fs.opendir(ino.0).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno("opendir", e)),
+            }
+        });
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let listing = match self.fs.listing(fh.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno("readdir", e)),
+        };
+        // Offsets: 0 ".", 1 "..", then entry i at i + 2; each entry carries the next offset.
+        let mut off = offset;
+        while off < 2 {
+            let (name, target) = if off == 0 { (".", ino.0) } else { ("..", listing.parent) };
+            if reply.add(INodeNo(target), off + 1, fuser::FileType::Directory, name) {
+                return reply.ok();
+            }
+            off += 1;
+        }
+        for (i, e) in listing.entries.iter().enumerate().skip((off - 2) as usize) {
+            let child = self.fs.peek_ino(ino.0, &e.name);
+            if reply.add(INodeNo(child), i as u64 + 3, e.kind, &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let listing = match self.fs.listing(fh.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno("readdirplus", e)),
+        };
+        let mut off = offset;
+        if off < 2 {
+            // "." and ".." carry no lookup reference; the kernel ignores their attributes.
+            let dot = self.fs.file_attr(ino.0, &crate::session::Attrs::with_perm(0o755));
+            let ttl = Duration::ZERO;
+            while off < 2 {
+                let name = if off == 0 { "." } else { ".." };
+                if reply.add(INodeNo(ino.0), off + 1, name, &ttl, &dot, Generation(0)) {
+                    return reply.ok();
+                }
+                off += 1;
+            }
+        }
+        for (i, e) in listing.entries.iter().enumerate().skip((off - 2) as usize) {
+            let entry = match self.fs.listed_entry(ino.0, e) {
+                Ok(en) => en,
+                Err(err) => return reply.error(errno("readdirplus", err)),
+            };
+            if reply.add(entry.attr.ino, i as u64 + 3, &e.name, &entry.ttl, &entry.attr, Generation(0)) {
+                // Not sent: the kernel holds no reference for it.
+                self.fs.forget(entry.attr.ino.0, 1);
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let fs = self.fs.clone();
+        self.spawn(async move {
+            match fs.statfs().await {
+                Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize),
+                Err(e) => reply.error(errno("statfs", e)),
+            }
+        });
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Permission checks are the kernel's (default_permissions) or the server's.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let fs = self.fs.clone();
+        let name = match utf8(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(async move {
+            match fs.create(parent.0, &name, mode, flags).await {
+                Ok((e, fh)) => reply.created(&e.ttl, &e.attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno("create", e)),
+            }
+        });
+    }
+}

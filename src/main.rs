@@ -1,0 +1,216 @@
+//! mastofs: mount an SFTP storage box through FUSE, and keep it working when the network
+//! does not.
+//!
+//! This file owns argv[0] dispatch (`mastofs`, `mount.mastofs`, `mount.fuse.mastofs`) and
+//! command-line parsing. Layers, top to bottom: [`fuse`] (kernel adapter) -> [`fs`]
+//! (filesystem logic) -> [`session`] (reconnect, replay) -> [`sftp`] (protocol) -> [`ssh`]
+//! (connection). [`mount`] wires them together; [`options`] parses `-o`.
+
+mod daemon;
+mod fs;
+mod fuse;
+mod mount;
+mod options;
+mod session;
+mod sftp;
+mod ssh;
+
+use std::path::{Path, PathBuf};
+
+use options::MountConfig;
+
+const USAGE: &str = "\
+usage: mastofs [user@]host:[path] MOUNTPOINT [-o opt[,opt...]] [-p PORT] [-F ssh_config] [-f] [-d]
+       mount.mastofs SOURCE MOUNTPOINT [-sfnv] [-o opts]
+       mastofs --version | --help
+
+  -o OPTS   mount options (sshfs-compatible; see mastofs(8))
+  -p PORT   SSH port (overrides ssh_config)
+  -F FILE   ssh_config file to use instead of ~/.ssh/config
+  -f        stay in the foreground (as mount helper: fake, do not mount)
+  -d        debug logging (implies -f)
+  -s        single-threaded (accepted for sshfs compatibility; as mount helper: sloppy)
+";
+
+/// What the command line asks for.
+struct Cli {
+    source: String,
+    mountpoint: PathBuf,
+    opts: Vec<String>,
+    port: Option<u16>,
+    config_file: Option<PathBuf>,
+    foreground: bool,
+    debug: bool,
+    fake: bool,
+    sloppy: bool,
+}
+
+enum Command {
+    Mount(Cli),
+    Help,
+    Version,
+}
+
+fn parse_args(args: &[String], helper: bool) -> Result<Command, String> {
+    let mut positional = Vec::new();
+    let mut cli = Cli {
+        source: String::new(),
+        mountpoint: PathBuf::new(),
+        opts: Vec::new(),
+        port: None,
+        config_file: None,
+        foreground: false,
+        debug: false,
+        fake: false,
+        sloppy: false,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |flag: &str, joined: &str| -> Result<String, String> {
+            if !joined.is_empty() {
+                return Ok(joined.to_string());
+            }
+            it.next().cloned().ok_or_else(|| format!("option {flag} needs an argument"))
+        };
+        match a.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "-o" => cli.opts.push(value("-o", "")?),
+            s if s.starts_with("-o") => cli.opts.push(value("-o", &s[2..])?),
+            "-p" => cli.port = Some(value("-p", "")?.parse().map_err(|_| "option -p needs a port number")?),
+            "-F" => cli.config_file = Some(PathBuf::from(value("-F", "")?)),
+            "-t" | "-N" if helper => {
+                value(a, "")?;
+            }
+            s if s.starts_with('-') && s.len() > 1 && !s.starts_with("--") => {
+                for c in s[1..].chars() {
+                    match (c, helper) {
+                        ('f', true) => cli.fake = true,
+                        ('f', false) => cli.foreground = true,
+                        ('d', _) => {
+                            cli.debug = true;
+                            cli.foreground = true;
+                        }
+                        ('s', true) => cli.sloppy = true,
+                        ('s' | 'C', false) => {}
+                        ('n' | 'v', true) => {}
+                        _ => return Err(format!("unknown flag -{c}")),
+                    }
+                }
+            }
+            s if s.starts_with("--") => return Err(format!("unknown flag {s}")),
+            _ => positional.push(a.clone()),
+        }
+    }
+    match positional.len() {
+        2 => {
+            cli.mountpoint = PathBuf::from(positional.pop().unwrap_or_default());
+            cli.source = positional.pop().unwrap_or_default();
+            Ok(Command::Mount(cli))
+        }
+        0 => Err("missing source and mountpoint".into()),
+        1 => Err("missing mountpoint".into()),
+        _ => Err(format!("unexpected argument '{}'", positional[2])),
+    }
+}
+
+fn init_logging(debug: bool) {
+    let default = if debug { "mastofs=debug,info" } else { "mastofs=warn,warn" };
+    let filter = std::env::var("MASTOFS_LOG")
+        .ok()
+        .and_then(|s| tracing_subscriber::EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn fail(msg: impl std::fmt::Display) -> ! {
+    eprintln!("mastofs: {msg}");
+    std::process::exit(1);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let argv0 = args
+        .first()
+        .map(|a| Path::new(a).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default())
+        .unwrap_or_default();
+    let helper = argv0.starts_with("mount.");
+    let cli = match parse_args(&args[1.min(args.len())..], helper) {
+        Ok(Command::Help) => {
+            print!("{USAGE}");
+            return;
+        }
+        Ok(Command::Version) => {
+            println!("mastofs {}", env!("CARGO_PKG_VERSION"));
+            return;
+        }
+        Ok(Command::Mount(cli)) => cli,
+        Err(e) => {
+            eprintln!("mastofs: {e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    init_logging(cli.debug);
+
+    let mut cfg = MountConfig::new(&cli.source, cli.mountpoint.clone()).unwrap_or_else(|e| fail(e));
+    options::apply_options(&mut cfg, &cli.opts, cli.sloppy).unwrap_or_else(|e| fail(e));
+    if cli.port.is_some() {
+        cfg.ssh.port = cli.port;
+    }
+    if cli.config_file.is_some() {
+        cfg.ssh.config_file = cli.config_file.clone();
+    }
+    cfg.mountpoint = mount::check_mountpoint(&cfg.mountpoint).unwrap_or_else(|e| fail(e));
+    let target = ssh::config::resolve(&cfg.host, cfg.spec_user.as_deref(), &cfg.ssh).unwrap_or_else(|e| fail(e));
+    if cli.fake {
+        return;
+    }
+    let mut ready = if cli.foreground {
+        daemon::Ready::none()
+    } else {
+        daemon::daemonize().unwrap_or_else(|e| fail(e))
+    };
+    if let Err(e) = mount::run(cfg, target, &mut ready) {
+        ready.fail(&e);
+        fail(e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn sshfs_style() {
+        let Command::Mount(c) = parse_args(&args("box:/p /mnt -o a,b -oc -p 23 -F /cfg -f"), false).unwrap() else {
+            panic!("not a mount")
+        };
+        assert_eq!((c.source.as_str(), c.mountpoint.as_path()), ("box:/p", Path::new("/mnt")));
+        assert_eq!(c.opts, vec!["a,b".to_string(), "c".to_string()]);
+        assert_eq!(c.port, Some(23));
+        assert!(c.foreground && !c.fake);
+    }
+
+    #[test]
+    fn helper_style_f_is_fake() {
+        let Command::Mount(c) = parse_args(&args("box:/p /mnt -sfnv -o rw"), true).unwrap() else {
+            panic!("not a mount")
+        };
+        assert!(c.fake && c.sloppy && !c.foreground);
+    }
+
+    #[test]
+    fn errors() {
+        assert!(parse_args(&args("box:/p"), false).is_err());
+        assert!(parse_args(&args("box:/p /m -x"), false).unwrap_err().contains("-x"));
+        assert!(parse_args(&args("box:/p /m -o"), false).unwrap_err().contains("needs an argument"));
+    }
+}

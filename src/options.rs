@@ -1,0 +1,387 @@
+//! `-o` options: mount(8)/fstab, sshfs and mastofs options -> a typed [`MountConfig`].
+//!
+//! Every accepted option is documented here, where it is parsed (and in `man/mastofs.8`).
+//! An unknown option is an error naming it; an sshfs option mastofs cannot honour is an
+//! error saying so. This module only parses; it never connects or mounts.
+//!
+//! | option | meaning |
+//! |---|---|
+//! | `uid=USER`, `gid=GROUP` | show every file as owned by this user/group (name or number) |
+//! | `umask=OCTAL` | clear these permission bits from every mode shown |
+//! | `idmap=none\|user\|file`, `uidfile=`, `gidfile=`, `nomap=ignore\|error` | sshfs id mapping |
+//! | `transform_symlinks`, `follow_symlinks` | as sshfs |
+//! | `allow_other`, `allow_root`, `default_permissions`, `ro`, `rw`, `nosuid`, `nodev`, `noexec`, `noatime` | kernel mount options |
+//! | `reconnect` | accepted; mastofs always reconnects |
+//! | `delay_connect` | mount at once, connect in the background |
+//! | `timeout=SECS` | how long an operation waits for a connection before EIO (default 180) |
+//! | `attr_timeout=`, `entry_timeout=`, `negative_timeout=`, `dir_timeout=` | cache TTLs in seconds |
+//! | `cache=yes\|no`, `cache_timeout=`, `cache_stat_timeout=`, `cache_dir_timeout=`, `cache_link_timeout=` | sshfs cache options, mapped onto the TTLs |
+//! | `max_conns=N` | upper bound of SSH connections (1..=10; one is used today) |
+//! | `disable_hardlink` | refuse link(2) with EPERM even where the server could |
+//! | `Port=`, `User=`, `IdentityFile=`, `ServerAliveInterval=`, `ServerAliveCountMax=`, `ConnectTimeout=`, `StrictHostKeyChecking=`, `UserKnownHostsFile=`, `Ciphers=` | ssh options, override ssh_config |
+//! | `BatchMode=yes`, `IdentitiesOnly=`, `PasswordAuthentication=no`, `PreferredAuthentications=` (with publickey), `LogLevel=`, `Compression=no` | ssh options accepted for compatibility |
+//! | `_netdev`, `user`, `users`, `nouser`, `owner`, `group`, `auto`, `noauto`, `nofail`, `defaults`, `exec`, `suid`, `dev`, `async`, `relatime`, `x-*`, `comment=*`, `user=NAME`, `fsname=`, `subtype=` | mount(8)/systemd bookkeeping, accepted |
+//! | `kernel_cache`, `auto_cache`, `no_readahead`, `sshfs_sync`, `sync_readdir`, `big_writes`, `large_read`, `max_read=`, `max_write=`, `workaround=`, `dir_cache=`, `noforget` | sshfs tuning options, accepted (mastofs chooses its own tuning) |
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::fs::idmap::{self, IdMap};
+use crate::fs::FsConfig;
+use crate::ssh::{Overrides, StrictMode};
+
+/// Everything a mount needs, parsed and validated.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    pub spec_user: Option<String>,
+    pub host: String,
+    pub remote_path: String,
+    pub mountpoint: PathBuf,
+    pub ssh: Overrides,
+    pub fs: FsConfig,
+    pub delay_connect: bool,
+    pub timeout: Duration,
+    pub max_conns: u32,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    pub default_permissions: bool,
+    pub read_only: bool,
+    pub nosuid: bool,
+    pub nodev: bool,
+    pub noexec: bool,
+    pub noatime: bool,
+    pub disable_hardlink: bool,
+    pub fsname: Option<String>,
+}
+
+/// sshfs options whose function mastofs does not provide.
+const REFUSED: &[(&str, &str)] = &[
+    ("ssh_command", "mastofs speaks SSH itself and runs no ssh command"),
+    ("ssh_protocol", "only SSH protocol 2 exists"),
+    ("sftp_server", "mastofs uses the server's sftp subsystem"),
+    ("directport", "mastofs needs an SSH server"),
+    ("password_stdin", "password authentication is not supported; use a key"),
+    ("passive", "mastofs does not run an sftp server"),
+    ("slave", "mastofs does not run an sftp server"),
+    ("direct_io", "mastofs keeps the page cache so that mmap works"),
+    ("ControlMaster", "connection sharing is not supported"),
+    ("ControlPath", "connection sharing is not supported"),
+    ("ProxyCommand", "proxies are not supported"),
+    ("ProxyJump", "proxies are not supported"),
+];
+
+/// Options accepted and ignored (mount(8), systemd, sshfs tuning).
+const IGNORED: &[&str] = &[
+    "_netdev", "user", "users", "nouser", "owner", "group", "auto", "noauto", "nofail",
+    "defaults", "exec", "suid", "dev", "async", "relatime", "reconnect", "kernel_cache",
+    "auto_cache", "no_readahead", "sshfs_sync", "sync_readdir", "big_writes", "large_read",
+    "noforget", "splice_read", "splice_write", "splice_move", "hard_remove", "use_ino",
+    "readdir_ino", "no_check_root", "rw",
+];
+const IGNORED_WITH_VALUE: &[&str] = &[
+    "user", "fsname", "subtype", "comment", "max_read", "max_write", "workaround",
+    "dir_cache", "dcache_max_size", "dcache_timeout", "dcache_stat_timeout",
+    "dcache_dir_timeout", "dcache_link_timeout", "dcache_clean_interval",
+    "dcache_min_clean_interval", "max_readahead", "modules", "LogLevel", "IdentitiesOnly",
+    "BatchMode", "PasswordAuthentication", "KbdInteractiveAuthentication", "AddressFamily",
+    "TCPKeepAlive", "ForwardAgent", "ForwardX11", "RequestTTY",
+];
+
+fn secs(key: &str, v: &str) -> Result<Duration, String> {
+    let f: f64 = v
+        .parse()
+        .map_err(|_| format!("option {key}={v}: expected a number of seconds"))?;
+    if !(0.0..=1e9).contains(&f) {
+        return Err(format!("option {key}={v}: out of range"));
+    }
+    Ok(Duration::from_secs_f64(f))
+}
+
+fn uint<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
+    v.parse()
+        .map_err(|_| format!("option {key}={v}: expected a number"))
+}
+
+fn yes_no(key: &str, v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "1" | "on" => Ok(true),
+        "no" | "false" | "0" | "off" => Ok(false),
+        _ => Err(format!("option {key}={v}: expected yes or no")),
+    }
+}
+
+/// Splits `[user@]host:[path]`.
+pub fn parse_source(source: &str) -> Result<(Option<String>, String, String), String> {
+    let source = source.strip_prefix("mastofs#").unwrap_or(source);
+    let (userhost, path) = if let Some(rest) = source.strip_prefix('[') {
+        // [ipv6]:path
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("bad source '{source}': unclosed ["))?;
+        let path = after
+            .strip_prefix(':')
+            .ok_or_else(|| format!("bad source '{source}': expected [host]:path"))?;
+        (host.to_string(), path.to_string())
+    } else {
+        let (a, b) = source
+            .split_once(':')
+            .ok_or_else(|| format!("bad source '{source}': expected [user@]host:[path]"))?;
+        (a.to_string(), b.to_string())
+    };
+    let (user, host) = match userhost.rsplit_once('@') {
+        Some((u, h)) => (Some(u.to_string()), h.to_string()),
+        None => (None, userhost),
+    };
+    if host.is_empty() {
+        return Err(format!("bad source '{source}': no host"));
+    }
+    Ok((user, host, path))
+}
+
+/// Parses the comma-separated `-o` lists into `cfg`.
+pub fn apply_options(cfg: &mut MountConfig, opts: &[String], sloppy: bool) -> Result<(), String> {
+    let mut idmap_mode = "none".to_string();
+    let (mut uid, mut gid, mut umask) = (None, None, 0u32);
+    let (mut uidfile, mut gidfile) = (None, None);
+    let mut cache_ttl: Option<Duration> = None;
+    let mut cache_on = true;
+    for list in opts {
+        for opt in list.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let (key, value) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (opt, None),
+            };
+            if let Some((_, why)) = REFUSED.iter().find(|(k, _)| *k == key) {
+                return Err(format!("option {key} is not supported by mastofs: {why}"));
+            }
+            let need = || value.ok_or_else(|| format!("option {key} needs a value ({key}=...)"));
+            match (key, value) {
+                ("uid", Some(v)) => uid = Some(idmap::resolve_user(v).map_err(|e| format!("option uid: {e}"))?),
+                ("gid", Some(v)) => gid = Some(idmap::resolve_group(v).map_err(|e| format!("option gid: {e}"))?),
+                ("umask", Some(v)) => {
+                    umask = u32::from_str_radix(v, 8)
+                        .ok()
+                        .filter(|m| *m <= 0o7777)
+                        .ok_or_else(|| format!("option umask={v}: expected an octal mode such as 0027"))?
+                }
+                ("idmap", Some(v)) => match v {
+                    "none" | "user" | "file" => idmap_mode = v.to_string(),
+                    _ => return Err(format!("option idmap={v}: expected none, user or file")),
+                },
+                ("uidfile", Some(v)) => uidfile = Some(PathBuf::from(v)),
+                ("gidfile", Some(v)) => gidfile = Some(PathBuf::from(v)),
+                ("nomap", Some("ignore" | "error")) => {}
+                ("transform_symlinks", None) => cfg.fs.transform_symlinks = true,
+                ("follow_symlinks", None) => cfg.fs.follow_symlinks = true,
+                ("allow_other", None) => cfg.allow_other = true,
+                ("allow_root", None) => cfg.allow_root = true,
+                ("default_permissions", None) => cfg.default_permissions = true,
+                ("ro", None) => cfg.read_only = true,
+                ("nosuid", None) => cfg.nosuid = true,
+                ("nodev", None) => cfg.nodev = true,
+                ("noexec", None) => cfg.noexec = true,
+                ("noatime", None) => cfg.noatime = true,
+                ("delay_connect", None) => cfg.delay_connect = true,
+                ("disable_hardlink", None) => cfg.disable_hardlink = true,
+                ("timeout", _) => {
+                    cfg.timeout = secs(key, need()?)?;
+                    if cfg.timeout.is_zero() {
+                        return Err("option timeout=0: must be at least 1 second".into());
+                    }
+                }
+                ("attr_timeout", _) => cfg.fs.attr_ttl = secs(key, need()?)?,
+                ("entry_timeout", _) => cfg.fs.entry_ttl = secs(key, need()?)?,
+                ("negative_timeout", _) => cfg.fs.negative_ttl = secs(key, need()?)?,
+                ("dir_timeout" | "cache_dir_timeout" | "cache_link_timeout", _) => {
+                    secs(key, need()?)?;
+                }
+                ("cache_timeout" | "cache_stat_timeout", _) => cache_ttl = Some(secs(key, need()?)?),
+                ("cache", _) => cache_on = yes_no(key, need()?)?,
+                ("max_conns", _) => {
+                    let n: u32 = uint(key, need()?)?;
+                    if !(1..=10).contains(&n) {
+                        return Err(format!("option max_conns={n}: must be between 1 and 10"));
+                    }
+                    cfg.max_conns = n;
+                }
+                ("Port" | "port", _) => cfg.ssh.port = Some(uint(key, need()?)?),
+                ("User", _) => cfg.ssh.user = Some(need()?.to_string()),
+                ("IdentityFile", _) => cfg.ssh.identity_files.push(PathBuf::from(need()?)),
+                ("ServerAliveInterval", _) => cfg.ssh.server_alive_interval = Some(uint(key, need()?)?),
+                ("ServerAliveCountMax", _) => cfg.ssh.server_alive_count_max = Some(uint(key, need()?)?),
+                ("ConnectTimeout", _) => cfg.ssh.connect_timeout = Some(uint(key, need()?)?),
+                ("StrictHostKeyChecking", _) => {
+                    let v = need()?;
+                    cfg.ssh.strict_host_key_checking = Some(
+                        StrictMode::parse(v)
+                            .ok_or_else(|| format!("option StrictHostKeyChecking={v}: expected yes, accept-new or no"))?,
+                    )
+                }
+                ("UserKnownHostsFile", _) => cfg
+                    .ssh
+                    .known_hosts_files
+                    .extend(need()?.split_whitespace().map(PathBuf::from)),
+                ("Ciphers", _) => cfg.ssh.ciphers = Some(need()?.to_string()),
+                ("Compression", _) => {
+                    if yes_no(key, need()?)? {
+                        return Err("option Compression=yes is not supported by mastofs".into());
+                    }
+                }
+                ("PreferredAuthentications", _) => {
+                    if !need()?.split(',').any(|m| m == "publickey") {
+                        return Err("option PreferredAuthentications: mastofs authenticates with publickey only".into());
+                    }
+                }
+                ("fsname", Some(v)) => cfg.fsname = Some(v.to_string()),
+                (k, None) if IGNORED.contains(&k) => {}
+                (k, Some(_)) if IGNORED_WITH_VALUE.contains(&k) => {}
+                (k, _) if k.starts_with("x-") || k.starts_with("comment") => {}
+                _ if sloppy => tracing::warn!(option = opt, "ignoring unknown option (sloppy mount)"),
+                _ => return Err(format!("unknown option '{opt}'")),
+            }
+        }
+    }
+    if !cache_on {
+        cfg.fs.attr_ttl = Duration::ZERO;
+        cfg.fs.entry_ttl = Duration::ZERO;
+        cfg.fs.negative_ttl = Duration::ZERO;
+    } else if let Some(t) = cache_ttl {
+        cfg.fs.attr_ttl = t;
+        cfg.fs.entry_ttl = t;
+    }
+    let mut map = IdMap::new(uid, gid, umask);
+    match idmap_mode.as_str() {
+        "user" => cfg.fs.idmap_user = true,
+        "file" => {
+            let uids = match &uidfile {
+                Some(p) => idmap::read_map_file(p, idmap::resolve_user).map_err(|e| format!("option uidfile: {e}"))?,
+                None => Default::default(),
+            };
+            let gids = match &gidfile {
+                Some(p) => idmap::read_map_file(p, idmap::resolve_group).map_err(|e| format!("option gidfile: {e}"))?,
+                None => Default::default(),
+            };
+            if uidfile.is_none() && gidfile.is_none() {
+                return Err("option idmap=file needs uidfile= and/or gidfile=".into());
+            }
+            map = map.with_maps(uids, gids);
+        }
+        _ => {}
+    }
+    cfg.fs.idmap = map;
+    Ok(())
+}
+
+impl MountConfig {
+    /// A config for `source` on `mountpoint` with defaults, before options.
+    pub fn new(source: &str, mountpoint: PathBuf) -> Result<Self, String> {
+        let (spec_user, host, remote_path) = parse_source(source)?;
+        Ok(MountConfig {
+            fs: FsConfig {
+                root: remote_path.clone(),
+                ..Default::default()
+            },
+            spec_user,
+            host,
+            remote_path,
+            mountpoint,
+            ssh: Overrides::default(),
+            delay_connect: false,
+            timeout: Duration::from_secs(180),
+            max_conns: 1,
+            allow_other: false,
+            allow_root: false,
+            default_permissions: false,
+            read_only: false,
+            nosuid: false,
+            nodev: false,
+            noexec: false,
+            noatime: false,
+            disable_hardlink: false,
+            fsname: None,
+        })
+    }
+
+    /// The name shown in /proc/mounts.
+    pub fn source(&self) -> String {
+        self.fsname.clone().unwrap_or_else(|| match &self.spec_user {
+            Some(u) => format!("{u}@{}:{}", self.host, self.remote_path),
+            None => format!("{}:{}", self.host, self.remote_path),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(opts: &str) -> Result<MountConfig, String> {
+        let mut c = MountConfig::new("box:/home/media", "/mnt/x".into())?;
+        apply_options(&mut c, &[opts.to_string()], false)?;
+        Ok(c)
+    }
+
+    #[test]
+    fn the_fstab_line_parses() {
+        let c = parse(
+            "delay_connect,_netdev,user,idmap=user,transform_symlinks,allow_other,\
+             default_permissions,reconnect,uid=root,gid=root",
+        )
+        .unwrap();
+        assert!(c.delay_connect && c.allow_other && c.default_permissions);
+        assert!(c.fs.transform_symlinks && c.fs.idmap_user);
+        assert_eq!(c.fs.idmap.force_uid, Some(0));
+        assert_eq!((c.host.as_str(), c.remote_path.as_str()), ("box", "/home/media"));
+    }
+
+    #[test]
+    fn numbers_umask_and_ssh_options() {
+        let c = parse("uid=70,gid=70,umask=0027,Port=23,IdentityFile=/k,ServerAliveInterval=15,timeout=5").unwrap();
+        assert_eq!((c.fs.idmap.force_uid, c.fs.idmap.force_gid), (Some(70), Some(70)));
+        assert_eq!(c.fs.idmap.umask, 0o027);
+        assert_eq!(c.ssh.port, Some(23));
+        assert_eq!(c.ssh.identity_files, vec![PathBuf::from("/k")]);
+        assert_eq!(c.ssh.server_alive_interval, Some(15));
+        assert_eq!(c.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_and_refused_options_are_errors() {
+        assert_eq!(parse("frobnicate").unwrap_err(), "unknown option 'frobnicate'");
+        let e = parse("ssh_command=ssh -v").unwrap_err();
+        assert!(e.contains("ssh_command") && e.contains("not supported"), "{e}");
+        assert!(parse("uid=no-such-user-xyz").unwrap_err().contains("no-such-user-xyz"));
+        assert!(parse("umask=999").unwrap_err().contains("octal"));
+        assert!(parse("max_conns=50").is_err());
+        assert!(parse("timeout").unwrap_err().contains("needs a value"));
+    }
+
+    #[test]
+    fn systemd_and_mount_bookkeeping_is_accepted() {
+        parse("x-systemd.automount,x-systemd.requires=network-online.target,comment=x,nofail,noauto,defaults,rw,user=alice").unwrap();
+    }
+
+    #[test]
+    fn sloppy_ignores_unknown() {
+        let mut c = MountConfig::new("h:", "/m".into()).unwrap();
+        apply_options(&mut c, &["whatever".into()], true).unwrap();
+    }
+
+    #[test]
+    fn sources() {
+        assert_eq!(parse_source("u@h:/p").unwrap(), (Some("u".into()), "h".into(), "/p".into()));
+        assert_eq!(parse_source("h:").unwrap(), (None, "h".into(), "".into()));
+        assert_eq!(parse_source("[::1]:x").unwrap(), (None, "::1".into(), "x".into()));
+        assert!(parse_source("nohost").is_err());
+        assert_eq!(parse_source("mastofs#h:/p").unwrap().1, "h");
+    }
+
+    #[test]
+    fn cache_options() {
+        let c = parse("cache=no").unwrap();
+        assert!(c.fs.attr_ttl.is_zero());
+        let c = parse("cache_timeout=3,negative_timeout=1.5").unwrap();
+        assert_eq!(c.fs.attr_ttl, Duration::from_secs(3));
+        assert_eq!(c.fs.negative_ttl, Duration::from_millis(1500));
+    }
+}

@@ -1,0 +1,345 @@
+//! The logical session: remote operations that survive connection loss.
+//!
+//! Owns [`Session`], the real [`Remote`]: every request goes through [`replay::run`]
+//! (wait for a link, resend after a transport error, reconcile non-idempotent outcomes),
+//! file handles are logical ([`handles`]) and reopened on new connections, and the
+//! [`supervisor`] keeps a connection up. It must never know about inodes, caches or the
+//! kernel, and never import the filesystem layer.
+
+pub mod handles;
+pub mod remote;
+pub mod replay;
+pub mod supervisor;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::try_join_all;
+
+use crate::ssh::{SshError, Target};
+
+pub use remote::{
+    Attrs, Capabilities, DirEntry, FileId, Kind, OpenMode, Remote, RemoteError, RemoteResult,
+    RenameMode, SftpError, StatVfs,
+};
+use replay::{exists_is_done, gone_is_done, renamed_is_done, ReplayStats};
+use supervisor::{Link, LinkState, Supervisor};
+
+pub struct Session {
+    sup: Arc<Supervisor>,
+    handles: handles::Handles,
+    timeout: Duration,
+    pub replay_stats: ReplayStats,
+    caps: std::sync::Mutex<Capabilities>,
+}
+
+impl Session {
+    /// `timeout` bounds how long one operation waits for a working connection.
+    pub fn new(target: Target, timeout: Duration) -> Arc<Self> {
+        // A request on a stalled link fails after this long; keepalives usually notice
+        // sooner. It also bounds slow server operations, so keep it generous.
+        let request_timeout = timeout.max(Duration::from_secs(60));
+        Arc::new(Session {
+            sup: Supervisor::new(Arc::new(target), request_timeout),
+            handles: handles::Handles::default(),
+            timeout,
+            replay_stats: ReplayStats::default(),
+            caps: std::sync::Mutex::new(Capabilities::default()),
+        })
+    }
+
+    /// Connects once, reporting why not (used when the mount must not start without a
+    /// server). Returns the link for [`Session::start`].
+    pub async fn connect_first(&self) -> Result<Arc<Link>, SshError> {
+        let link = self.sup.connect_once().await?;
+        self.learn_caps(&link);
+        Ok(link)
+    }
+
+    fn learn_caps(&self, link: &Link) {
+        let e = &link.sftp.extensions;
+        if let Ok(mut c) = self.caps.lock() {
+            *c = Capabilities {
+                hardlink: e.hardlink,
+                fsync: e.fsync,
+                statvfs: e.statvfs,
+            };
+        }
+    }
+
+    /// Starts the supervisor (and so reconnecting) in the background.
+    pub fn start(self: &Arc<Self>, first: Option<Arc<Link>>) {
+        let sup = self.sup.clone();
+        tokio::spawn(sup.run(first));
+    }
+
+    pub fn state(&self) -> LinkState {
+        self.sup.state()
+    }
+
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.sup
+    }
+
+    pub fn open_files(&self) -> usize {
+        self.handles.len()
+    }
+
+    async fn run<T, F, Fut>(&self, what: &str, op: F) -> RemoteResult<T>
+    where
+        F: Fn(Arc<Link>, bool) -> Fut,
+        Fut: std::future::Future<Output = Result<T, SftpError>>,
+    {
+        replay::run(&self.sup, &self.replay_stats, self.timeout, what, op).await
+    }
+
+    /// Runs `op` with the remote handle of `f` on a live link (reopening it there).
+    async fn with_handle<T, F, Fut>(&self, what: &str, f: FileId, op: F) -> RemoteResult<T>
+    where
+        F: Fn(Arc<Link>, Arc<crate::sftp::RemoteHandle>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, SftpError>>,
+    {
+        let file = self.handles.get(f).ok_or(RemoteError::BadHandle)?;
+        let stale = std::sync::atomic::AtomicBool::new(false);
+        let r = self
+            .run(what, |link, _| {
+                let file = file.clone();
+                let stale = &stale;
+                let op = &op;
+                async move {
+                    match file.on(&link).await? {
+                        Some(h) => op(link, h).await,
+                        None => {
+                            stale.store(true, std::sync::atomic::Ordering::Relaxed);
+                            Err(SftpError::Status {
+                                code: russh_sftp::protocol::StatusCode::NoSuchFile,
+                                message: "file vanished while open".into(),
+                            })
+                        }
+                    }
+                }
+            })
+            .await;
+        if stale.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(RemoteError::Stale);
+        }
+        r
+    }
+}
+
+impl Remote for Session {
+    fn capabilities(&self) -> Capabilities {
+        if let LinkState::Up(l) = self.sup.state() {
+            self.learn_caps(&l);
+        }
+        self.caps.lock().map(|c| *c).unwrap_or_default()
+    }
+
+    async fn lstat(&self, path: &str) -> RemoteResult<Attrs> {
+        self.run("lstat", |l, _| async move { l.sftp.lstat(path).await }).await
+    }
+
+    async fn stat(&self, path: &str) -> RemoteResult<Attrs> {
+        self.run("stat", |l, _| async move { l.sftp.stat(path).await }).await
+    }
+
+    async fn setstat(&self, path: &str, attrs: &Attrs) -> RemoteResult<()> {
+        self.run("setstat", |l, _| async move { l.sftp.setstat(path, attrs).await })
+            .await
+    }
+
+    async fn read_dir(&self, path: &str) -> RemoteResult<Vec<DirEntry>> {
+        self.run("readdir", |l, _| async move { l.sftp.read_dir(path).await })
+            .await
+    }
+
+    async fn readlink(&self, path: &str) -> RemoteResult<String> {
+        self.run("readlink", |l, _| async move { l.sftp.readlink(path).await })
+            .await
+    }
+
+    async fn realpath(&self, path: &str) -> RemoteResult<String> {
+        self.run("realpath", |l, _| async move { l.sftp.realpath(path).await })
+            .await
+    }
+
+    async fn mkdir(&self, path: &str, perm: u32) -> RemoteResult<()> {
+        self.run("mkdir", |l, replay| async move {
+            let r = l.sftp.mkdir(path, &Attrs::with_perm(perm)).await;
+            exists_is_done(&l, replay, path, Kind::Dir, r).await
+        })
+        .await
+    }
+
+    async fn rmdir(&self, path: &str) -> RemoteResult<()> {
+        self.run("rmdir", |l, replay| async move {
+            gone_is_done(replay, l.sftp.rmdir(path).await)
+        })
+        .await
+    }
+
+    async fn remove(&self, path: &str) -> RemoteResult<()> {
+        self.run("remove", |l, replay| async move {
+            gone_is_done(replay, l.sftp.remove(path).await)
+        })
+        .await
+    }
+
+    async fn rename(&self, from: &str, to: &str, mode: RenameMode) -> RemoteResult<()> {
+        self.run("rename", |l, replay| async move {
+            let r = match mode {
+                // Plain SFTP rename refuses an existing target on OpenSSH, which is
+                // exactly RENAME_NOREPLACE; the caller checked the target beforehand for
+                // servers that replace.
+                RenameMode::NoReplace => l.sftp.rename(from, to).await,
+                RenameMode::Replace if l.sftp.extensions.posix_rename => {
+                    l.sftp.posix_rename(from, to).await
+                }
+                RenameMode::Replace => match l.sftp.rename(from, to).await {
+                    // No atomic replace on this server: remove the target, then rename.
+                    Err(e) if !e.is_transport() && l.sftp.lstat(to).await.is_ok() => {
+                        l.sftp.remove(to).await.map_err(|_| e)?;
+                        l.sftp.rename(from, to).await
+                    }
+                    other => other,
+                },
+            };
+            renamed_is_done(&l, replay, from, to, r).await
+        })
+        .await?;
+        self.handles.renamed(from, to);
+        Ok(())
+    }
+
+    async fn symlink(&self, target: &str, link: &str) -> RemoteResult<()> {
+        self.run("symlink", |l, replay| async move {
+            let r = l.sftp.symlink(target, link).await;
+            exists_is_done(&l, replay, link, Kind::Symlink, r).await
+        })
+        .await
+    }
+
+    async fn hardlink(&self, from: &str, to: &str) -> RemoteResult<()> {
+        self.run("link", |l, replay| async move {
+            let r = l.sftp.hardlink(from, to).await;
+            exists_is_done(&l, replay, to, Kind::File, r).await
+        })
+        .await
+    }
+
+    async fn statvfs(&self, path: &str) -> RemoteResult<StatVfs> {
+        self.run("statvfs", |l, _| async move { l.sftp.statvfs(path).await })
+            .await
+    }
+
+    async fn open(&self, path: &str, mode: OpenMode, perm: Option<u32>) -> RemoteResult<FileId> {
+        let attrs = perm.map(Attrs::with_perm).unwrap_or_default();
+        let (generation, h) = self
+            .run("open", |l, replay| {
+                let attrs = &attrs;
+                async move {
+                    // A replayed exclusive create that finds the file: the first attempt
+                    // made it. Open it without O_EXCL/O_TRUNC.
+                    let m = if replay && mode.exclusive {
+                        OpenMode {
+                            exclusive: false,
+                            truncate: false,
+                            ..mode
+                        }
+                    } else {
+                        mode
+                    };
+                    let h = l.sftp.open(path, m, attrs).await?;
+                    Ok((l.generation, h))
+                }
+            })
+            .await?;
+        Ok(self.handles.insert(path, mode, generation, h))
+    }
+
+    async fn read(&self, f: FileId, offset: u64, len: u32) -> RemoteResult<Vec<u8>> {
+        self.with_handle("read", f, |l, h| async move {
+            let chunk = l.sftp.max_read;
+            // Pipeline: every chunk of the request in flight at once.
+            let parts = (0..len.div_ceil(chunk)).map(|i| {
+                let off = offset + (i * chunk) as u64;
+                let n = chunk.min(len - i * chunk);
+                let l = &l;
+                let h = &h;
+                async move { l.sftp.read(h, off, n).await.map(|d| (n, d)) }
+            });
+            let parts = try_join_all(parts).await?;
+            let mut out = Vec::with_capacity(len as usize);
+            for (asked, data) in parts {
+                let got = data.len() as u32;
+                out.extend_from_slice(&data);
+                if got < asked {
+                    // Short: either end of file or a server that returns less than asked.
+                    // Read on from here until EOF or the request is filled.
+                    while (out.len() as u32) < len {
+                        let more = l
+                            .sftp
+                            .read(&h, offset + out.len() as u64, len - out.len() as u32)
+                            .await?;
+                        if more.is_empty() {
+                            break;
+                        }
+                        out.extend_from_slice(&more);
+                    }
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn write(&self, f: FileId, offset: u64, data: &[u8]) -> RemoteResult<()> {
+        self.with_handle("write", f, |l, h| async move {
+            let chunk = l.sftp.max_write as usize;
+            let parts = data.chunks(chunk).enumerate().map(|(i, c)| {
+                let l = &l;
+                let h = &h;
+                async move { l.sftp.write(h, offset + (i * chunk) as u64, c.to_vec()).await }
+            });
+            try_join_all(parts).await.map(|_| ())
+        })
+        .await
+    }
+
+    async fn fstat(&self, f: FileId) -> RemoteResult<Attrs> {
+        self.with_handle("fstat", f, |l, h| async move { l.sftp.fstat(&h).await })
+            .await
+    }
+
+    async fn fsetstat(&self, f: FileId, attrs: &Attrs) -> RemoteResult<()> {
+        self.with_handle("fsetstat", f, |l, h| async move {
+            l.sftp.fsetstat(&h, attrs).await
+        })
+        .await
+    }
+
+    async fn fsync(&self, f: FileId) -> RemoteResult<()> {
+        self.with_handle("fsync", f, |l, h| async move { l.sftp.fsync(&h).await })
+            .await
+    }
+
+    async fn close(&self, f: FileId) -> RemoteResult<()> {
+        let file = self.handles.remove(f).ok_or(RemoteError::BadHandle)?;
+        let Some((generation, h)) = file.take().await else {
+            return Ok(());
+        };
+        // Only a handle of the live connection needs closing; older ones died with theirs.
+        if let LinkState::Up(l) = self.sup.state() {
+            if l.generation == generation {
+                return match l.sftp.close(&h).await {
+                    // The connection died; the server dropped the handle with it, and every
+                    // write was already confirmed.
+                    Err(e) if e.is_transport() => Ok(()),
+                    other => other.map_err(RemoteError::Sftp),
+                };
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,111 @@
+//! The narrow interface between the filesystem logic and the remote: [`Remote`].
+//!
+//! Owns the contract only: path-based operations plus logical file handles that survive
+//! reconnects. The filesystem is generic over this trait, so it can be tested against an
+//! in-memory fake; the real implementation is [`super::Session`]. Nothing here may know
+//! about inodes or the kernel.
+
+use std::future::Future;
+
+pub use crate::sftp::{Attrs, DirEntry, Kind, OpenMode, SftpError, StatVfs};
+
+/// A logical open file. Stays valid across reconnects (it is reopened by path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId(pub u64);
+
+/// Why a remote operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RemoteError {
+    /// The server (or this connection's SFTP state) refused the request.
+    #[error(transparent)]
+    Sftp(#[from] SftpError),
+    /// No working session within `timeout=`.
+    #[error("no connection to the server within {0} s")]
+    Timeout(u64),
+    /// The file behind an open handle is gone from the server (reopen failed).
+    #[error("file vanished from the server while open")]
+    Stale,
+    /// The logical handle is not open.
+    #[error("bad file handle")]
+    BadHandle,
+}
+
+impl RemoteError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            RemoteError::Sftp(e) => e.errno(),
+            RemoteError::Timeout(_) => libc::EIO,
+            RemoteError::Stale => libc::ESTALE,
+            RemoteError::BadHandle => libc::EBADF,
+        }
+    }
+
+    /// A FAILURE or BAD_MESSAGE whose message names no cause: the caller may find the real
+    /// errno from context (stat the target, check the name length, statvfs).
+    pub fn is_vague(&self) -> bool {
+        match self {
+            RemoteError::Sftp(SftpError::Status { .. }) => {
+                matches!(self.errno(), libc::EIO | libc::EINVAL)
+            }
+            _ => false,
+        }
+    }
+}
+
+pub type RemoteResult<T> = Result<T, RemoteError>;
+
+/// How a rename treats an existing target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenameMode {
+    /// Replace the target atomically where the server can (POSIX rename).
+    Replace,
+    /// Fail with EEXIST if the target exists.
+    NoReplace,
+}
+
+/// What the connected server can do, as far as the filesystem needs to know.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Capabilities {
+    pub hardlink: bool,
+    pub fsync: bool,
+    pub statvfs: bool,
+}
+
+/// Remote file operations by absolute remote path. All methods may run concurrently.
+pub trait Remote: Send + Sync + 'static {
+    fn capabilities(&self) -> Capabilities;
+    fn lstat(&self, path: &str) -> impl Future<Output = RemoteResult<Attrs>> + Send;
+    fn stat(&self, path: &str) -> impl Future<Output = RemoteResult<Attrs>> + Send;
+    fn setstat(&self, path: &str, attrs: &Attrs) -> impl Future<Output = RemoteResult<()>> + Send;
+    fn read_dir(&self, path: &str) -> impl Future<Output = RemoteResult<Vec<DirEntry>>> + Send;
+    fn readlink(&self, path: &str) -> impl Future<Output = RemoteResult<String>> + Send;
+    fn realpath(&self, path: &str) -> impl Future<Output = RemoteResult<String>> + Send;
+    fn mkdir(&self, path: &str, perm: u32) -> impl Future<Output = RemoteResult<()>> + Send;
+    fn rmdir(&self, path: &str) -> impl Future<Output = RemoteResult<()>> + Send;
+    fn remove(&self, path: &str) -> impl Future<Output = RemoteResult<()>> + Send;
+    fn rename(
+        &self,
+        from: &str,
+        to: &str,
+        mode: RenameMode,
+    ) -> impl Future<Output = RemoteResult<()>> + Send;
+    fn symlink(&self, target: &str, link: &str) -> impl Future<Output = RemoteResult<()>> + Send;
+    fn hardlink(&self, from: &str, to: &str) -> impl Future<Output = RemoteResult<()>> + Send;
+    fn statvfs(&self, path: &str) -> impl Future<Output = RemoteResult<StatVfs>> + Send;
+
+    /// Opens (or creates, per `mode`) a file; `perm` is the mode for a new file.
+    fn open(
+        &self,
+        path: &str,
+        mode: OpenMode,
+        perm: Option<u32>,
+    ) -> impl Future<Output = RemoteResult<FileId>> + Send;
+    /// Reads up to `len` bytes; fewer only at end of file.
+    fn read(&self, f: FileId, offset: u64, len: u32) -> impl Future<Output = RemoteResult<Vec<u8>>> + Send;
+    /// Writes all of `data` at `offset`; returns once the server confirmed every byte.
+    fn write(&self, f: FileId, offset: u64, data: &[u8]) -> impl Future<Output = RemoteResult<()>> + Send;
+    fn fstat(&self, f: FileId) -> impl Future<Output = RemoteResult<Attrs>> + Send;
+    fn fsetstat(&self, f: FileId, attrs: &Attrs) -> impl Future<Output = RemoteResult<()>> + Send;
+    fn fsync(&self, f: FileId) -> impl Future<Output = RemoteResult<()>> + Send;
+    fn close(&self, f: FileId) -> impl Future<Output = RemoteResult<()>> + Send;
+}

@@ -1,0 +1,132 @@
+//! Replay: running a request until a connection carries it, and reconciling the outcome of
+//! non-idempotent requests that may have run twice.
+//!
+//! Owns the retry loop every remote operation goes through (wait for a link, send, on a
+//! transport error mark the link dead and send again on the next one, give up with EIO at
+//! the deadline) and the rules that turn "already done" replies of a replayed request into
+//! success. It must never reconnect by itself: the supervisor does that.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::sftp::{Kind, SftpError};
+
+use super::remote::{RemoteError, RemoteResult};
+use super::supervisor::{Link, Supervisor};
+
+/// Counters for requests and replays, read by the status socket.
+#[derive(Default)]
+pub struct ReplayStats {
+    pub in_flight: AtomicU64,
+    pub waiting: AtomicU64,
+    pub replays: AtomicU64,
+    pub give_ups: AtomicU64,
+}
+
+/// Runs `op` on a live link until it gets an answer from the server or `timeout` passes.
+/// `op` gets the link and whether this is a replay (a previous attempt's fate is unknown).
+pub async fn run<T, F, Fut>(
+    sup: &Supervisor,
+    stats: &ReplayStats,
+    timeout: Duration,
+    what: &str,
+    op: F,
+) -> RemoteResult<T>
+where
+    F: Fn(Arc<Link>, bool) -> Fut,
+    Fut: Future<Output = Result<T, SftpError>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut replay = false;
+    loop {
+        stats.waiting.fetch_add(1, Ordering::Relaxed);
+        let link = sup.current(deadline).await;
+        stats.waiting.fetch_sub(1, Ordering::Relaxed);
+        let Some(link) = link else {
+            stats.give_ups.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(op = what, timeout_s = timeout.as_secs(), "gave up: no connection");
+            return Err(RemoteError::Timeout(timeout.as_secs()));
+        };
+        if replay {
+            stats.replays.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(op = what, generation = link.generation, "replaying request");
+        }
+        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let result = op(link.clone(), replay).await;
+        stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        match result {
+            Err(SftpError::Transport(why)) => {
+                sup.report_dead(&link, &why);
+                replay = true;
+            }
+            other => return other.map_err(RemoteError::Sftp),
+        }
+    }
+}
+
+/// A replayed remove/rmdir that finds nothing: the first attempt did it.
+pub fn gone_is_done(replay: bool, r: Result<(), SftpError>) -> Result<(), SftpError> {
+    match r {
+        Err(e) if replay && e.is_not_found() => Ok(()),
+        other => other,
+    }
+}
+
+/// A replayed mkdir/symlink/link/exclusive create that finds its result in place.
+pub async fn exists_is_done(
+    link: &Link,
+    replay: bool,
+    path: &str,
+    want: Kind,
+    r: Result<(), SftpError>,
+) -> Result<(), SftpError> {
+    match r {
+        Err(e) if replay => match link.sftp.lstat(path).await {
+            Ok(a) if a.kind() == want => Ok(()),
+            _ => Err(e),
+        },
+        other => other,
+    }
+}
+
+/// A replayed rename whose source is gone and whose target exists: it was done.
+pub async fn renamed_is_done(
+    link: &Link,
+    replay: bool,
+    from: &str,
+    to: &str,
+    r: Result<(), SftpError>,
+) -> Result<(), SftpError> {
+    match r {
+        Err(e) if replay && e.is_not_found() => {
+            let target = link.sftp.lstat(to).await;
+            let source = link.sftp.lstat(from).await;
+            match (source, target) {
+                (Err(s), Ok(_)) if s.is_not_found() => Ok(()),
+                _ => Err(e),
+            }
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use russh_sftp::protocol::StatusCode;
+
+    fn nf() -> SftpError {
+        SftpError::Status {
+            code: StatusCode::NoSuchFile,
+            message: "No such file".into(),
+        }
+    }
+
+    #[test]
+    fn replayed_remove_of_missing_file_succeeds() {
+        assert!(gone_is_done(true, Err(nf())).is_ok());
+        assert_eq!(gone_is_done(false, Err(nf())).unwrap_err().errno(), libc::ENOENT);
+    }
+}

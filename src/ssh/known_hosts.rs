@@ -1,0 +1,246 @@
+//! known_hosts verification with OpenSSH's rules.
+//!
+//! Owns parsing known_hosts files (hashed names, `[host]:port`, `*`/`?` patterns,
+//! `!negation`, `@revoked`, `@cert-authority`) and deciding whether a server key is known,
+//! unknown, changed or revoked. It must never decide to trust a key by itself: the caller
+//! turns [`Verdict`] into accept or refuse.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use hmac::{Hmac, KeyInit, Mac};
+use russh::keys::PublicKey;
+
+/// What the known_hosts files say about a host's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A line for this host lists exactly this key.
+    Known,
+    /// No line for this host lists a key of this type.
+    Unknown,
+    /// A line for this host lists another key of the same type.
+    Changed { file: PathBuf, line: usize },
+    /// The key is marked `@revoked`.
+    Revoked { file: PathBuf, line: usize },
+}
+
+/// The name known_hosts uses for `host` on `port`.
+pub fn host_entry_name(host: &str, port: u16) -> String {
+    if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    }
+}
+
+/// Glob match with `*` and `?`, case-insensitive, as OpenSSH's match_pattern.
+fn glob(pattern: &[u8], s: &[u8]) -> bool {
+    match (pattern.first(), s.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => glob(&pattern[1..], s) || (!s.is_empty() && glob(pattern, &s[1..])),
+        (Some(b'?'), Some(_)) => glob(&pattern[1..], &s[1..]),
+        (Some(p), Some(c)) if p.eq_ignore_ascii_case(c) => glob(&pattern[1..], &s[1..]),
+        _ => false,
+    }
+}
+
+/// `|1|salt|hash`: HMAC-SHA1 of the name keyed with the salt.
+fn hashed_match(entry: &str, name: &str) -> bool {
+    let Some(rest) = entry.strip_prefix("|1|") else {
+        return false;
+    };
+    let Some((salt, hash)) = rest.split_once('|') else {
+        return false;
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (Ok(salt), Ok(hash)) = (b64.decode(salt), b64.decode(hash)) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<sha1::Sha1>::new_from_slice(&salt) else {
+        return false;
+    };
+    mac.update(name.as_bytes());
+    mac.verify_slice(&hash).is_ok()
+}
+
+/// Whether a comma-separated host pattern list matches `name`: some positive pattern
+/// matches and no negated one does.
+fn hosts_match(patterns: &str, name: &str) -> bool {
+    if patterns.starts_with("|1|") {
+        return hashed_match(patterns, name);
+    }
+    let mut matched = false;
+    for p in patterns.split(',') {
+        if let Some(neg) = p.strip_prefix('!') {
+            if glob(neg.as_bytes(), name.as_bytes()) {
+                return false;
+            }
+        } else if glob(p.as_bytes(), name.as_bytes()) {
+            matched = true;
+        }
+    }
+    matched
+}
+
+/// Checks `key` for `host`:`port` against every file, in order. A revocation anywhere wins;
+/// then a matching key; then a differing key of the same type.
+pub fn check(files: &[PathBuf], host: &str, port: u16, key: &PublicKey) -> Verdict {
+    let name = host_entry_name(host, port);
+    let mut known = false;
+    let mut changed = None;
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut fields = line.split_whitespace();
+            let mut first = fields.next().unwrap_or_default();
+            let marker = if first.starts_with('@') {
+                let m = first;
+                first = fields.next().unwrap_or_default();
+                Some(m)
+            } else {
+                None
+            };
+            let (Some(_kind), Some(blob)) = (fields.next(), fields.next()) else {
+                continue;
+            };
+            let Ok(listed) = russh::keys::parse_public_key_base64(blob) else {
+                continue;
+            };
+            let same_key = listed.key_data() == key.key_data();
+            match marker {
+                Some("@revoked") => {
+                    if same_key {
+                        return Verdict::Revoked {
+                            file: file.clone(),
+                            line: i + 1,
+                        };
+                    }
+                }
+                // Host certificates are not accepted; such lines vouch for nothing here.
+                Some(_) => {}
+                None => {
+                    if !hosts_match(first, &name) {
+                        continue;
+                    }
+                    if same_key {
+                        known = true;
+                    } else if listed.algorithm() == key.algorithm() && changed.is_none() {
+                        changed = Some((file.clone(), i + 1));
+                    }
+                }
+            }
+        }
+    }
+    match (known, changed) {
+        (true, _) => Verdict::Known,
+        (false, Some((file, line))) => Verdict::Changed { file, line },
+        (false, None) => Verdict::Unknown,
+    }
+}
+
+/// Appends `key` for `host`:`port` to `file` (StrictHostKeyChecking=accept-new).
+pub fn append(file: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Result<()> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let openssh = key.to_openssh().map_err(std::io::Error::other)?;
+    // Drop the comment: known_hosts lines are "name type base64".
+    let mut parts = openssh.split_whitespace();
+    let (kind, blob) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let mut f = OpenOptions::new().create(true).append(true).open(file)?;
+    writeln!(f, "{} {} {}", host_entry_name(host, port), kind, blob)
+}
+
+/// `SHA256:...` as ssh prints it.
+pub fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(russh::keys::HashAlg::Sha256).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED1: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIFqLue2st0YhKsBs59WOc+MTec0b1jZkXiWZPgtrvMwX";
+    const ED2: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIADHAExarj1LInzbRJdPE/6/CR2rEeLEv0EQM2STqvbo";
+
+    fn key(b: &str) -> PublicKey {
+        russh::keys::parse_public_key_base64(b).unwrap()
+    }
+
+    fn file(text: &str) -> (PathBuf, impl Drop) {
+        struct Rm(PathBuf);
+        impl Drop for Rm {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "mastofs-kh-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::write(&p, text).unwrap();
+        (p.clone(), Rm(p))
+    }
+
+    #[test]
+    fn glob_patterns() {
+        assert!(glob(b"*.example.com", b"box.EXAMPLE.com"));
+        assert!(glob(b"b?x", b"box"));
+        assert!(!glob(b"b?x", b"bx"));
+        assert!(hosts_match("a,*.example.com,!bad.example.com", "ok.example.com"));
+        assert!(!hosts_match("a,*.example.com,!bad.example.com", "bad.example.com"));
+    }
+
+    #[test]
+    fn port_form_and_verdicts() {
+        let (p, _g) = file(&format!("[box]:23 ssh-ed25519 {ED1}\nbox ssh-ed25519 {ED2}\n"));
+        let files = vec![p.clone()];
+        assert_eq!(check(&files, "box", 23, &key(ED1)), Verdict::Known);
+        assert_eq!(
+            check(&files, "box", 23, &key(ED2)),
+            Verdict::Changed { file: p.clone(), line: 1 }
+        );
+        assert_eq!(check(&files, "box", 22, &key(ED2)), Verdict::Known);
+        assert_eq!(check(&files, "other", 22, &key(ED2)), Verdict::Unknown);
+    }
+
+    #[test]
+    fn revoked_wins() {
+        let (p, _g) = file(&format!("box ssh-ed25519 {ED1}\n@revoked * ssh-ed25519 {ED1}\n"));
+        assert!(matches!(
+            check(&[p], "box", 22, &key(ED1)),
+            Verdict::Revoked { line: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn hashed_names() {
+        // Produced with: ssh-keygen -H on "[127.0.0.1]:2222 ssh-ed25519 ED1".
+        let salt = base64::engine::general_purpose::STANDARD.encode(b"0123456789abcdefghij");
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"0123456789abcdefghij").unwrap();
+        mac.update(b"[127.0.0.1]:2222");
+        let hash = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let (p, _g) = file(&format!("|1|{salt}|{hash} ssh-ed25519 {ED1}\n"));
+        assert_eq!(check(&[p.clone()], "127.0.0.1", 2222, &key(ED1)), Verdict::Known);
+        assert_eq!(check(&[p], "127.0.0.1", 2223, &key(ED1)), Verdict::Unknown);
+    }
+
+    #[test]
+    fn append_then_known() {
+        let (p, _g) = file("");
+        append(&p, "box", 23, &key(ED1)).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.starts_with("[box]:23 ssh-ed25519 "), "{text}");
+        assert_eq!(check(&[p], "box", 23, &key(ED1)), Verdict::Known);
+    }
+}
