@@ -89,6 +89,69 @@ fn mount_options(cfg: &MountConfig) -> fuser::Config {
     c
 }
 
+/// Unmounts `p`: as root with umount2, otherwise through fusermount3.
+pub fn unmount(p: &Path) -> Result<(), String> {
+    if nix::unistd::geteuid().is_root() {
+        nix::mount::umount2(p, nix::mount::MntFlags::empty())
+            .or_else(|_| nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH))
+            .map_err(|e| e.to_string())
+    } else {
+        let st = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(p)
+            .status()
+            .map_err(|e| e.to_string())?;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(format!("fusermount3 -u failed: {st}"))
+        }
+    }
+}
+
+/// mount(2) of /dev/fuse on the mountpoint with type `fuse.mastofs` (root only).
+fn kernel_mount(cfg: &MountConfig) -> Result<std::os::fd::OwnedFd, String> {
+    use nix::mount::MsFlags;
+    use std::os::fd::AsRawFd;
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(|e| format!("cannot open /dev/fuse: {e} (is the fuse module loaded?)"))?;
+    let mut data = format!(
+        "fd={},rootmode=40000,user_id={},group_id={}",
+        dev.as_raw_fd(),
+        nix::unistd::getuid(),
+        nix::unistd::getgid()
+    );
+    if cfg.allow_other || cfg.allow_root {
+        data.push_str(",allow_other");
+    }
+    if cfg.default_permissions {
+        data.push_str(",default_permissions");
+    }
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    for (on, f) in [
+        (cfg.read_only, MsFlags::MS_RDONLY),
+        (cfg.noexec, MsFlags::MS_NOEXEC),
+        (cfg.noatime, MsFlags::MS_NOATIME),
+    ] {
+        if on {
+            flags |= f;
+        }
+    }
+    nix::mount::mount(
+        Some(cfg.source().as_str()),
+        &cfg.mountpoint,
+        Some("fuse.mastofs"),
+        flags,
+        Some(data.as_str()),
+    )
+    .map_err(|e| format!("mount: {e}"))?;
+    Ok(dev.into())
+}
+
 /// Mounts and serves until unmounted. Errors are one line for the operator.
 pub fn run(cfg: MountConfig, target: Target, ready: &mut Ready) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -120,17 +183,24 @@ pub fn run(cfg: MountConfig, target: Target, ready: &mut Ready) -> Result<(), St
     }
 
     let adapter = FuseFs::new(fs.clone(), rt.handle().clone());
-    let mut fuse = fuser::Session::new(adapter, &cfg.mountpoint, &mount_options(&cfg))
-        .map_err(|e| format!("cannot mount on {}: {e}", cfg.mountpoint.display()))?;
+    let options = mount_options(&cfg);
+    let fuse = if nix::unistd::geteuid().is_root() {
+        // Mount ourselves so the kernel records the type as fuse.mastofs (fuser's own
+        // mount(2) says plain "fuse"); fusermount3 below does that for other users.
+        let fd = kernel_mount(&cfg)?;
+        fuser::Session::from_fd(adapter, fd, options.acl, options.clone())
+    } else {
+        fuser::Session::new(adapter, &cfg.mountpoint, &options)
+    }
+    .map_err(|e| format!("cannot mount on {}: {e}", cfg.mountpoint.display()))?;
     tracing::info!(mountpoint = %cfg.mountpoint.display(), source = %cfg.source(), "mounted");
     ready.ok();
 
-    let mut unmounter = fuse.unmount_callable();
     let mountpoint = cfg.mountpoint.clone();
     rt.spawn(async move {
         daemon::termination().await;
         tracing::info!(mountpoint = %mountpoint.display(), "signal received, unmounting");
-        if let Err(e) = unmounter.unmount() {
+        if let Err(e) = unmount(&mountpoint) {
             tracing::warn!(error = %e, "unmount failed");
         }
     });

@@ -1,0 +1,296 @@
+//! Test harness: a real OpenSSH sshd (internal-sftp) on an ephemeral loopback port with
+//! keys made per test, and real kernel FUSE mounts of it by the mastofs binary. Everything
+//! is cleaned up on drop, also when a test fails.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mastofs");
+
+/// Waits until `f` is true, up to `limit`; panics with `what` otherwise.
+pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+pub fn keygen(path: &Path, kind: &str) {
+    let mut c = Command::new("ssh-keygen");
+    c.args(["-q", "-t", kind, "-N", "", "-f"]).arg(path);
+    if kind == "rsa" {
+        c.args(["-b", "2048"]);
+    }
+    run(&mut c);
+}
+
+/// A running sshd serving `served` over SFTP.
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub served: PathBuf,
+    pub ssh_config: PathBuf,
+    pub known_hosts: PathBuf,
+    pub user_key: PathBuf,
+    sshd: Option<Child>,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Self::start_with("ed25519")
+    }
+
+    /// `key_kind`: the type of the user key (ed25519, ecdsa, rsa).
+    pub fn start_with(key_kind: &str) -> Server {
+        std::fs::create_dir_all("/run/sshd").ok();
+        let dir = tempfile::Builder::new().prefix("mastofs-test-").tempdir().expect("tempdir");
+        let d = dir.path().to_path_buf();
+        // sshd needs the path to its files to be searchable by its unprivileged child.
+        std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).ok();
+        let served = d.join("served");
+        std::fs::create_dir(&served).expect("served dir");
+        keygen(&d.join("host_key"), "ed25519");
+        keygen(&d.join("user_key"), key_kind);
+        std::fs::copy(d.join("user_key.pub"), d.join("authorized_keys")).expect("authorized_keys");
+        let mut server = Server {
+            port: 0,
+            served,
+            ssh_config: d.join("ssh_config"),
+            known_hosts: d.join("known_hosts"),
+            user_key: d.join("user_key"),
+            sshd: None,
+            dir,
+        };
+        server.launch();
+        let host_pub = std::fs::read_to_string(d.join("host_key.pub")).expect("host key");
+        let mut fields = host_pub.split_whitespace();
+        let (kind, blob) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
+        std::fs::write(&server.known_hosts, format!("[127.0.0.1]:{} {kind} {blob}\n", server.port)).expect("known_hosts");
+        server.write_ssh_config("");
+        server
+    }
+
+    /// (Re)writes the ssh_config for Host "box" (extra lines appended).
+    pub fn write_ssh_config(&self, extra: &str) {
+        let user = String::from_utf8_lossy(&run(Command::new("id").arg("-un")).stdout).trim().to_string();
+        std::fs::write(
+            &self.ssh_config,
+            format!(
+                "Host box\n  HostName 127.0.0.1\n  Port {}\n  User {user}\n  IdentityFile {}\n  \
+                 UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n  ConnectTimeout 5\n{extra}",
+                self.port,
+                self.user_key.display(),
+                self.known_hosts.display()
+            ),
+        )
+        .expect("ssh_config");
+    }
+
+    fn launch(&mut self) {
+        let d = self.dir.path().to_path_buf();
+        for _ in 0..5 {
+            let port = if self.port == 0 { free_port() } else { self.port };
+            std::fs::write(
+                d.join("sshd_config"),
+                format!(
+                    "ListenAddress 127.0.0.1:{port}\nHostKey {}\nPidFile none\nAuthorizedKeysFile {}\n\
+                     PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin yes\n\
+                     StrictModes no\nUsePAM no\nMaxStartups 100\nMaxSessions 100\nSubsystem sftp internal-sftp\n",
+                    d.join("host_key").display(),
+                    d.join("authorized_keys").display()
+                ),
+            )
+            .expect("sshd_config");
+            let log = std::fs::File::create(d.join("sshd.log")).expect("sshd.log");
+            let mut child = Command::new("/usr/sbin/sshd")
+                .arg("-D")
+                .arg("-e")
+                .arg("-f")
+                .arg(d.join("sshd_config"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start sshd");
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    self.port = port;
+                    self.sshd = Some(child);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("sshd did not start: {}", std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default());
+    }
+
+    /// Kills sshd (and, with it, existing sessions' parent; children keep running).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.sshd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts sshd again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    /// `user@host:path` source for the served directory, through the "box" alias.
+    pub fn source(&self) -> String {
+        format!("box:{}", self.served.display())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A mastofs mount in the foreground (-f), unmounted and killed on drop.
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub stderr_path: PathBuf,
+}
+
+pub fn is_mounted(p: &Path) -> bool {
+    let want = p.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+impl Mount {
+    /// Mounts `source` with `-F ssh_config -o opts`; Err(stderr) if mastofs exits instead.
+    pub fn try_new(server: &Server, source: &str, opts: &str) -> Result<Mount, String> {
+        let dir = tempfile::Builder::new().prefix("mastofs-mnt-").tempdir().expect("mountpoint");
+        let stderr_path = server.dir.path().join(format!(
+            "mastofs-{}.log",
+            dir.path().file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+        ));
+        let mut cmd = Command::new(BIN);
+        cmd.arg(source).arg(dir.path()).arg("-f").arg("-F").arg(&server.ssh_config);
+        if !opts.is_empty() {
+            cmd.arg("-o").arg(opts);
+        }
+        let mut child = cmd
+            .env("MASTOFS_LOG", "mastofs=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).expect("log"))
+            .spawn()
+            .expect("spawn mastofs");
+        let start = Instant::now();
+        loop {
+            if is_mounted(dir.path()) {
+                return Ok(Mount {
+                    dir,
+                    child: Some(child),
+                    stderr_path,
+                });
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                let mut s = String::new();
+                std::fs::File::open(&stderr_path).and_then(|mut f| f.read_to_string(&mut s)).ok();
+                return Err(s);
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("mount did not appear within 30 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn new(server: &Server, opts: &str) -> Mount {
+        Self::try_new(server, &server.source(), opts).unwrap_or_else(|e| panic!("mount failed: {e}"))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Unmounts and waits for the daemon to exit; returns its exit status.
+    pub fn unmount(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("umount").arg(self.dir.path()).stderr(Stdio::null()).status();
+        if is_mounted(self.dir.path()) {
+            let _ = Command::new("umount").arg("-l").arg(self.dir.path()).stderr(Stdio::null()).status();
+        }
+        let mut child = self.child.take()?;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+/// Runs a shell command as uid/gid (no supplementary groups).
+pub fn as_user(uid: u32, gid: u32, script: &str) -> Output {
+    Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .expect("setpriv")
+}
+
+/// errno of an io::Error.
+pub fn errno(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(0)
+}

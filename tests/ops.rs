@@ -1,0 +1,226 @@
+//! Every filesystem operation through a real kernel mount of a real sshd.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use common::*;
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("path")
+}
+
+#[test]
+fn files_read_write_at_offsets() {
+    let s = Server::start();
+    let m = Mount::new(&s, "");
+    // Create, write at scattered offsets (a hole), read back, through the server too.
+    let p = m.p("f.bin");
+    let f = fs::OpenOptions::new().create(true).read(true).write(true).open(&p).unwrap();
+    f.write_all_at(b"tail", 3_000_000).unwrap();
+    f.write_all_at(b"head", 0).unwrap();
+    let big: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
+    f.write_all_at(&big, 100).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let on_server = fs::read(s.served.join("f.bin")).unwrap();
+    assert_eq!(on_server.len(), 3_000_004);
+    assert_eq!(&on_server[..4], b"head");
+    assert_eq!(&on_server[100..100 + big.len()], &big[..]);
+    assert_eq!(&on_server[3_000_000..], b"tail");
+    assert!(on_server[2_600_100..3_000_000].iter().all(|b| *b == 0));
+    // Read through the mount at an offset.
+    let mut f = fs::File::open(&p).unwrap();
+    f.seek(SeekFrom::Start(100)).unwrap();
+    let mut buf = vec![0; big.len()];
+    f.read_exact(&mut buf).unwrap();
+    assert_eq!(buf, big);
+    assert_eq!(fs::metadata(&p).unwrap().len(), 3_000_004);
+    // Append mode writes at the end.
+    let mut a = fs::OpenOptions::new().append(true).open(&p).unwrap();
+    a.write_all(b"++").unwrap();
+    drop(a);
+    assert!(fs::read(s.served.join("f.bin")).unwrap().ends_with(b"tail++"));
+    // Overwrite with O_TRUNC.
+    fs::write(&p, b"short").unwrap();
+    assert_eq!(fs::read(s.served.join("f.bin")).unwrap(), b"short");
+}
+
+#[test]
+fn directories_and_names() {
+    let s = Server::start();
+    let m = Mount::new(&s, "");
+    fs::create_dir(m.p("d")).unwrap();
+    assert!(s.served.join("d").is_dir());
+    for i in 0..300 {
+        fs::write(m.p(&format!("d/n{i:03}")), b"x").unwrap();
+    }
+    let mut names: Vec<String> = fs::read_dir(m.p("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 300);
+    assert_eq!(names[0], "n000");
+    // Errors with precise errnos.
+    assert_eq!(errno(fs::create_dir(m.p("d")).unwrap_err()), libc::EEXIST);
+    assert_eq!(errno(fs::remove_dir(m.p("d")).unwrap_err()), libc::ENOTEMPTY);
+    assert_eq!(errno(fs::metadata(m.p("nope")).unwrap_err()), libc::ENOENT);
+    assert_eq!(errno(fs::remove_file(m.p("d")).unwrap_err()), libc::EISDIR);
+    let long = "x".repeat(300);
+    assert_eq!(errno(fs::write(m.p(&long), b"").unwrap_err()), libc::ENAMETOOLONG);
+    // Remove everything.
+    for i in 0..300 {
+        fs::remove_file(m.p(&format!("d/n{i:03}"))).unwrap();
+    }
+    fs::remove_dir(m.p("d")).unwrap();
+    assert!(!s.served.join("d").exists());
+    assert_eq!(errno(fs::remove_file(m.p("d")).unwrap_err()), libc::ENOENT);
+}
+
+#[test]
+fn rename_replace_and_noreplace() {
+    let s = Server::start();
+    let m = Mount::new(&s, "");
+    fs::write(m.p("a"), b"A").unwrap();
+    fs::write(m.p("b"), b"B").unwrap();
+    // Atomic replace (posix-rename).
+    fs::rename(m.p("a"), m.p("b")).unwrap();
+    assert_eq!(fs::read(s.served.join("b")).unwrap(), b"A");
+    assert!(!s.served.join("a").exists());
+    // RENAME_NOREPLACE.
+    fs::write(m.p("c"), b"C").unwrap();
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cstr(&m.p("c")).as_ptr(),
+            libc::AT_FDCWD,
+            cstr(&m.p("b")).as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    assert_eq!(r, -1);
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EEXIST));
+    assert_eq!(fs::read(s.served.join("b")).unwrap(), b"A");
+    // Directory rename keeps children reachable under the new name.
+    fs::create_dir_all(m.p("d1/sub")).unwrap();
+    fs::write(m.p("d1/sub/f"), b"F").unwrap();
+    fs::rename(m.p("d1"), m.p("d2")).unwrap();
+    assert_eq!(fs::read(m.p("d2/sub/f")).unwrap(), b"F");
+    assert_eq!(errno(fs::metadata(m.p("d1/sub/f")).unwrap_err()), libc::ENOENT);
+    // An open file follows its rename.
+    let mut f = fs::OpenOptions::new().write(true).open(m.p("c")).unwrap();
+    fs::rename(m.p("c"), m.p("c2")).unwrap();
+    f.write_all(b"xx").unwrap();
+    drop(f);
+    assert_eq!(fs::read(s.served.join("c2")).unwrap(), b"xx");
+}
+
+#[test]
+fn symlinks_hardlinks_and_transform() {
+    let s = Server::start();
+    fs::create_dir(s.served.join("sub")).unwrap();
+    fs::write(s.served.join("target"), b"T").unwrap();
+    std::os::unix::fs::symlink(s.served.join("target"), s.served.join("sub/abs")).unwrap();
+    {
+        let m = Mount::new(&s, "");
+        std::os::unix::fs::symlink("target", m.p("rel")).unwrap();
+        assert_eq!(fs::read_link(s.served.join("rel")).unwrap(), Path::new("target"));
+        assert_eq!(fs::read_link(m.p("rel")).unwrap(), Path::new("target"));
+        assert_eq!(fs::read(m.p("rel")).unwrap(), b"T");
+        assert!(fs::symlink_metadata(m.p("rel")).unwrap().file_type().is_symlink());
+        // Without transform_symlinks an absolute target is shown as it is.
+        assert_eq!(fs::read_link(m.p("sub/abs")).unwrap(), s.served.join("target"));
+        // Hard link (hardlink@openssh.com).
+        fs::hard_link(m.p("target"), m.p("hl")).unwrap();
+        assert_eq!(fs::metadata(s.served.join("hl")).unwrap().ino(), fs::metadata(s.served.join("target")).unwrap().ino());
+    }
+    let m = Mount::new(&s, "transform_symlinks");
+    assert_eq!(fs::read_link(m.p("sub/abs")).unwrap(), Path::new("../target"));
+    assert_eq!(fs::read(m.p("sub/abs")).unwrap(), b"T");
+    drop(m);
+    let m = Mount::new(&s, "follow_symlinks");
+    assert!(fs::symlink_metadata(m.p("rel")).unwrap().is_file());
+}
+
+#[test]
+fn setattr_chmod_truncate_times() {
+    let s = Server::start();
+    let m = Mount::new(&s, "");
+    fs::write(m.p("f"), b"0123456789").unwrap();
+    fs::set_permissions(m.p("f"), fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(fs::metadata(s.served.join("f")).unwrap().mode() & 0o7777, 0o640);
+    let f = fs::OpenOptions::new().write(true).open(m.p("f")).unwrap();
+    f.set_len(4).unwrap();
+    drop(f);
+    assert_eq!(fs::read(s.served.join("f")).unwrap(), b"0123");
+    // utimensat with UTIME_OMIT for atime: atime is kept, mtime set.
+    let before = fs::metadata(s.served.join("f")).unwrap();
+    let times = [
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        libc::timespec { tv_sec: 1_500_000_000, tv_nsec: 0 },
+    ];
+    let r = unsafe { libc::utimensat(libc::AT_FDCWD, cstr(&m.p("f")).as_ptr(), times.as_ptr(), 0) };
+    assert_eq!(r, 0);
+    let after = fs::metadata(s.served.join("f")).unwrap();
+    assert_eq!(after.mtime(), 1_500_000_000);
+    assert_eq!(after.atime(), before.atime());
+    // The mode asked for at creation is the mode the file gets (no server umask).
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .mode(0o666)
+        .open(m.p("g"))
+        .unwrap();
+    drop(f);
+    let umask = unsafe { libc::umask(0) };
+    unsafe { libc::umask(umask) };
+    assert_eq!(fs::metadata(s.served.join("g")).unwrap().mode() & 0o777, 0o666 & !umask);
+    // What SFTP cannot do.
+    let r = unsafe { libc::mkfifo(cstr(&m.p("fifo")).as_ptr(), 0o644) };
+    assert_eq!(r, -1);
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EPERM));
+    let r = unsafe { libc::chown(cstr(&m.p("f")).as_ptr(), 4321, 4321) };
+    assert_eq!(r, -1);
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EPERM));
+    // Chown to the owner it already shows is accepted (cp -p, tar).
+    let md = fs::metadata(m.p("f")).unwrap();
+    let r = unsafe { libc::chown(cstr(&m.p("f")).as_ptr(), md.uid(), md.gid()) };
+    assert_eq!(r, 0);
+}
+
+#[test]
+fn statfs_reports_remote_disk() {
+    let s = Server::start();
+    let m = Mount::new(&s, "");
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(cstr(m.path()).as_ptr(), &mut st) }, 0);
+    let mut local: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(cstr(&s.served).as_ptr(), &mut local) }, 0);
+    assert_eq!(st.f_blocks, local.f_blocks);
+    assert!(st.f_bavail > 0);
+}
+
+#[test]
+fn mmap_works() {
+    // sqlite and many tools rely on shared mmap: the page cache must stay on.
+    let s = Server::start();
+    let m = Mount::new(&s, "");
+    fs::write(m.p("mm"), vec![b'a'; 8192]).unwrap();
+    let f = fs::OpenOptions::new().read(true).write(true).open(m.p("mm")).unwrap();
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let p = libc::mmap(std::ptr::null_mut(), 8192, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0);
+        assert_ne!(p, libc::MAP_FAILED);
+        *(p as *mut u8).add(4096) = b'Z';
+        assert_eq!(libc::msync(p, 8192, libc::MS_SYNC), 0);
+        libc::munmap(p, 8192);
+    }
+    drop(f);
+    assert_eq!(fs::read(s.served.join("mm")).unwrap()[4096], b'Z');
+}
