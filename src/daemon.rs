@@ -63,9 +63,13 @@ pub fn daemonize() -> Result<Ready, String> {
     }
 }
 
-/// stdin and stdout to /dev/null; stderr too when it is a terminal (log lines would garble
-/// it), otherwise stderr stays (a journal or a pipe wants the log).
+/// stdin, stdout and stderr to /dev/null (logs go to syslog), except a stderr that is
+/// systemd's journal.
 fn detach_stdio() {
+    let keep_stderr = crate::logging::stderr_is_journal();
+    if !keep_stderr {
+        crate::logging::switch_to_syslog();
+    }
     let Ok(null) = File::options().read(true).write(true).open("/dev/null") else {
         return;
     };
@@ -74,7 +78,7 @@ fn detach_stdio() {
     unsafe {
         libc::dup2(fd, 0);
         libc::dup2(fd, 1);
-        if libc::isatty(2) == 1 {
+        if !keep_stderr {
             libc::dup2(fd, 2);
         }
     }

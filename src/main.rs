@@ -9,6 +9,7 @@
 mod daemon;
 mod fs;
 mod fuse;
+mod logging;
 mod mount;
 mod options;
 mod session;
@@ -114,19 +115,6 @@ fn parse_args(args: &[String], helper: bool) -> Result<Command, String> {
     }
 }
 
-fn init_logging(debug: bool) {
-    let default = if debug { "mastofs=debug,info" } else { "mastofs=warn,warn" };
-    let filter = std::env::var("MASTOFS_LOG")
-        .ok()
-        .and_then(|s| tracing_subscriber::EnvFilter::try_new(s).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
-}
-
 fn fail(msg: impl std::fmt::Display) -> ! {
     eprintln!("mastofs: {msg}");
     std::process::exit(1);
@@ -154,7 +142,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    init_logging(cli.debug);
+    logging::init(cli.debug);
 
     let mut cfg = MountConfig::new(&cli.source, cli.mountpoint.clone()).unwrap_or_else(|e| fail(e));
     options::apply_options(&mut cfg, &cli.opts, cli.sloppy).unwrap_or_else(|e| fail(e));

@@ -18,6 +18,7 @@
 //! | `cache=yes\|no`, `cache_timeout=`, `cache_stat_timeout=`, `cache_dir_timeout=`, `cache_link_timeout=` | sshfs cache options, mapped onto the TTLs |
 //! | `max_conns=N` | upper bound of SSH connections (1..=10; one is used today) |
 //! | `disable_hardlink` | refuse link(2) with EPERM even where the server could |
+//! | `ssh_config=FILE` | ssh_config to read instead of ~/.ssh/config (as `-F`; usable in fstab) |
 //! | `Port=`, `User=`, `IdentityFile=`, `ServerAliveInterval=`, `ServerAliveCountMax=`, `ConnectTimeout=`, `StrictHostKeyChecking=`, `UserKnownHostsFile=`, `Ciphers=` | ssh options, override ssh_config |
 //! | `BatchMode=yes`, `IdentitiesOnly=`, `PasswordAuthentication=no`, `PreferredAuthentications=` (with publickey), `LogLevel=`, `Compression=no` | ssh options accepted for compatibility |
 //! | `_netdev`, `user`, `users`, `nouser`, `owner`, `group`, `auto`, `noauto`, `nofail`, `defaults`, `exec`, `suid`, `dev`, `async`, `relatime`, `x-*`, `comment=*`, `user=NAME`, `fsname=`, `subtype=` | mount(8)/systemd bookkeeping, accepted |
@@ -222,6 +223,7 @@ pub fn apply_options(cfg: &mut MountConfig, opts: &[String], sloppy: bool) -> Re
                     .known_hosts_files
                     .extend(need()?.split_whitespace().map(PathBuf::from)),
                 ("Ciphers", _) => cfg.ssh.ciphers = Some(need()?.to_string()),
+                ("ssh_config", _) => cfg.ssh.config_file = Some(PathBuf::from(need()?)),
                 ("Compression", _) => {
                     if yes_no(key, need()?)? {
                         return Err("option Compression=yes is not supported by mastofs".into());
