@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    Request, TimeOrNow, WriteFlags,
 };
 
 use crate::fs::{Fs, FsError, SetAttr};
@@ -33,7 +33,11 @@ pub struct FuseFs<R: Remote> {
 impl<R: Remote> FuseFs<R> {
     pub fn new(fs: Arc<Fs<R>>, rt: tokio::runtime::Handle) -> Self {
         let negative_ttl = fs.config().negative_ttl;
-        FuseFs { fs, rt, negative_ttl }
+        FuseFs {
+            fs,
+            rt,
+            negative_ttl,
+        }
     }
 
     fn spawn<F: Future<Output = ()> + Send + 'static>(&self, f: F) {
@@ -183,7 +187,10 @@ impl<R: Remote> Filesystem for FuseFs<R> {
             Err(e) => return reply.error(e),
         };
         self.spawn(async move {
-            let r = match fs.create(parent.0, &name, mode, libc::O_WRONLY | libc::O_EXCL).await {
+            let r = match fs
+                .create(parent.0, &name, mode, libc::O_WRONLY | libc::O_EXCL)
+                .await
+            {
                 Ok((entry, fh)) => fs.release(fh).await.map(|_| entry),
                 Err(e) => Err(e),
             };
@@ -194,7 +201,15 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         });
     }
 
-    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
         let fs = self.fs.clone();
         let name = match utf8(name) {
             Ok(n) => n,
@@ -236,7 +251,14 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         });
     }
 
-    fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         let fs = self.fs.clone();
         let (name, target) = match (utf8(link_name), utf8(target.as_os_str())) {
             (Ok(n), Ok(t)) => (n, t),
@@ -260,7 +282,9 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
             return reply.error(Errno::EINVAL);
         }
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
@@ -270,14 +294,24 @@ impl<R: Remote> Filesystem for FuseFs<R> {
             _ => return reply.error(Errno::EINVAL),
         };
         self.spawn(async move {
-            match fs.rename(parent.0, &name, newparent.0, &newname, noreplace).await {
+            match fs
+                .rename(parent.0, &name, newparent.0, &newname, noreplace)
+                .await
+            {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno("rename", e)),
             }
         });
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         let fs = self.fs.clone();
         let name = match utf8(newname) {
             Ok(n) => n,
@@ -343,7 +377,14 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         });
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         // Writes are confirmed by the server before they are acknowledged: nothing to flush.
         reply.ok();
     }
@@ -367,7 +408,14 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         });
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         let fs = self.fs.clone();
         self.spawn(async move {
             match fs.fsync(fh.0).await {
@@ -387,7 +435,14 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         });
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let listing = match self.fs.listing(fh.0) {
             Ok(l) => l,
             Err(e) => return reply.error(errno("readdir", e)),
@@ -395,7 +450,11 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         // Offsets: 0 ".", 1 "..", then entry i at i + 2; each entry carries the next offset.
         let mut off = offset;
         while off < 2 {
-            let (name, target) = if off == 0 { (".", ino.0) } else { ("..", listing.parent) };
+            let (name, target) = if off == 0 {
+                (".", ino.0)
+            } else {
+                ("..", listing.parent)
+            };
             if reply.add(INodeNo(target), off + 1, fuser::FileType::Directory, name) {
                 return reply.ok();
             }
@@ -410,7 +469,14 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         let listing = match self.fs.listing(fh.0) {
             Ok(l) => l,
             Err(e) => return reply.error(errno("readdirplus", e)),
@@ -418,7 +484,9 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         let mut off = offset;
         if off < 2 {
             // "." and ".." carry no lookup reference; the kernel ignores their attributes.
-            let dot = self.fs.file_attr(ino.0, &crate::session::Attrs::with_perm(0o755));
+            let dot = self
+                .fs
+                .file_attr(ino.0, &crate::session::Attrs::with_perm(0o755));
             let ttl = Duration::ZERO;
             while off < 2 {
                 let name = if off == 0 { "." } else { ".." };
@@ -433,7 +501,14 @@ impl<R: Remote> Filesystem for FuseFs<R> {
                 Ok(en) => en,
                 Err(err) => return reply.error(errno("readdirplus", err)),
             };
-            if reply.add(entry.attr.ino, i as u64 + 3, &e.name, &entry.ttl, &entry.attr, Generation(0)) {
+            if reply.add(
+                entry.attr.ino,
+                i as u64 + 3,
+                &e.name,
+                &entry.ttl,
+                &entry.attr,
+                Generation(0),
+            ) {
                 // Not sent: the kernel holds no reference for it.
                 self.fs.forget(entry.attr.ino.0, 1);
                 break;
@@ -442,12 +517,26 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.fs.releasedir(fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
@@ -455,7 +544,9 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         let fs = self.fs.clone();
         self.spawn(async move {
             match fs.statfs().await {
-                Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize),
+                Ok(s) => reply.statfs(
+                    s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+                ),
                 Err(e) => reply.error(errno("statfs", e)),
             }
         });
@@ -483,7 +574,13 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         };
         self.spawn(async move {
             match fs.create(parent.0, &name, mode, flags).await {
-                Ok((e, fh)) => reply.created(&e.ttl, &e.attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
+                Ok((e, fh)) => reply.created(
+                    &e.ttl,
+                    &e.attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
                 Err(e) => reply.error(errno("create", e)),
             }
         });

@@ -12,7 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 static TO_SYSLOG: AtomicBool = AtomicBool::new(false);
 
 pub fn init(debug: bool) {
-    let default = if debug { "mastofs=debug,info" } else { "mastofs=warn,warn" };
+    let default = if debug {
+        "mastofs=debug,info"
+    } else {
+        "mastofs=warn,warn"
+    };
     let filter = std::env::var("MASTOFS_LOG")
         .ok()
         .and_then(|s| tracing_subscriber::EnvFilter::try_new(s).ok())

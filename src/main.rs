@@ -71,14 +71,22 @@ fn parse_args(args: &[String], helper: bool) -> Result<Command, String> {
             if !joined.is_empty() {
                 return Ok(joined.to_string());
             }
-            it.next().cloned().ok_or_else(|| format!("option {flag} needs an argument"))
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("option {flag} needs an argument"))
         };
         match a.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             "-o" => cli.opts.push(value("-o", "")?),
             s if s.starts_with("-o") => cli.opts.push(value("-o", &s[2..])?),
-            "-p" => cli.port = Some(value("-p", "")?.parse().map_err(|_| "option -p needs a port number")?),
+            "-p" => {
+                cli.port = Some(
+                    value("-p", "")?
+                        .parse()
+                        .map_err(|_| "option -p needs a port number")?,
+                )
+            }
             "-F" => cli.config_file = Some(PathBuf::from(value("-F", "")?)),
             "-t" | "-N" if helper => {
                 value(a, "")?;
@@ -124,7 +132,12 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let argv0 = args
         .first()
-        .map(|a| Path::new(a).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default())
+        .map(|a| {
+            Path::new(a)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
         .unwrap_or_default();
     let helper = argv0.starts_with("mount.");
     let cli = match parse_args(&args[1.min(args.len())..], helper) {
@@ -153,7 +166,8 @@ fn main() {
         cfg.ssh.config_file = cli.config_file.clone();
     }
     cfg.mountpoint = mount::check_mountpoint(&cfg.mountpoint).unwrap_or_else(|e| fail(e));
-    let target = ssh::config::resolve(&cfg.host, cfg.spec_user.as_deref(), &cfg.ssh).unwrap_or_else(|e| fail(e));
+    let target = ssh::config::resolve(&cfg.host, cfg.spec_user.as_deref(), &cfg.ssh)
+        .unwrap_or_else(|e| fail(e));
     if cli.fake {
         return;
     }
@@ -178,10 +192,15 @@ mod tests {
 
     #[test]
     fn sshfs_style() {
-        let Command::Mount(c) = parse_args(&args("box:/p /mnt -o a,b -oc -p 23 -F /cfg -f"), false).unwrap() else {
+        let Command::Mount(c) =
+            parse_args(&args("box:/p /mnt -o a,b -oc -p 23 -F /cfg -f"), false).unwrap()
+        else {
             panic!("not a mount")
         };
-        assert_eq!((c.source.as_str(), c.mountpoint.as_path()), ("box:/p", Path::new("/mnt")));
+        assert_eq!(
+            (c.source.as_str(), c.mountpoint.as_path()),
+            ("box:/p", Path::new("/mnt"))
+        );
         assert_eq!(c.opts, vec!["a,b".to_string(), "c".to_string()]);
         assert_eq!(c.port, Some(23));
         assert!(c.foreground && !c.fake);
@@ -197,8 +216,9 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert!(parse_args(&args("box:/p"), false).is_err());
-        assert!(parse_args(&args("box:/p /m -x"), false).unwrap_err().contains("-x"));
-        assert!(parse_args(&args("box:/p /m -o"), false).unwrap_err().contains("needs an argument"));
+        let err = |s: &str| parse_args(&args(s), false).err().unwrap_or_default();
+        assert_eq!(err("box:/p"), "missing mountpoint");
+        assert!(err("box:/p /m -x").contains("-x"));
+        assert!(err("box:/p /m -o").contains("needs an argument"));
     }
 }

@@ -174,7 +174,9 @@ pub fn run(cfg: MountConfig, target: Target, ready: &mut Ready) -> Result<(), St
             }
         });
     } else {
-        let link = rt.block_on(session.connect_first()).map_err(|e| e.to_string())?;
+        let link = rt
+            .block_on(session.connect_first())
+            .map_err(|e| e.to_string())?;
         {
             let _guard = rt.enter();
             session.start(Some(link));

@@ -57,14 +57,23 @@ pub struct MountConfig {
 
 /// sshfs options whose function mastofs does not provide.
 const REFUSED: &[(&str, &str)] = &[
-    ("ssh_command", "mastofs speaks SSH itself and runs no ssh command"),
+    (
+        "ssh_command",
+        "mastofs speaks SSH itself and runs no ssh command",
+    ),
     ("ssh_protocol", "only SSH protocol 2 exists"),
     ("sftp_server", "mastofs uses the server's sftp subsystem"),
     ("directport", "mastofs needs an SSH server"),
-    ("password_stdin", "password authentication is not supported; use a key"),
+    (
+        "password_stdin",
+        "password authentication is not supported; use a key",
+    ),
     ("passive", "mastofs does not run an sftp server"),
     ("slave", "mastofs does not run an sftp server"),
-    ("direct_io", "mastofs keeps the page cache so that mmap works"),
+    (
+        "direct_io",
+        "mastofs keeps the page cache so that mmap works",
+    ),
     ("ControlMaster", "connection sharing is not supported"),
     ("ControlPath", "connection sharing is not supported"),
     ("ProxyCommand", "proxies are not supported"),
@@ -73,19 +82,67 @@ const REFUSED: &[(&str, &str)] = &[
 
 /// Options accepted and ignored (mount(8), systemd, sshfs tuning).
 const IGNORED: &[&str] = &[
-    "_netdev", "user", "users", "nouser", "owner", "group", "auto", "noauto", "nofail",
-    "defaults", "exec", "suid", "dev", "async", "relatime", "reconnect", "kernel_cache",
-    "auto_cache", "no_readahead", "sshfs_sync", "sync_readdir", "big_writes", "large_read",
-    "noforget", "splice_read", "splice_write", "splice_move", "hard_remove", "use_ino",
-    "readdir_ino", "no_check_root", "rw",
+    "_netdev",
+    "user",
+    "users",
+    "nouser",
+    "owner",
+    "group",
+    "auto",
+    "noauto",
+    "nofail",
+    "defaults",
+    "exec",
+    "suid",
+    "dev",
+    "async",
+    "relatime",
+    "reconnect",
+    "kernel_cache",
+    "auto_cache",
+    "no_readahead",
+    "sshfs_sync",
+    "sync_readdir",
+    "big_writes",
+    "large_read",
+    "noforget",
+    "splice_read",
+    "splice_write",
+    "splice_move",
+    "hard_remove",
+    "use_ino",
+    "readdir_ino",
+    "no_check_root",
+    "rw",
 ];
 const IGNORED_WITH_VALUE: &[&str] = &[
-    "user", "fsname", "subtype", "comment", "max_read", "max_write", "workaround",
-    "dir_cache", "dcache_max_size", "dcache_timeout", "dcache_stat_timeout",
-    "dcache_dir_timeout", "dcache_link_timeout", "dcache_clean_interval",
-    "dcache_min_clean_interval", "max_readahead", "modules", "LogLevel", "IdentitiesOnly",
-    "BatchMode", "PasswordAuthentication", "KbdInteractiveAuthentication", "AddressFamily",
-    "TCPKeepAlive", "ForwardAgent", "ForwardX11", "RequestTTY",
+    "user",
+    "fsname",
+    "subtype",
+    "comment",
+    "max_read",
+    "max_write",
+    "workaround",
+    "dir_cache",
+    "dcache_max_size",
+    "dcache_timeout",
+    "dcache_stat_timeout",
+    "dcache_dir_timeout",
+    "dcache_link_timeout",
+    "dcache_clean_interval",
+    "dcache_min_clean_interval",
+    "max_readahead",
+    "modules",
+    "LogLevel",
+    "IdentitiesOnly",
+    "BatchMode",
+    "PasswordAuthentication",
+    "KbdInteractiveAuthentication",
+    "AddressFamily",
+    "TCPKeepAlive",
+    "ForwardAgent",
+    "ForwardX11",
+    "RequestTTY",
 ];
 
 fn secs(key: &str, v: &str) -> Result<Duration, String> {
@@ -157,13 +214,19 @@ pub fn apply_options(cfg: &mut MountConfig, opts: &[String], sloppy: bool) -> Re
             }
             let need = || value.ok_or_else(|| format!("option {key} needs a value ({key}=...)"));
             match (key, value) {
-                ("uid", Some(v)) => uid = Some(idmap::resolve_user(v).map_err(|e| format!("option uid: {e}"))?),
-                ("gid", Some(v)) => gid = Some(idmap::resolve_group(v).map_err(|e| format!("option gid: {e}"))?),
+                ("uid", Some(v)) => {
+                    uid = Some(idmap::resolve_user(v).map_err(|e| format!("option uid: {e}"))?)
+                }
+                ("gid", Some(v)) => {
+                    gid = Some(idmap::resolve_group(v).map_err(|e| format!("option gid: {e}"))?)
+                }
                 ("umask", Some(v)) => {
                     umask = u32::from_str_radix(v, 8)
                         .ok()
                         .filter(|m| *m <= 0o7777)
-                        .ok_or_else(|| format!("option umask={v}: expected an octal mode such as 0027"))?
+                        .ok_or_else(|| {
+                            format!("option umask={v}: expected an octal mode such as 0027")
+                        })?
                 }
                 ("idmap", Some(v)) => match v {
                     "none" | "user" | "file" => idmap_mode = v.to_string(),
@@ -196,7 +259,9 @@ pub fn apply_options(cfg: &mut MountConfig, opts: &[String], sloppy: bool) -> Re
                 ("dir_timeout" | "cache_dir_timeout" | "cache_link_timeout", _) => {
                     secs(key, need()?)?;
                 }
-                ("cache_timeout" | "cache_stat_timeout", _) => cache_ttl = Some(secs(key, need()?)?),
+                ("cache_timeout" | "cache_stat_timeout", _) => {
+                    cache_ttl = Some(secs(key, need()?)?)
+                }
                 ("cache", _) => cache_on = yes_no(key, need()?)?,
                 ("max_conns", _) => {
                     let n: u32 = uint(key, need()?)?;
@@ -208,15 +273,21 @@ pub fn apply_options(cfg: &mut MountConfig, opts: &[String], sloppy: bool) -> Re
                 ("Port" | "port", _) => cfg.ssh.port = Some(uint(key, need()?)?),
                 ("User", _) => cfg.ssh.user = Some(need()?.to_string()),
                 ("IdentityFile", _) => cfg.ssh.identity_files.push(PathBuf::from(need()?)),
-                ("ServerAliveInterval", _) => cfg.ssh.server_alive_interval = Some(uint(key, need()?)?),
-                ("ServerAliveCountMax", _) => cfg.ssh.server_alive_count_max = Some(uint(key, need()?)?),
+                ("ServerAliveInterval", _) => {
+                    cfg.ssh.server_alive_interval = Some(uint(key, need()?)?)
+                }
+                ("ServerAliveCountMax", _) => {
+                    cfg.ssh.server_alive_count_max = Some(uint(key, need()?)?)
+                }
                 ("ConnectTimeout", _) => cfg.ssh.connect_timeout = Some(uint(key, need()?)?),
                 ("StrictHostKeyChecking", _) => {
                     let v = need()?;
-                    cfg.ssh.strict_host_key_checking = Some(
-                        StrictMode::parse(v)
-                            .ok_or_else(|| format!("option StrictHostKeyChecking={v}: expected yes, accept-new or no"))?,
-                    )
+                    cfg.ssh.strict_host_key_checking =
+                        Some(StrictMode::parse(v).ok_or_else(|| {
+                            format!(
+                                "option StrictHostKeyChecking={v}: expected yes, accept-new or no"
+                            )
+                        })?)
                 }
                 ("UserKnownHostsFile", _) => cfg
                     .ssh
@@ -238,7 +309,9 @@ pub fn apply_options(cfg: &mut MountConfig, opts: &[String], sloppy: bool) -> Re
                 (k, None) if IGNORED.contains(&k) => {}
                 (k, Some(_)) if IGNORED_WITH_VALUE.contains(&k) => {}
                 (k, _) if k.starts_with("x-") || k.starts_with("comment") => {}
-                _ if sloppy => tracing::warn!(option = opt, "ignoring unknown option (sloppy mount)"),
+                _ if sloppy => {
+                    tracing::warn!(option = opt, "ignoring unknown option (sloppy mount)")
+                }
                 _ => return Err(format!("unknown option '{opt}'")),
             }
         }
@@ -256,11 +329,13 @@ pub fn apply_options(cfg: &mut MountConfig, opts: &[String], sloppy: bool) -> Re
         "user" => cfg.fs.idmap_user = true,
         "file" => {
             let uids = match &uidfile {
-                Some(p) => idmap::read_map_file(p, idmap::resolve_user).map_err(|e| format!("option uidfile: {e}"))?,
+                Some(p) => idmap::read_map_file(p, idmap::resolve_user)
+                    .map_err(|e| format!("option uidfile: {e}"))?,
                 None => Default::default(),
             };
             let gids = match &gidfile {
-                Some(p) => idmap::read_map_file(p, idmap::resolve_group).map_err(|e| format!("option gidfile: {e}"))?,
+                Some(p) => idmap::read_map_file(p, idmap::resolve_group)
+                    .map_err(|e| format!("option gidfile: {e}"))?,
                 None => Default::default(),
             };
             if uidfile.is_none() && gidfile.is_none() {
@@ -306,10 +381,12 @@ impl MountConfig {
 
     /// The name shown in /proc/mounts.
     pub fn source(&self) -> String {
-        self.fsname.clone().unwrap_or_else(|| match &self.spec_user {
-            Some(u) => format!("{u}@{}:{}", self.host, self.remote_path),
-            None => format!("{}:{}", self.host, self.remote_path),
-        })
+        self.fsname
+            .clone()
+            .unwrap_or_else(|| match &self.spec_user {
+                Some(u) => format!("{u}@{}:{}", self.host, self.remote_path),
+                None => format!("{}:{}", self.host, self.remote_path),
+            })
     }
 }
 
@@ -333,13 +410,22 @@ mod tests {
         assert!(c.delay_connect && c.allow_other && c.default_permissions);
         assert!(c.fs.transform_symlinks && c.fs.idmap_user);
         assert_eq!(c.fs.idmap.force_uid, Some(0));
-        assert_eq!((c.host.as_str(), c.remote_path.as_str()), ("box", "/home/media"));
+        assert_eq!(
+            (c.host.as_str(), c.remote_path.as_str()),
+            ("box", "/home/media")
+        );
     }
 
     #[test]
     fn numbers_umask_and_ssh_options() {
-        let c = parse("uid=70,gid=70,umask=0027,Port=23,IdentityFile=/k,ServerAliveInterval=15,timeout=5").unwrap();
-        assert_eq!((c.fs.idmap.force_uid, c.fs.idmap.force_gid), (Some(70), Some(70)));
+        let c = parse(
+            "uid=70,gid=70,umask=0027,Port=23,IdentityFile=/k,ServerAliveInterval=15,timeout=5",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.fs.idmap.force_uid, c.fs.idmap.force_gid),
+            (Some(70), Some(70))
+        );
         assert_eq!(c.fs.idmap.umask, 0o027);
         assert_eq!(c.ssh.port, Some(23));
         assert_eq!(c.ssh.identity_files, vec![PathBuf::from("/k")]);
@@ -349,10 +435,18 @@ mod tests {
 
     #[test]
     fn unknown_and_refused_options_are_errors() {
-        assert_eq!(parse("frobnicate").unwrap_err(), "unknown option 'frobnicate'");
+        assert_eq!(
+            parse("frobnicate").unwrap_err(),
+            "unknown option 'frobnicate'"
+        );
         let e = parse("ssh_command=ssh -v").unwrap_err();
-        assert!(e.contains("ssh_command") && e.contains("not supported"), "{e}");
-        assert!(parse("uid=no-such-user-xyz").unwrap_err().contains("no-such-user-xyz"));
+        assert!(
+            e.contains("ssh_command") && e.contains("not supported"),
+            "{e}"
+        );
+        assert!(parse("uid=no-such-user-xyz")
+            .unwrap_err()
+            .contains("no-such-user-xyz"));
         assert!(parse("umask=999").unwrap_err().contains("octal"));
         assert!(parse("max_conns=50").is_err());
         assert!(parse("timeout").unwrap_err().contains("needs a value"));
@@ -371,9 +465,15 @@ mod tests {
 
     #[test]
     fn sources() {
-        assert_eq!(parse_source("u@h:/p").unwrap(), (Some("u".into()), "h".into(), "/p".into()));
+        assert_eq!(
+            parse_source("u@h:/p").unwrap(),
+            (Some("u".into()), "h".into(), "/p".into())
+        );
         assert_eq!(parse_source("h:").unwrap(), (None, "h".into(), "".into()));
-        assert_eq!(parse_source("[::1]:x").unwrap(), (None, "::1".into(), "x".into()));
+        assert_eq!(
+            parse_source("[::1]:x").unwrap(),
+            (None, "::1".into(), "x".into())
+        );
         assert!(parse_source("nohost").is_err());
         assert_eq!(parse_source("mastofs#h:/p").unwrap().1, "h");
     }

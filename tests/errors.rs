@@ -14,7 +14,11 @@ fn fails_with(s: &Server, source: &str, opts: &str, needle: &str) {
 
 fn fails_at(s: &Server, source: &str, mnt: &std::path::Path, opts: &str, needle: &str) {
     let mut cmd = Command::new(BIN);
-    cmd.arg(source).arg(mnt).arg("-f").arg("-F").arg(&s.ssh_config);
+    cmd.arg(source)
+        .arg(mnt)
+        .arg("-f")
+        .arg("-F")
+        .arg(&s.ssh_config);
     if !opts.is_empty() {
         cmd.arg("-o").arg(opts);
     }
@@ -30,9 +34,24 @@ fn fails_at(s: &Server, source: &str, mnt: &std::path::Path, opts: &str, needle:
 fn option_errors() {
     let s = Server::start();
     fails_with(&s, &s.source(), "frobnicate", "unknown option 'frobnicate'");
-    fails_with(&s, &s.source(), "ssh_command=ssh -v", "ssh_command is not supported");
-    fails_with(&s, &s.source(), "password_stdin", "password_stdin is not supported");
-    fails_with(&s, &s.source(), "uid=no-such-user-q", "unknown user 'no-such-user-q'");
+    fails_with(
+        &s,
+        &s.source(),
+        "ssh_command=ssh -v",
+        "ssh_command is not supported",
+    );
+    fails_with(
+        &s,
+        &s.source(),
+        "password_stdin",
+        "password_stdin is not supported",
+    );
+    fails_with(
+        &s,
+        &s.source(),
+        "uid=no-such-user-q",
+        "unknown user 'no-such-user-q'",
+    );
     fails_with(&s, "no-colon", "", "expected [user@]host:[path]");
 }
 
@@ -40,13 +59,28 @@ fn option_errors() {
 fn network_errors() {
     let s = Server::start();
     let key = format!("IdentityFile={}", s.user_key.display());
-    fails_with(&s, "nonexistent-host.invalid:/x", &key, "cannot resolve host 'nonexistent-host.invalid'");
+    fails_with(
+        &s,
+        "nonexistent-host.invalid:/x",
+        &key,
+        "cannot resolve host 'nonexistent-host.invalid'",
+    );
     let closed = free_port();
-    fails_with(&s, "127.0.0.1:/x", &format!("{key},Port={closed}"), "Connection refused");
+    fails_with(
+        &s,
+        "127.0.0.1:/x",
+        &format!("{key},Port={closed}"),
+        "Connection refused",
+    );
     // A server that accepts TCP but never speaks SSH.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
-    fails_with(&s, "127.0.0.1:/x", &format!("{key},Port={port},ConnectTimeout=2"), "timed out after 2 s");
+    fails_with(
+        &s,
+        "127.0.0.1:/x",
+        &format!("{key},Port={port},ConnectTimeout=2"),
+        "timed out after 2 s",
+    );
     drop(silent);
 }
 
@@ -55,12 +89,31 @@ fn auth_and_key_errors() {
     let s = Server::start();
     let other = s.dir.path().join("other_key");
     keygen(&other, "ed25519");
-    fails_with(&s, &s.source(), &format!("IdentityFile={}", other.display()), "authentication failed");
-    fails_with(&s, &s.source(), "IdentityFile=/nonexistent/key", "key file /nonexistent/key");
+    fails_with(
+        &s,
+        &s.source(),
+        &format!("IdentityFile={}", other.display()),
+        "authentication failed",
+    );
+    fails_with(
+        &s,
+        &s.source(),
+        "IdentityFile=/nonexistent/key",
+        "key file /nonexistent/key",
+    );
     let enc = s.dir.path().join("enc_key");
-    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "secret", "-f"]).arg(&enc).status().unwrap();
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "secret", "-f"])
+        .arg(&enc)
+        .status()
+        .unwrap();
     assert!(st.success());
-    fails_with(&s, &s.source(), &format!("IdentityFile={}", enc.display()), "encrypted");
+    fails_with(
+        &s,
+        &s.source(),
+        &format!("IdentityFile={}", enc.display()),
+        "encrypted",
+    );
 }
 
 #[test]
@@ -74,16 +127,26 @@ fn host_key_errors() {
     keygen(&other, "ed25519");
     let pubkey = std::fs::read_to_string(other.with_extension("pub")).unwrap();
     let blob = pubkey.split_whitespace().nth(1).unwrap();
-    std::fs::write(&s.known_hosts, format!("[127.0.0.1]:{} ssh-ed25519 {blob}\n", s.port)).unwrap();
+    std::fs::write(
+        &s.known_hosts,
+        format!("[127.0.0.1]:{} ssh-ed25519 {blob}\n", s.port),
+    )
+    .unwrap();
     fails_with(&s, &s.source(), "", "HAS CHANGED");
     // Revoked.
     let host_blob = good.split_whitespace().nth(2).unwrap();
-    std::fs::write(&s.known_hosts, format!("{good}@revoked * ssh-ed25519 {host_blob}\n")).unwrap();
+    std::fs::write(
+        &s.known_hosts,
+        format!("{good}@revoked * ssh-ed25519 {host_blob}\n"),
+    )
+    .unwrap();
     fails_with(&s, &s.source(), "", "@revoked");
     // accept-new records the key, and the mount works.
     std::fs::write(&s.known_hosts, "").unwrap();
     let m = Mount::try_new(&s, &s.source(), "StrictHostKeyChecking=accept-new").unwrap();
-    assert!(std::fs::read_to_string(&s.known_hosts).unwrap().contains(&format!("[127.0.0.1]:{}", s.port)));
+    assert!(std::fs::read_to_string(&s.known_hosts)
+        .unwrap()
+        .contains(&format!("[127.0.0.1]:{}", s.port)));
     drop(m);
 }
 
@@ -91,11 +154,34 @@ fn host_key_errors() {
 fn remote_path_and_mountpoint_errors() {
     let s = Server::start();
     std::fs::write(s.served.join("file"), b"x").unwrap();
-    fails_with(&s, &format!("box:{}/missing", s.served.display()), "", "No such file");
-    fails_with(&s, &format!("box:{}/file", s.served.display()), "", "not a directory");
-    fails_at(&s, &s.source(), std::path::Path::new("/nonexistent/mnt"), "", "mountpoint /nonexistent/mnt");
+    fails_with(
+        &s,
+        &format!("box:{}/missing", s.served.display()),
+        "",
+        "No such file",
+    );
+    fails_with(
+        &s,
+        &format!("box:{}/file", s.served.display()),
+        "",
+        "not a directory",
+    );
+    fails_at(
+        &s,
+        &s.source(),
+        std::path::Path::new("/nonexistent/mnt"),
+        "",
+        "mountpoint /nonexistent/mnt",
+    );
     let m = Mount::new(&s, "");
-    let out = Command::new(BIN).arg(s.source()).arg(m.path()).arg("-f").arg("-F").arg(&s.ssh_config).output().unwrap();
+    let out = Command::new(BIN)
+        .arg(s.source())
+        .arg(m.path())
+        .arg("-f")
+        .arg("-F")
+        .arg(&s.ssh_config)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already mounted"));
 }

@@ -14,12 +14,22 @@ fn daemons_for(mnt: &Path) -> Vec<u32> {
     let want = mnt.to_string_lossy().into_owned();
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
-        let args: Vec<String> = cmd.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
         let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
         let zombie = stat.split(") ").nth(1).is_some_and(|r| r.starts_with('Z'));
-        if !zombie && args.iter().any(|a| a == &want) && args.first().is_some_and(|a| a.contains("mastofs")) {
+        if !zombie
+            && args.iter().any(|a| a == &want)
+            && args.first().is_some_and(|a| a.contains("mastofs"))
+        {
             pids.push(pid);
         }
     }
@@ -51,7 +61,10 @@ impl Drop for HelperLink {
 }
 
 fn user_exists(name: &str) -> bool {
-    Command::new("getent").args(["passwd", name]).output().is_ok_and(|o| o.status.success())
+    Command::new("getent")
+        .args(["passwd", name])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 #[test]
@@ -59,15 +72,27 @@ fn daemon_returns_when_mounted_and_exits_on_umount() {
     let s = Server::start();
     let mnt = tempfile::tempdir().unwrap();
     std::fs::write(s.served.join("f"), b"daemon").unwrap();
-    let out = Command::new(BIN).arg(s.source()).arg(mnt.path()).arg("-F").arg(&s.ssh_config).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .arg(s.source())
+        .arg(mnt.path())
+        .arg("-F")
+        .arg(&s.ssh_config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The mount is live the moment the command returns.
     assert!(is_mounted(mnt.path()));
     assert_eq!(std::fs::read(mnt.path().join("f")).unwrap(), b"daemon");
     assert_eq!(daemons_for(mnt.path()).len(), 1);
     let st = Command::new("umount").arg(mnt.path()).status().unwrap();
     assert!(st.success());
-    wait_until(Duration::from_secs(10), "daemon exit", || daemons_for(mnt.path()).is_empty());
+    wait_until(Duration::from_secs(10), "daemon exit", || {
+        daemons_for(mnt.path()).is_empty()
+    });
 }
 
 #[test]
@@ -92,8 +117,14 @@ fn sigterm_unmounts_cleanly() {
     let mut m = Mount::new(&s, "");
     let pids = daemons_for(m.path());
     assert_eq!(pids.len(), 1);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0] as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    wait_until(Duration::from_secs(10), "unmount after SIGTERM", || !is_mounted(m.path()));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0] as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(10), "unmount after SIGTERM", || {
+        !is_mounted(m.path())
+    });
     let st = m.unmount().expect("exit status");
     assert!(st.success(), "{st:?}");
 }
@@ -107,21 +138,54 @@ fn mount_helper_names() {
         std::os::unix::fs::symlink(BIN, &helper).unwrap();
         let mnt = tempfile::tempdir().unwrap();
         // mount(8) calls: helper SOURCE MOUNTPOINT [-sfnv] -o OPTIONS; -f means "fake".
-        let fake = Command::new(&helper).arg(s.source()).arg(mnt.path()).args(["-f", "-o", "rw,_netdev"]).env("HOME", s.dir.path()).arg("-F").arg(&s.ssh_config).output().unwrap();
-        assert!(fake.status.success(), "{}", String::from_utf8_lossy(&fake.stderr));
+        let fake = Command::new(&helper)
+            .arg(s.source())
+            .arg(mnt.path())
+            .args(["-f", "-o", "rw,_netdev"])
+            .env("HOME", s.dir.path())
+            .arg("-F")
+            .arg(&s.ssh_config)
+            .output()
+            .unwrap();
+        assert!(
+            fake.status.success(),
+            "{}",
+            String::from_utf8_lossy(&fake.stderr)
+        );
         assert!(!is_mounted(mnt.path()));
-        let out = Command::new(&helper).arg(s.source()).arg(mnt.path()).args(["-n", "-o", "rw,_netdev,nofail"]).arg("-F").arg(&s.ssh_config).output().unwrap();
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(&helper)
+            .arg(s.source())
+            .arg(mnt.path())
+            .args(["-n", "-o", "rw,_netdev,nofail"])
+            .arg("-F")
+            .arg(&s.ssh_config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(is_mounted(mnt.path()));
         assert!(std::fs::read_dir(mnt.path()).is_ok());
-        assert!(Command::new("fusermount3").arg("-u").arg(mnt.path()).status().unwrap().success());
-        wait_until(Duration::from_secs(10), "daemon exit", || daemons_for(mnt.path()).is_empty());
+        assert!(Command::new("fusermount3")
+            .arg("-u")
+            .arg(mnt.path())
+            .status()
+            .unwrap()
+            .success());
+        wait_until(Duration::from_secs(10), "daemon exit", || {
+            daemons_for(mnt.path()).is_empty()
+        });
     }
 }
 
 #[test]
 fn the_fstab_line_mounts_with_mount() {
-    assert!(user_exists("mastodon"), "the test needs a 'mastodon' user (see .ci/run)");
+    assert!(
+        user_exists("mastodon"),
+        "the test needs a 'mastodon' user (see .ci/run)"
+    );
     let s = Server::start();
     std::fs::write(s.served.join("media.png"), b"png").unwrap();
     // mount(8) runs helpers without HOME, so root's ~/.ssh/config would be read; the test
@@ -140,16 +204,49 @@ fn the_fstab_line_mounts_with_mount() {
         ),
     )
     .unwrap();
-    let out = Command::new("mount").arg("--fstab").arg(&fstab).arg(mnt.path()).output().unwrap();
-    assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("mount")
+        .arg("--fstab")
+        .arg(&fstab)
+        .arg(mnt.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let info = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let line = info.lines().find(|l| l.contains(&*mnt.path().to_string_lossy())).expect("in /proc/mounts");
+    let line = info
+        .lines()
+        .find(|l| l.contains(&*mnt.path().to_string_lossy()))
+        .expect("in /proc/mounts");
     assert!(line.contains("fuse.mastofs"), "{line}");
-    let md = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(mnt.path().join("media.png")).unwrap());
-    let mastodon: u32 = String::from_utf8_lossy(&Command::new("id").args(["-u", "mastodon"]).output().unwrap().stdout).trim().parse().unwrap();
+    let md = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(mnt.path().join("media.png")).unwrap(),
+    );
+    let mastodon: u32 = String::from_utf8_lossy(
+        &Command::new("id")
+            .args(["-u", "mastodon"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .parse()
+    .unwrap();
     assert_eq!(md, mastodon);
-    let w = as_user(mastodon, mastodon, &format!("echo up > {}/upload", mnt.path().display()));
+    let w = as_user(
+        mastodon,
+        mastodon,
+        &format!("echo up > {}/upload", mnt.path().display()),
+    );
     assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
-    assert!(Command::new("umount").arg(mnt.path()).status().unwrap().success());
-    wait_until(Duration::from_secs(10), "daemon exit", || daemons_for(mnt.path()).is_empty());
+    assert!(Command::new("umount")
+        .arg(mnt.path())
+        .status()
+        .unwrap()
+        .success());
+    wait_until(Duration::from_secs(10), "daemon exit", || {
+        daemons_for(mnt.path()).is_empty()
+    });
 }

@@ -21,7 +21,13 @@ fn files_read_write_at_offsets() {
     let m = Mount::new(&s, "");
     // Create, write at scattered offsets (a hole), read back, through the server too.
     let p = m.p("f.bin");
-    let f = fs::OpenOptions::new().create(true).read(true).write(true).open(&p).unwrap();
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
     f.write_all_at(b"tail", 3_000_000).unwrap();
     f.write_all_at(b"head", 0).unwrap();
     let big: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
@@ -45,7 +51,9 @@ fn files_read_write_at_offsets() {
     let mut a = fs::OpenOptions::new().append(true).open(&p).unwrap();
     a.write_all(b"++").unwrap();
     drop(a);
-    assert!(fs::read(s.served.join("f.bin")).unwrap().ends_with(b"tail++"));
+    assert!(fs::read(s.served.join("f.bin"))
+        .unwrap()
+        .ends_with(b"tail++"));
     // Overwrite with O_TRUNC.
     fs::write(&p, b"short").unwrap();
     assert_eq!(fs::read(s.served.join("f.bin")).unwrap(), b"short");
@@ -69,11 +77,17 @@ fn directories_and_names() {
     assert_eq!(names[0], "n000");
     // Errors with precise errnos.
     assert_eq!(errno(fs::create_dir(m.p("d")).unwrap_err()), libc::EEXIST);
-    assert_eq!(errno(fs::remove_dir(m.p("d")).unwrap_err()), libc::ENOTEMPTY);
+    assert_eq!(
+        errno(fs::remove_dir(m.p("d")).unwrap_err()),
+        libc::ENOTEMPTY
+    );
     assert_eq!(errno(fs::metadata(m.p("nope")).unwrap_err()), libc::ENOENT);
     assert_eq!(errno(fs::remove_file(m.p("d")).unwrap_err()), libc::EISDIR);
     let long = "x".repeat(300);
-    assert_eq!(errno(fs::write(m.p(&long), b"").unwrap_err()), libc::ENAMETOOLONG);
+    assert_eq!(
+        errno(fs::write(m.p(&long), b"").unwrap_err()),
+        libc::ENAMETOOLONG
+    );
     // Remove everything.
     for i in 0..300 {
         fs::remove_file(m.p(&format!("d/n{i:03}"))).unwrap();
@@ -105,14 +119,20 @@ fn rename_replace_and_noreplace() {
         )
     };
     assert_eq!(r, -1);
-    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EEXIST));
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EEXIST)
+    );
     assert_eq!(fs::read(s.served.join("b")).unwrap(), b"A");
     // Directory rename keeps children reachable under the new name.
     fs::create_dir_all(m.p("d1/sub")).unwrap();
     fs::write(m.p("d1/sub/f"), b"F").unwrap();
     fs::rename(m.p("d1"), m.p("d2")).unwrap();
     assert_eq!(fs::read(m.p("d2/sub/f")).unwrap(), b"F");
-    assert_eq!(errno(fs::metadata(m.p("d1/sub/f")).unwrap_err()), libc::ENOENT);
+    assert_eq!(
+        errno(fs::metadata(m.p("d1/sub/f")).unwrap_err()),
+        libc::ENOENT
+    );
     // An open file follows its rename.
     let mut f = fs::OpenOptions::new().write(true).open(m.p("c")).unwrap();
     fs::rename(m.p("c"), m.p("c2")).unwrap();
@@ -130,18 +150,33 @@ fn symlinks_hardlinks_and_transform() {
     {
         let m = Mount::new(&s, "");
         std::os::unix::fs::symlink("target", m.p("rel")).unwrap();
-        assert_eq!(fs::read_link(s.served.join("rel")).unwrap(), Path::new("target"));
+        assert_eq!(
+            fs::read_link(s.served.join("rel")).unwrap(),
+            Path::new("target")
+        );
         assert_eq!(fs::read_link(m.p("rel")).unwrap(), Path::new("target"));
         assert_eq!(fs::read(m.p("rel")).unwrap(), b"T");
-        assert!(fs::symlink_metadata(m.p("rel")).unwrap().file_type().is_symlink());
+        assert!(fs::symlink_metadata(m.p("rel"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
         // Without transform_symlinks an absolute target is shown as it is.
-        assert_eq!(fs::read_link(m.p("sub/abs")).unwrap(), s.served.join("target"));
+        assert_eq!(
+            fs::read_link(m.p("sub/abs")).unwrap(),
+            s.served.join("target")
+        );
         // Hard link (hardlink@openssh.com).
         fs::hard_link(m.p("target"), m.p("hl")).unwrap();
-        assert_eq!(fs::metadata(s.served.join("hl")).unwrap().ino(), fs::metadata(s.served.join("target")).unwrap().ino());
+        assert_eq!(
+            fs::metadata(s.served.join("hl")).unwrap().ino(),
+            fs::metadata(s.served.join("target")).unwrap().ino()
+        );
     }
     let m = Mount::new(&s, "transform_symlinks");
-    assert_eq!(fs::read_link(m.p("sub/abs")).unwrap(), Path::new("../target"));
+    assert_eq!(
+        fs::read_link(m.p("sub/abs")).unwrap(),
+        Path::new("../target")
+    );
     assert_eq!(fs::read(m.p("sub/abs")).unwrap(), b"T");
     drop(m);
     let m = Mount::new(&s, "follow_symlinks");
@@ -154,7 +189,10 @@ fn setattr_chmod_truncate_times() {
     let m = Mount::new(&s, "");
     fs::write(m.p("f"), b"0123456789").unwrap();
     fs::set_permissions(m.p("f"), fs::Permissions::from_mode(0o640)).unwrap();
-    assert_eq!(fs::metadata(s.served.join("f")).unwrap().mode() & 0o7777, 0o640);
+    assert_eq!(
+        fs::metadata(s.served.join("f")).unwrap().mode() & 0o7777,
+        0o640
+    );
     let f = fs::OpenOptions::new().write(true).open(m.p("f")).unwrap();
     f.set_len(4).unwrap();
     drop(f);
@@ -162,8 +200,14 @@ fn setattr_chmod_truncate_times() {
     // utimensat with UTIME_OMIT for atime: atime is kept, mtime set.
     let before = fs::metadata(s.served.join("f")).unwrap();
     let times = [
-        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-        libc::timespec { tv_sec: 1_500_000_000, tv_nsec: 0 },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: 1_500_000_000,
+            tv_nsec: 0,
+        },
     ];
     let r = unsafe { libc::utimensat(libc::AT_FDCWD, cstr(&m.p("f")).as_ptr(), times.as_ptr(), 0) };
     assert_eq!(r, 0);
@@ -173,6 +217,7 @@ fn setattr_chmod_truncate_times() {
     // The mode asked for at creation is the mode the file gets (no server umask).
     let f = fs::OpenOptions::new()
         .create(true)
+        .truncate(true)
         .write(true)
         .mode(0o666)
         .open(m.p("g"))
@@ -180,14 +225,23 @@ fn setattr_chmod_truncate_times() {
     drop(f);
     let umask = unsafe { libc::umask(0) };
     unsafe { libc::umask(umask) };
-    assert_eq!(fs::metadata(s.served.join("g")).unwrap().mode() & 0o777, 0o666 & !umask);
+    assert_eq!(
+        fs::metadata(s.served.join("g")).unwrap().mode() & 0o777,
+        0o666 & !umask
+    );
     // What SFTP cannot do.
     let r = unsafe { libc::mkfifo(cstr(&m.p("fifo")).as_ptr(), 0o644) };
     assert_eq!(r, -1);
-    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EPERM));
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EPERM)
+    );
     let r = unsafe { libc::chown(cstr(&m.p("f")).as_ptr(), 4321, 4321) };
     assert_eq!(r, -1);
-    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EPERM));
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EPERM)
+    );
     // Chown to the owner it already shows is accepted (cp -p, tar).
     let md = fs::metadata(m.p("f")).unwrap();
     let r = unsafe { libc::chown(cstr(&m.p("f")).as_ptr(), md.uid(), md.gid()) };
@@ -199,9 +253,15 @@ fn statfs_reports_remote_disk() {
     let s = Server::start();
     let m = Mount::new(&s, "");
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(cstr(m.path()).as_ptr(), &mut st) }, 0);
+    assert_eq!(
+        unsafe { libc::statvfs(cstr(m.path()).as_ptr(), &mut st) },
+        0
+    );
     let mut local: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(cstr(&s.served).as_ptr(), &mut local) }, 0);
+    assert_eq!(
+        unsafe { libc::statvfs(cstr(&s.served).as_ptr(), &mut local) },
+        0
+    );
     assert_eq!(st.f_blocks, local.f_blocks);
     assert!(st.f_bavail > 0);
 }
@@ -212,10 +272,21 @@ fn mmap_works() {
     let s = Server::start();
     let m = Mount::new(&s, "");
     fs::write(m.p("mm"), vec![b'a'; 8192]).unwrap();
-    let f = fs::OpenOptions::new().read(true).write(true).open(m.p("mm")).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.p("mm"))
+        .unwrap();
     unsafe {
         use std::os::fd::AsRawFd;
-        let p = libc::mmap(std::ptr::null_mut(), 8192, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0);
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            8192,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
         assert_ne!(p, libc::MAP_FAILED);
         *(p as *mut u8).add(4096) = b'Z';
         assert_eq!(libc::msync(p, 8192, libc::MS_SYNC), 0);

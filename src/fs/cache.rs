@@ -99,13 +99,21 @@ impl MetaCache {
         self.invalidate(path);
         let prefix = format!("{}/", path.trim_end_matches('/'));
         if let Ok(mut c) = self.attrs.lock() {
-            let stale: Vec<String> = c.iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(k, _)| k.clone()).collect();
+            let stale: Vec<String> = c
+                .iter()
+                .filter(|(k, _)| k.starts_with(&prefix))
+                .map(|(k, _)| k.clone())
+                .collect();
             for k in stale {
                 c.pop(&k);
             }
         }
         if let Ok(mut m) = self.missing.lock() {
-            let stale: Vec<String> = m.iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(k, _)| k.clone()).collect();
+            let stale: Vec<String> = m
+                .iter()
+                .filter(|(k, _)| k.starts_with(&prefix))
+                .map(|(k, _)| k.clone())
+                .collect();
             for k in stale {
                 m.pop(&k);
             }

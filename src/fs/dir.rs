@@ -25,21 +25,28 @@ pub struct DirEntryOut {
 
 /// A directory listing held open by the kernel.
 pub struct Listing {
-    pub ino: u64,
     pub parent: u64,
     pub entries: Vec<DirEntryOut>,
 }
 
 /// A name from the server that is safe to show.
 fn safe_name(name: &str) -> bool {
-    !name.is_empty() && name != "." && name != ".." && !name.contains('/') && name.len() <= super::NAME_MAX
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && name.len() <= super::NAME_MAX
 }
 
 impl<R: Remote> Fs<R> {
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
         let path = self.path_of(ino)?;
         let list = self.remote.read_dir(&path).await?;
-        let prefix = if path.ends_with('/') { path.clone() } else { format!("{path}/") };
+        let prefix = if path.ends_with('/') {
+            path.clone()
+        } else {
+            format!("{path}/")
+        };
         let mut entries = Vec::with_capacity(list.len());
         for e in list {
             if !safe_name(&e.name) {
@@ -72,7 +79,7 @@ impl<R: Remote> Fs<R> {
         };
         let fh = self.next_dir.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut d) = self.dirs.lock() {
-            d.insert(fh, Arc::new(Listing { ino, parent, entries }));
+            d.insert(fh, Arc::new(Listing { parent, entries }));
         }
         Ok(fh)
     }
@@ -166,7 +173,10 @@ impl<R: Remote> Fs<R> {
 
     pub async fn link(&self, ino: u64, new_parent: u64, new_name: &str) -> FsResult<Entry> {
         if !self.remote.capabilities().hardlink {
-            return Err(FsError::new(libc::EPERM, "server does not support hard links"));
+            return Err(FsError::new(
+                libc::EPERM,
+                "server does not support hard links",
+            ));
         }
         let from = self.path_of(ino)?;
         let to = self.child_path(new_parent, new_name)?;

@@ -33,7 +33,13 @@ impl<R: Remote> Fs<R> {
         Ok(fid.0)
     }
 
-    pub async fn create(&self, parent: u64, name: &str, mode: u32, flags: i32) -> FsResult<(Entry, u64)> {
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        flags: i32,
+    ) -> FsResult<(Entry, u64)> {
         let path = self.child_path(parent, name)?;
         let perm = mode & 0o7777;
         let open = OpenMode {
@@ -42,7 +48,10 @@ impl<R: Remote> Fs<R> {
             ..open_mode(flags)
         };
         // A file must be writable to be created; O_RDONLY|O_CREAT still creates it.
-        let open = OpenMode { write: true, ..open };
+        let open = OpenMode {
+            write: true,
+            ..open
+        };
         self.cache.invalidate(&path);
         let fid = match self.remote.open(&path, open, Some(perm)).await {
             Ok(f) => f,
@@ -121,7 +130,11 @@ impl<R: Remote> Fs<R> {
     }
 
     /// Attributes through an open handle (accurate while the file is being written).
-    pub async fn getattr_open(&self, ino: u64, fh: u64) -> FsResult<(fuser::FileAttr, std::time::Duration)> {
+    pub async fn getattr_open(
+        &self,
+        ino: u64,
+        fh: u64,
+    ) -> FsResult<(fuser::FileAttr, std::time::Duration)> {
         let attrs = self.remote.fstat(FileId(fh)).await?;
         Ok((self.file_attr(ino, &attrs), self.cfg.attr_ttl))
     }

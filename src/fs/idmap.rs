@@ -41,7 +41,10 @@ pub fn resolve_group(s: &str) -> Result<u32, String> {
 }
 
 /// Reads an sshfs uidfile/gidfile: `name:remote_id` per line; `name` is resolved locally.
-pub fn read_map_file(path: &Path, resolve: fn(&str) -> Result<u32, String>) -> Result<HashMap<u32, u32>, String> {
+pub fn read_map_file(
+    path: &Path,
+    resolve: fn(&str) -> Result<u32, String>,
+) -> Result<HashMap<u32, u32>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut map = HashMap::new();
     for (i, line) in text.lines().enumerate() {
@@ -52,7 +55,8 @@ pub fn read_map_file(path: &Path, resolve: fn(&str) -> Result<u32, String>) -> R
         let bad = || format!("{}:{}: expected name:id", path.display(), i + 1);
         let (name, id) = line.split_once(':').ok_or_else(bad)?;
         let remote: u32 = id.trim().parse().map_err(|_| bad())?;
-        let local = resolve(name.trim()).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+        let local =
+            resolve(name.trim()).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
         map.insert(remote, local);
     }
     Ok(map)
@@ -116,7 +120,9 @@ mod tests {
         assert_eq!(resolve_user("70").unwrap(), 70);
         assert_eq!(resolve_user("root").unwrap(), 0);
         assert_eq!(resolve_group("root").unwrap(), 0);
-        assert!(resolve_user("no-such-user-mastofs").unwrap_err().contains("no-such-user-mastofs"));
+        assert!(resolve_user("no-such-user-mastofs")
+            .unwrap_err()
+            .contains("no-such-user-mastofs"));
     }
 
     #[test]

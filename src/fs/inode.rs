@@ -68,10 +68,6 @@ impl Inodes {
         self.nodes.get(&ino).map(|n| n.parent)
     }
 
-    pub fn kind(&self, ino: u64) -> Option<Kind> {
-        self.nodes.get(&ino).map(|n| n.kind)
-    }
-
     pub fn child(&self, parent: u64, name: &str) -> Option<u64> {
         self.children.get(&(parent, name.to_string())).copied()
     }
@@ -140,7 +136,8 @@ impl Inodes {
                 n.parent = new_parent;
                 n.name = new_name.to_string();
             }
-            self.children.insert((new_parent, new_name.to_string()), ino);
+            self.children
+                .insert((new_parent, new_name.to_string()), ino);
         }
     }
 

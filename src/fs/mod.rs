@@ -15,6 +15,10 @@ pub mod idmap;
 pub mod inode;
 mod symlink;
 
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -133,7 +137,10 @@ impl<R: Remote> Fs<R> {
     pub async fn prepare(&self) -> FsResult<()> {
         let root = self.root_path();
         let attrs = self.remote.stat(&root).await.map_err(|e| {
-            FsError::new(e.errno(), format!("remote path '{}': {}", root, errno_text(e.errno())))
+            FsError::new(
+                e.errno(),
+                format!("remote path '{}': {}", root, errno_text(e.errno())),
+            )
         })?;
         if attrs.kind() != Kind::Dir {
             return Err(FsError::new(
@@ -149,7 +156,12 @@ impl<R: Remote> Fs<R> {
         if self.cfg.idmap_user {
             let home = self.remote.stat(".").await?;
             if let (Some(u), Some(g), Ok(mut m)) = (home.uid, home.gid, self.idmap.write()) {
-                m.map_login(u, g, nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+                m.map_login(
+                    u,
+                    g,
+                    nix::unistd::getuid().as_raw(),
+                    nix::unistd::getgid().as_raw(),
+                );
             }
         }
         Ok(())
@@ -289,7 +301,12 @@ impl<R: Remote> Fs<R> {
         Ok((self.file_attr(ino, &attrs), self.cfg.attr_ttl))
     }
 
-    pub async fn setattr(&self, ino: u64, fh: Option<u64>, req: SetAttr) -> FsResult<(FileAttr, Duration)> {
+    pub async fn setattr(
+        &self,
+        ino: u64,
+        fh: Option<u64>,
+        req: SetAttr,
+    ) -> FsResult<(FileAttr, Duration)> {
         let path = self.path_of(ino)?;
         let mut current = None;
         let mut change = Attrs::default();
@@ -299,7 +316,10 @@ impl<R: Remote> Fs<R> {
             let a = self.remote.lstat(&path).await?;
             let shown = self.file_attr(ino, &a);
             if req.uid.is_some_and(|u| u != shown.uid) || req.gid.is_some_and(|g| g != shown.gid) {
-                return Err(FsError::new(libc::EPERM, "cannot change the owner of a remote file"));
+                return Err(FsError::new(
+                    libc::EPERM,
+                    "cannot change the owner of a remote file",
+                ));
             }
             current = Some(a);
         }
@@ -315,13 +335,21 @@ impl<R: Remote> Fs<R> {
                 Some(a) => a,
                 None => self.remote.lstat(&path).await?,
             };
-            let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(0);
+            let secs = |t: SystemTime| {
+                t.duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs() as u32)
+                    .unwrap_or(0)
+            };
             change.atime = Some(req.atime.map(secs).or(a.atime).unwrap_or(0));
             change.mtime = Some(req.mtime.map(secs).or(a.mtime).unwrap_or(0));
         }
         if change != Attrs::default() {
             let r = match fh {
-                Some(fh) => self.remote.fsetstat(crate::session::FileId(fh), &change).await,
+                Some(fh) => {
+                    self.remote
+                        .fsetstat(crate::session::FileId(fh), &change)
+                        .await
+                }
                 None => self.remote.setstat(&path, &change).await,
             };
             self.cache.invalidate(&path);
@@ -367,7 +395,11 @@ impl<R: Remote> Fs<R> {
             files: s.files,
             ffree: s.ffree,
             bsize: s.bsize.min(u32::MAX as u64) as u32,
-            namelen: if s.namemax == 0 { NAME_MAX as u32 } else { s.namemax.min(u32::MAX as u64) as u32 },
+            namelen: if s.namemax == 0 {
+                NAME_MAX as u32
+            } else {
+                s.namemax.min(u32::MAX as u64) as u32
+            },
             frsize: s.frsize.min(u32::MAX as u64) as u32,
         })
     }

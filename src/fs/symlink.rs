@@ -16,7 +16,11 @@ pub fn transform(root: &str, link_rel: &str, target: &str) -> String {
     let Some(inside) = inside else {
         return target.to_string();
     };
-    let depth = link_rel.split('/').filter(|c| !c.is_empty()).count().saturating_sub(1);
+    let depth = link_rel
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .count()
+        .saturating_sub(1);
     let mut out: Vec<&str> = vec![".."; depth];
     out.extend(inside.split('/').filter(|c| !c.is_empty()));
     if out.is_empty() {
@@ -32,7 +36,10 @@ mod tests {
 
     #[test]
     fn inside_becomes_relative() {
-        assert_eq!(transform("/home/media", "a/b/link", "/home/media/c/d"), "../../c/d");
+        assert_eq!(
+            transform("/home/media", "a/b/link", "/home/media/c/d"),
+            "../../c/d"
+        );
         assert_eq!(transform("/home/media", "link", "/home/media/c"), "c");
         assert_eq!(transform("/home/media/", "a/link", "/home/media"), "..");
         assert_eq!(transform("/home/media", "link", "/home/media"), ".");
@@ -40,8 +47,14 @@ mod tests {
 
     #[test]
     fn outside_and_relative_unchanged() {
-        assert_eq!(transform("/home/media", "a/link", "/etc/passwd"), "/etc/passwd");
-        assert_eq!(transform("/home/media", "a/link", "/home/mediax/f"), "/home/mediax/f");
+        assert_eq!(
+            transform("/home/media", "a/link", "/etc/passwd"),
+            "/etc/passwd"
+        );
+        assert_eq!(
+            transform("/home/media", "a/link", "/home/mediax/f"),
+            "/home/mediax/f"
+        );
         assert_eq!(transform("/home/media", "a/link", "../x"), "../x");
     }
 }

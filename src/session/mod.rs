@@ -136,16 +136,20 @@ impl Remote for Session {
     }
 
     async fn lstat(&self, path: &str) -> RemoteResult<Attrs> {
-        self.run("lstat", |l, _| async move { l.sftp.lstat(path).await }).await
+        self.run("lstat", |l, _| async move { l.sftp.lstat(path).await })
+            .await
     }
 
     async fn stat(&self, path: &str) -> RemoteResult<Attrs> {
-        self.run("stat", |l, _| async move { l.sftp.stat(path).await }).await
+        self.run("stat", |l, _| async move { l.sftp.stat(path).await })
+            .await
     }
 
     async fn setstat(&self, path: &str, attrs: &Attrs) -> RemoteResult<()> {
-        self.run("setstat", |l, _| async move { l.sftp.setstat(path, attrs).await })
-            .await
+        self.run("setstat", |l, _| async move {
+            l.sftp.setstat(path, attrs).await
+        })
+        .await
     }
 
     async fn read_dir(&self, path: &str) -> RemoteResult<Vec<DirEntry>> {
@@ -154,13 +158,19 @@ impl Remote for Session {
     }
 
     async fn readlink(&self, path: &str) -> RemoteResult<String> {
-        self.run("readlink", |l, _| async move { l.sftp.readlink(path).await })
-            .await
+        self.run(
+            "readlink",
+            |l, _| async move { l.sftp.readlink(path).await },
+        )
+        .await
     }
 
     async fn realpath(&self, path: &str) -> RemoteResult<String> {
-        self.run("realpath", |l, _| async move { l.sftp.realpath(path).await })
-            .await
+        self.run(
+            "realpath",
+            |l, _| async move { l.sftp.realpath(path).await },
+        )
+        .await
     }
 
     async fn mkdir(&self, path: &str, perm: u32) -> RemoteResult<()> {
@@ -300,7 +310,11 @@ impl Remote for Session {
             let parts = data.chunks(chunk).enumerate().map(|(i, c)| {
                 let l = &l;
                 let h = &h;
-                async move { l.sftp.write(h, offset + (i * chunk) as u64, c.to_vec()).await }
+                async move {
+                    l.sftp
+                        .write(h, offset + (i * chunk) as u64, c.to_vec())
+                        .await
+                }
             });
             try_join_all(parts).await.map(|_| ())
         })

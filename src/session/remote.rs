@@ -101,9 +101,19 @@ pub trait Remote: Send + Sync + 'static {
         perm: Option<u32>,
     ) -> impl Future<Output = RemoteResult<FileId>> + Send;
     /// Reads up to `len` bytes; fewer only at end of file.
-    fn read(&self, f: FileId, offset: u64, len: u32) -> impl Future<Output = RemoteResult<Vec<u8>>> + Send;
+    fn read(
+        &self,
+        f: FileId,
+        offset: u64,
+        len: u32,
+    ) -> impl Future<Output = RemoteResult<Vec<u8>>> + Send;
     /// Writes all of `data` at `offset`; returns once the server confirmed every byte.
-    fn write(&self, f: FileId, offset: u64, data: &[u8]) -> impl Future<Output = RemoteResult<()>> + Send;
+    fn write(
+        &self,
+        f: FileId,
+        offset: u64,
+        data: &[u8],
+    ) -> impl Future<Output = RemoteResult<()>> + Send;
     fn fstat(&self, f: FileId) -> impl Future<Output = RemoteResult<Attrs>> + Send;
     fn fsetstat(&self, f: FileId, attrs: &Attrs) -> impl Future<Output = RemoteResult<()>> + Send;
     fn fsync(&self, f: FileId) -> impl Future<Output = RemoteResult<()>> + Send;

@@ -46,7 +46,11 @@ where
         stats.waiting.fetch_sub(1, Ordering::Relaxed);
         let Some(link) = link else {
             stats.give_ups.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(op = what, timeout_s = timeout.as_secs(), "gave up: no connection");
+            tracing::warn!(
+                op = what,
+                timeout_s = timeout.as_secs(),
+                "gave up: no connection"
+            );
             return Err(RemoteError::Timeout(timeout.as_secs()));
         };
         if replay {
@@ -127,6 +131,9 @@ mod tests {
     #[test]
     fn replayed_remove_of_missing_file_succeeds() {
         assert!(gone_is_done(true, Err(nf())).is_ok());
-        assert_eq!(gone_is_done(false, Err(nf())).unwrap_err().errno(), libc::ENOENT);
+        assert_eq!(
+            gone_is_done(false, Err(nf())).unwrap_err().errno(),
+            libc::ENOENT
+        );
     }
 }

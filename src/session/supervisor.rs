@@ -28,7 +28,9 @@ pub struct Link {
 #[derive(Clone)]
 pub enum LinkState {
     /// Connecting for the first time or again; `attempt` counts failures in a row.
-    Connecting { attempt: u32 },
+    Connecting {
+        attempt: u32,
+    },
     Up(Arc<Link>),
 }
 
@@ -105,7 +107,10 @@ impl Supervisor {
                 LinkState::Connecting { .. } => None,
             }
         };
-        tokio::time::timeout_at(deadline.into(), wait).await.ok().flatten()
+        tokio::time::timeout_at(deadline.into(), wait)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// A request on `link` failed with a transport error: the link is dead.
@@ -142,9 +147,15 @@ impl Supervisor {
                     self.state.send_replace(LinkState::Connecting { attempt });
                     match self.connect_once().await {
                         Ok(l) => {
-                            if attempt > 0 || self.stats.connected_since.lock().is_ok_and(|s| s.is_some()) {
+                            if attempt > 0
+                                || self.stats.connected_since.lock().is_ok_and(|s| s.is_some())
+                            {
                                 self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                                tracing::warn!(generation = l.generation, attempts = attempt + 1, "reconnected");
+                                tracing::warn!(
+                                    generation = l.generation,
+                                    attempts = attempt + 1,
+                                    "reconnected"
+                                );
                             } else {
                                 tracing::info!(host = %self.target.host, "connected");
                             }
@@ -180,7 +191,8 @@ impl Supervisor {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
             }
-            self.state.send_replace(LinkState::Connecting { attempt: 0 });
+            self.state
+                .send_replace(LinkState::Connecting { attempt: 0 });
             // Close the old connection before opening a new one: the box limits how many
             // connections an account may hold.
             current.sftp.shutdown();
@@ -207,7 +219,10 @@ mod tests {
     fn jitter_stays_in_band() {
         for _ in 0..100 {
             let j = jitter(Duration::from_secs(4));
-            assert!(j >= Duration::from_secs(3) && j <= Duration::from_secs(5), "{j:?}");
+            assert!(
+                j >= Duration::from_secs(3) && j <= Duration::from_secs(5),
+                "{j:?}"
+            );
         }
     }
 }

@@ -186,10 +186,13 @@ impl SftpClient {
     }
 
     fn handle_permit(&self) -> R<OwnedSemaphorePermit> {
-        self.handles.clone().try_acquire_owned().map_err(|_| SftpError::Status {
-            code: StatusCode::Failure,
-            message: "too many open files on this connection".into(),
-        })
+        self.handles
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| SftpError::Status {
+                code: StatusCode::Failure,
+                message: "too many open files on this connection".into(),
+            })
     }
 
     pub async fn open(&self, path: &str, mode: OpenMode, attrs: &Attrs) -> R<RemoteHandle> {
@@ -208,9 +211,15 @@ impl SftpClient {
 
     /// Reads up to `len` bytes (capped at `max_read`); an empty result means end of file.
     pub async fn read(&self, h: &RemoteHandle, offset: u64, len: u32) -> R<Vec<u8>> {
-        match self.raw.read(h.id.as_str(), offset, len.min(self.max_read)).await {
+        match self
+            .raw
+            .read(h.id.as_str(), offset, len.min(self.max_read))
+            .await
+        {
             Ok(d) => Ok(d.data),
-            Err(russh_sftp::client::error::Error::Status(s)) if s.status_code == StatusCode::Eof => {
+            Err(russh_sftp::client::error::Error::Status(s))
+                if s.status_code == StatusCode::Eof =>
+            {
                 Ok(Vec::new())
             }
             Err(e) => Err(e.into()),
@@ -364,6 +373,9 @@ mod tests {
 
     #[test]
     fn extension_strings() {
-        assert_eq!(ssh_strings(&["a", "bc"]), vec![0, 0, 0, 1, b'a', 0, 0, 0, 2, b'b', b'c']);
+        assert_eq!(
+            ssh_strings(&["a", "bc"]),
+            vec![0, 0, 0, 1, b'a', 0, 0, 0, 2, b'b', b'c']
+        );
     }
 }

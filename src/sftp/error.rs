@@ -109,22 +109,52 @@ mod tests {
 
     #[test]
     fn plain_codes() {
-        assert_eq!(status_errno(StatusCode::NoSuchFile, "No such file"), libc::ENOENT);
-        assert_eq!(status_errno(StatusCode::PermissionDenied, "Permission denied"), libc::EACCES);
+        assert_eq!(
+            status_errno(StatusCode::NoSuchFile, "No such file"),
+            libc::ENOENT
+        );
+        assert_eq!(
+            status_errno(StatusCode::PermissionDenied, "Permission denied"),
+            libc::EACCES
+        );
         assert_eq!(status_errno(StatusCode::Failure, "Failure"), libc::EIO);
-        assert_eq!(status_errno(StatusCode::BadMessage, "Bad message"), libc::EINVAL);
-        assert_eq!(status_errno(StatusCode::OpUnsupported, "x"), libc::EOPNOTSUPP);
+        assert_eq!(
+            status_errno(StatusCode::BadMessage, "Bad message"),
+            libc::EINVAL
+        );
+        assert_eq!(
+            status_errno(StatusCode::OpUnsupported, "x"),
+            libc::EOPNOTSUPP
+        );
     }
 
     #[test]
     fn proftpd_messages() {
-        assert_eq!(status_errno(StatusCode::Failure, "File already exists"), libc::EEXIST);
-        assert_eq!(status_errno(StatusCode::Failure, "Not a directory"), libc::ENOTDIR);
-        assert_eq!(status_errno(StatusCode::Failure, "Directory is not empty"), libc::ENOTEMPTY);
+        assert_eq!(
+            status_errno(StatusCode::Failure, "File already exists"),
+            libc::EEXIST
+        );
+        assert_eq!(
+            status_errno(StatusCode::Failure, "Not a directory"),
+            libc::ENOTDIR
+        );
+        assert_eq!(
+            status_errno(StatusCode::Failure, "Directory is not empty"),
+            libc::ENOTEMPTY
+        );
         assert_eq!(status_errno(StatusCode::Failure, "Link loop"), libc::ELOOP);
-        assert_eq!(status_errno(StatusCode::Failure, "No space left on device"), libc::ENOSPC);
-        assert_eq!(status_errno(StatusCode::PermissionDenied, "Is a directory"), libc::EISDIR);
-        assert_eq!(status_errno(StatusCode::PermissionDenied, "File name too long"), libc::ENAMETOOLONG);
+        assert_eq!(
+            status_errno(StatusCode::Failure, "No space left on device"),
+            libc::ENOSPC
+        );
+        assert_eq!(
+            status_errno(StatusCode::PermissionDenied, "Is a directory"),
+            libc::EISDIR
+        );
+        assert_eq!(
+            status_errno(StatusCode::PermissionDenied, "File name too long"),
+            libc::ENAMETOOLONG
+        );
     }
 
     #[test]

@@ -162,7 +162,10 @@ pub fn resolve(alias: &str, spec_user: Option<&str>, ov: &Overrides) -> Result<T
         .unwrap_or_else(|| "root".into());
 
     let (identity_files, identity_explicit) = if !ov.identity_files.is_empty() {
-        (ov.identity_files.iter().map(|p| expand_tilde(p)).collect(), true)
+        (
+            ov.identity_files.iter().map(|p| expand_tilde(p)).collect(),
+            true,
+        )
     } else if let Some(files) = p.identity_file.as_ref().filter(|f| !f.is_empty()) {
         (files.iter().map(|p| expand_tilde(p)).collect(), true)
     } else {
@@ -176,7 +179,10 @@ pub fn resolve(alias: &str, spec_user: Option<&str>, ov: &Overrides) -> Result<T
     };
 
     let known_hosts_files = if !ov.known_hosts_files.is_empty() {
-        ov.known_hosts_files.iter().map(|p| expand_tilde(p)).collect()
+        ov.known_hosts_files
+            .iter()
+            .map(|p| expand_tilde(p))
+            .collect()
     } else if let Some(v) = raw_field(&p, "userknownhostsfile") {
         v.iter()
             .flat_map(|s| s.split_whitespace())
@@ -196,7 +202,9 @@ pub fn resolve(alias: &str, spec_user: Option<&str>, ov: &Overrides) -> Result<T
     let strict = match ov.strict_host_key_checking {
         Some(s) => s,
         None => match raw_field(&p, "stricthostkeychecking") {
-            Some(v) => StrictMode::parse(&v[0]).ok_or_else(|| bad("StrictHostKeyChecking", &v[0]))?,
+            Some(v) => {
+                StrictMode::parse(&v[0]).ok_or_else(|| bad("StrictHostKeyChecking", &v[0]))?
+            }
             None => StrictMode::Yes,
         },
     };
@@ -217,7 +225,9 @@ pub fn resolve(alias: &str, spec_user: Option<&str>, ov: &Overrides) -> Result<T
     let alive_count_max = match ov.server_alive_count_max {
         Some(n) => n,
         None => match raw_field(&p, "serveralivecountmax") {
-            Some(v) => v[0].parse().map_err(|_| bad("ServerAliveCountMax", &v[0]))?,
+            Some(v) => v[0]
+                .parse()
+                .map_err(|_| bad("ServerAliveCountMax", &v[0]))?,
             None => 3,
         },
     }
@@ -252,7 +262,10 @@ mod tests {
     fn config(text: &str) -> (tempdir::Dir, PathBuf) {
         let d = tempdir::Dir::new();
         let p = d.0.join("config");
-        File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
+        File::create(&p)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
         (d, p)
     }
 

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use russh::client::{self, AuthResult, Handle};
-use russh::keys::{PrivateKeyWithHashAlg, PublicKey};
 use russh::keys::PublicKeyOrCertificate;
+use russh::keys::{PrivateKeyWithHashAlg, PublicKey};
 use russh::ChannelStream;
 use tokio::net::TcpStream;
 
@@ -79,7 +79,10 @@ impl Verifier {
 impl client::Handler for Verifier {
     type Error = russh::Error;
 
-    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
         let decision = match key {
             PublicKeyOrCertificate::PublicKey { key, .. } => self.decide(key),
             PublicKeyOrCertificate::Certificate(_) => Err(SshError::HostKeyUnsupported(format!(
@@ -133,7 +136,9 @@ fn preferred(target: &Target) -> russh::Preferred {
     }
 }
 
-fn load_keys(target: &Target) -> Result<Vec<(std::path::PathBuf, Arc<russh::keys::PrivateKey>)>, SshError> {
+fn load_keys(
+    target: &Target,
+) -> Result<Vec<(std::path::PathBuf, Arc<russh::keys::PrivateKey>)>, SshError> {
     let mut keys = Vec::new();
     for path in &target.identity_files {
         match russh::keys::load_secret_key(path, None) {
@@ -302,7 +307,10 @@ pub async fn connect(target: Arc<Target>) -> Result<Connection, SshError> {
 
 impl Connection {
     /// Opens a session channel and starts the `sftp` subsystem on it.
-    pub async fn open_sftp(&self, timeout: Duration) -> Result<ChannelStream<client::Msg>, SshError> {
+    pub async fn open_sftp(
+        &self,
+        timeout: Duration,
+    ) -> Result<ChannelStream<client::Msg>, SshError> {
         let fail = |reason: String| SshError::Subsystem {
             host: self.host.clone(),
             reason,

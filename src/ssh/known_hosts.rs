@@ -154,7 +154,10 @@ pub fn append(file: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::R
     let openssh = key.to_openssh().map_err(std::io::Error::other)?;
     // Drop the comment: known_hosts lines are "name type base64".
     let mut parts = openssh.split_whitespace();
-    let (kind, blob) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let (kind, blob) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
     let mut f = OpenOptions::new().create(true).append(true).open(file)?;
     writeln!(f, "{} {} {}", host_entry_name(host, port), kind, blob)
 }
@@ -197,18 +200,29 @@ mod tests {
         assert!(glob(b"*.example.com", b"box.EXAMPLE.com"));
         assert!(glob(b"b?x", b"box"));
         assert!(!glob(b"b?x", b"bx"));
-        assert!(hosts_match("a,*.example.com,!bad.example.com", "ok.example.com"));
-        assert!(!hosts_match("a,*.example.com,!bad.example.com", "bad.example.com"));
+        assert!(hosts_match(
+            "a,*.example.com,!bad.example.com",
+            "ok.example.com"
+        ));
+        assert!(!hosts_match(
+            "a,*.example.com,!bad.example.com",
+            "bad.example.com"
+        ));
     }
 
     #[test]
     fn port_form_and_verdicts() {
-        let (p, _g) = file(&format!("[box]:23 ssh-ed25519 {ED1}\nbox ssh-ed25519 {ED2}\n"));
+        let (p, _g) = file(&format!(
+            "[box]:23 ssh-ed25519 {ED1}\nbox ssh-ed25519 {ED2}\n"
+        ));
         let files = vec![p.clone()];
         assert_eq!(check(&files, "box", 23, &key(ED1)), Verdict::Known);
         assert_eq!(
             check(&files, "box", 23, &key(ED2)),
-            Verdict::Changed { file: p.clone(), line: 1 }
+            Verdict::Changed {
+                file: p.clone(),
+                line: 1
+            }
         );
         assert_eq!(check(&files, "box", 22, &key(ED2)), Verdict::Known);
         assert_eq!(check(&files, "other", 22, &key(ED2)), Verdict::Unknown);
@@ -216,7 +230,9 @@ mod tests {
 
     #[test]
     fn revoked_wins() {
-        let (p, _g) = file(&format!("box ssh-ed25519 {ED1}\n@revoked * ssh-ed25519 {ED1}\n"));
+        let (p, _g) = file(&format!(
+            "box ssh-ed25519 {ED1}\n@revoked * ssh-ed25519 {ED1}\n"
+        ));
         assert!(matches!(
             check(&[p], "box", 22, &key(ED1)),
             Verdict::Revoked { line: 2, .. }
@@ -231,7 +247,10 @@ mod tests {
         mac.update(b"[127.0.0.1]:2222");
         let hash = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
         let (p, _g) = file(&format!("|1|{salt}|{hash} ssh-ed25519 {ED1}\n"));
-        assert_eq!(check(&[p.clone()], "127.0.0.1", 2222, &key(ED1)), Verdict::Known);
+        assert_eq!(
+            check(&[p.clone()], "127.0.0.1", 2222, &key(ED1)),
+            Verdict::Known
+        );
         assert_eq!(check(&[p], "127.0.0.1", 2223, &key(ED1)), Verdict::Unknown);
     }
 
@@ -242,5 +261,62 @@ mod tests {
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(text.starts_with("[box]:23 ssh-ed25519 "), "{text}");
         assert_eq!(check(&[p], "box", 23, &key(ED1)), Verdict::Known);
+    }
+
+    /// Our matching agrees with `ssh-keygen -F` on plain, port, pattern and hashed lines.
+    #[test]
+    fn agrees_with_ssh_keygen() {
+        let text = format!(
+            "box ssh-ed25519 {ED1}\n[box]:23 ssh-ed25519 {ED1}\n*.example.com,!bad.example.com ssh-ed25519 {ED1}\n\
+             h?st ssh-ed25519 {ED1}\n[10.0.0.1]:2222 ssh-ed25519 {ED1}\n"
+        );
+        let (plain, _g1) = file(&text);
+        let (hashed, _g2) = file(&text);
+        let st = std::process::Command::new("ssh-keygen")
+            .arg("-q")
+            .arg("-H")
+            .arg("-f")
+            .arg(&hashed)
+            .output();
+        let Ok(st) = st else {
+            panic!("ssh-keygen is needed for this test")
+        };
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        let _ = std::fs::remove_file(hashed.with_extension("old"));
+        // ssh-keygen -F does not expand wildcard patterns (ssh does): compare on literal and
+        // hashed names here, and check patterns against ssh's rules below.
+        let cases = [
+            ("box", 22),
+            ("box", 23),
+            ("box", 24),
+            ("10.0.0.1", 2222),
+            ("10.0.0.1", 22),
+            ("BOX", 22),
+        ];
+        for f in [&plain, &hashed] {
+            for (host, port) in cases {
+                let name = host_entry_name(host, port);
+                let ours = check(std::slice::from_ref(f), host, port, &key(ED1)) == Verdict::Known;
+                let theirs = std::process::Command::new("ssh-keygen")
+                    .arg("-F")
+                    .arg(&name)
+                    .arg("-f")
+                    .arg(f)
+                    .output()
+                    .map(|o| o.status.success() && !o.stdout.is_empty())
+                    .unwrap_or(false);
+                assert_eq!(ours, theirs, "{name} in {}", f.display());
+            }
+        }
+        // Patterns, as ssh applies them.
+        let p = std::slice::from_ref(&plain);
+        assert_eq!(check(p, "a.example.com", 22, &key(ED1)), Verdict::Known);
+        assert_eq!(check(p, "bad.example.com", 22, &key(ED1)), Verdict::Unknown);
+        assert_eq!(check(p, "host", 22, &key(ED1)), Verdict::Known);
+        assert_eq!(check(p, "hoost", 22, &key(ED1)), Verdict::Unknown);
     }
 }

@@ -30,8 +30,14 @@ pub fn free_port() -> u16 {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -63,7 +69,10 @@ impl Server {
     /// `key_kind`: the type of the user key (ed25519, ecdsa, rsa).
     pub fn start_with(key_kind: &str) -> Server {
         std::fs::create_dir_all("/run/sshd").ok();
-        let dir = tempfile::Builder::new().prefix("mastofs-test-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("mastofs-test-")
+            .tempdir()
+            .expect("tempdir");
         let d = dir.path().to_path_buf();
         // sshd needs the path to its files to be searchable by its unprivileged child.
         std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).ok();
@@ -85,14 +94,20 @@ impl Server {
         let host_pub = std::fs::read_to_string(d.join("host_key.pub")).expect("host key");
         let mut fields = host_pub.split_whitespace();
         let (kind, blob) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
-        std::fs::write(&server.known_hosts, format!("[127.0.0.1]:{} {kind} {blob}\n", server.port)).expect("known_hosts");
+        std::fs::write(
+            &server.known_hosts,
+            format!("[127.0.0.1]:{} {kind} {blob}\n", server.port),
+        )
+        .expect("known_hosts");
         server.write_ssh_config("");
         server
     }
 
     /// (Re)writes the ssh_config for Host "box" (extra lines appended).
     pub fn write_ssh_config(&self, extra: &str) {
-        let user = String::from_utf8_lossy(&run(Command::new("id").arg("-un")).stdout).trim().to_string();
+        let user = String::from_utf8_lossy(&run(Command::new("id").arg("-un")).stdout)
+            .trim()
+            .to_string();
         std::fs::write(
             &self.ssh_config,
             format!(
@@ -109,7 +124,11 @@ impl Server {
     fn launch(&mut self) {
         let d = self.dir.path().to_path_buf();
         for _ in 0..5 {
-            let port = if self.port == 0 { free_port() } else { self.port };
+            let port = if self.port == 0 {
+                free_port()
+            } else {
+                self.port
+            };
             std::fs::write(
                 d.join("sshd_config"),
                 format!(
@@ -147,7 +166,10 @@ impl Server {
             let _ = child.kill();
             let _ = child.wait();
         }
-        panic!("sshd did not start: {}", std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default());
+        panic!(
+            "sshd did not start: {}",
+            std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
+        );
     }
 
     /// Kills sshd (and, with it, existing sessions' parent; children keep running).
@@ -194,13 +216,23 @@ pub fn is_mounted(p: &Path) -> bool {
 impl Mount {
     /// Mounts `source` with `-F ssh_config -o opts`; Err(stderr) if mastofs exits instead.
     pub fn try_new(server: &Server, source: &str, opts: &str) -> Result<Mount, String> {
-        let dir = tempfile::Builder::new().prefix("mastofs-mnt-").tempdir().expect("mountpoint");
+        let dir = tempfile::Builder::new()
+            .prefix("mastofs-mnt-")
+            .tempdir()
+            .expect("mountpoint");
         let stderr_path = server.dir.path().join(format!(
             "mastofs-{}.log",
-            dir.path().file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+            dir.path()
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default()
         ));
         let mut cmd = Command::new(BIN);
-        cmd.arg(source).arg(dir.path()).arg("-f").arg("-F").arg(&server.ssh_config);
+        cmd.arg(source)
+            .arg(dir.path())
+            .arg("-f")
+            .arg("-F")
+            .arg(&server.ssh_config);
         if !opts.is_empty() {
             cmd.arg("-o").arg(opts);
         }
@@ -222,7 +254,9 @@ impl Mount {
             }
             if let Ok(Some(_)) = child.try_wait() {
                 let mut s = String::new();
-                std::fs::File::open(&stderr_path).and_then(|mut f| f.read_to_string(&mut s)).ok();
+                std::fs::File::open(&stderr_path)
+                    .and_then(|mut f| f.read_to_string(&mut s))
+                    .ok();
                 return Err(s);
             }
             if start.elapsed() > Duration::from_secs(30) {
@@ -235,7 +269,8 @@ impl Mount {
     }
 
     pub fn new(server: &Server, opts: &str) -> Mount {
-        Self::try_new(server, &server.source(), opts).unwrap_or_else(|e| panic!("mount failed: {e}"))
+        Self::try_new(server, &server.source(), opts)
+            .unwrap_or_else(|e| panic!("mount failed: {e}"))
     }
 
     pub fn path(&self) -> &Path {
@@ -252,9 +287,16 @@ impl Mount {
 
     /// Unmounts and waits for the daemon to exit; returns its exit status.
     pub fn unmount(&mut self) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("umount").arg(self.dir.path()).stderr(Stdio::null()).status();
+        let _ = Command::new("umount")
+            .arg(self.dir.path())
+            .stderr(Stdio::null())
+            .status();
         if is_mounted(self.dir.path()) {
-            let _ = Command::new("umount").arg("-l").arg(self.dir.path()).stderr(Stdio::null()).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .stderr(Stdio::null())
+                .status();
         }
         let mut child = self.child.take()?;
         let start = Instant::now();

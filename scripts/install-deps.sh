@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what building, testing and benchmarking mastofs need on Debian 12, and the test
+# accounts the integration tests use (a 'mastodon' user, uid 991 as in the Mastodon image,
+# and a 'backup-sync' group). Idempotent; needs root.
+set -euo pipefail
+need=()
+for pkg in fuse3 openssh-server openssh-client sshfs util-linux python3; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+mkdir -p /run/sshd
+getent group mastodon >/dev/null || groupadd -g 991 mastodon
+getent passwd mastodon >/dev/null || useradd -u 991 -g mastodon -M -s /usr/sbin/nologin mastodon 2>/dev/null
+getent group backup-sync >/dev/null || groupadd backup-sync
+[ -e /dev/fuse ] || { echo "no /dev/fuse: load the fuse module (modprobe fuse)" >&2; exit 1; }

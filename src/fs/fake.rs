@@ -1,0 +1,375 @@
+//! An in-memory [`Remote`] for testing the filesystem logic without a server or a kernel.
+//! It answers like OpenSSH's sftp-server: vague FAILUREs where OpenSSH gives them.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use russh_sftp::protocol::StatusCode;
+
+use crate::session::{
+    Attrs, Capabilities, DirEntry, FileId, Kind, OpenMode, Remote, RemoteError, RemoteResult,
+    RenameMode, SftpError, StatVfs,
+};
+
+#[derive(Clone)]
+struct Node {
+    attrs: Attrs,
+    data: Vec<u8>,
+    target: String,
+}
+
+#[derive(Default)]
+pub struct FakeRemote {
+    tree: Mutex<BTreeMap<String, Node>>,
+    open: Mutex<BTreeMap<u64, String>>,
+    next: AtomicU64,
+    /// Names listed in every directory besides the real ones (to test filtering).
+    pub junk_names: Mutex<Vec<String>>,
+    pub calls: AtomicU64,
+}
+
+fn status(code: StatusCode, message: &str) -> RemoteError {
+    RemoteError::Sftp(SftpError::Status {
+        code,
+        message: message.into(),
+    })
+}
+
+fn no_such() -> RemoteError {
+    status(StatusCode::NoSuchFile, "No such file")
+}
+
+fn failure() -> RemoteError {
+    status(StatusCode::Failure, "Failure")
+}
+
+fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/')
+        .map(|(p, _)| if p.is_empty() { "/" } else { p })
+        .unwrap_or(".")
+}
+
+impl FakeRemote {
+    pub fn new() -> Self {
+        let f = FakeRemote::default();
+        f.put_dir("/r");
+        f
+    }
+
+    pub fn put_dir(&self, path: &str) {
+        self.insert(path, libc::S_IFDIR | 0o755, Vec::new(), "");
+    }
+
+    pub fn put_file(&self, path: &str, data: &[u8]) {
+        self.insert(path, libc::S_IFREG | 0o644, data.to_vec(), "");
+    }
+
+    pub fn put_link(&self, path: &str, target: &str) {
+        self.insert(path, libc::S_IFLNK | 0o777, Vec::new(), target);
+    }
+
+    fn insert(&self, path: &str, mode: u32, data: Vec<u8>, target: &str) {
+        let attrs = Attrs {
+            size: Some(data.len() as u64),
+            uid: Some(1000),
+            gid: Some(1000),
+            mode: Some(mode),
+            atime: Some(1),
+            mtime: Some(2),
+        };
+        if let Ok(mut t) = self.tree.lock() {
+            t.insert(
+                path.to_string(),
+                Node {
+                    attrs,
+                    data,
+                    target: target.to_string(),
+                },
+            );
+        }
+    }
+
+    pub fn data(&self, path: &str) -> Option<Vec<u8>> {
+        self.tree.lock().ok()?.get(path).map(|n| n.data.clone())
+    }
+
+    /// The mode of `path` (panics if missing: for assertions).
+    pub fn lstat_sync(&self, path: &str) -> u32 {
+        self.tree
+            .lock()
+            .ok()
+            .and_then(|t| t.get(path).and_then(|n| n.attrs.mode))
+            .unwrap_or(0)
+    }
+
+    pub fn exists(&self, path: &str) -> bool {
+        self.tree
+            .lock()
+            .map(|t| t.contains_key(path))
+            .unwrap_or(false)
+    }
+
+    fn node(&self, path: &str) -> RemoteResult<Node> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.tree
+            .lock()
+            .ok()
+            .and_then(|t| t.get(path).cloned())
+            .ok_or_else(no_such)
+    }
+
+    fn path_of(&self, f: FileId) -> RemoteResult<String> {
+        self.open
+            .lock()
+            .ok()
+            .and_then(|o| o.get(&f.0).cloned())
+            .ok_or(RemoteError::BadHandle)
+    }
+
+    fn children(&self, dir: &str) -> Vec<String> {
+        let prefix = format!("{dir}/");
+        self.tree
+            .lock()
+            .map(|t| {
+                t.keys()
+                    .filter(|k| k.starts_with(&prefix) && !k[prefix.len()..].contains('/'))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Remote for FakeRemote {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            hardlink: true,
+            fsync: true,
+            statvfs: true,
+        }
+    }
+
+    async fn lstat(&self, path: &str) -> RemoteResult<Attrs> {
+        Ok(self.node(path)?.attrs)
+    }
+
+    async fn stat(&self, path: &str) -> RemoteResult<Attrs> {
+        let n = self.node(path)?;
+        if n.attrs.kind() == Kind::Symlink {
+            let t = if n.target.starts_with('/') {
+                n.target.clone()
+            } else {
+                format!("{}/{}", parent_of(path), n.target)
+            };
+            return Ok(self.node(&t)?.attrs);
+        }
+        Ok(n.attrs)
+    }
+
+    async fn setstat(&self, path: &str, a: &Attrs) -> RemoteResult<()> {
+        let mut t = self.tree.lock().map_err(|_| failure())?;
+        let n = t.get_mut(path).ok_or_else(no_such)?;
+        if let Some(m) = a.mode {
+            n.attrs.mode = Some((n.attrs.mode.unwrap_or(0) & libc::S_IFMT) | (m & 0o7777));
+        }
+        if let Some(s) = a.size {
+            n.data.resize(s as usize, 0);
+            n.attrs.size = Some(s);
+        }
+        if a.mtime.is_some() {
+            n.attrs.mtime = a.mtime;
+            n.attrs.atime = a.atime;
+        }
+        Ok(())
+    }
+
+    async fn read_dir(&self, path: &str) -> RemoteResult<Vec<DirEntry>> {
+        if self.node(path)?.attrs.kind() != Kind::Dir {
+            return Err(failure());
+        }
+        let mut out: Vec<DirEntry> = self
+            .children(path)
+            .into_iter()
+            .filter_map(|c| {
+                let attrs = self.node(&c).ok()?.attrs;
+                Some(DirEntry {
+                    name: c.rsplit('/').next().unwrap_or_default().to_string(),
+                    attrs,
+                })
+            })
+            .collect();
+        for j in self
+            .junk_names
+            .lock()
+            .map(|j| j.clone())
+            .unwrap_or_default()
+        {
+            out.push(DirEntry {
+                name: j,
+                attrs: Attrs::with_perm(0o644),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn readlink(&self, path: &str) -> RemoteResult<String> {
+        Ok(self.node(path)?.target)
+    }
+
+    async fn realpath(&self, path: &str) -> RemoteResult<String> {
+        self.node(path)?;
+        Ok(path.to_string())
+    }
+
+    async fn mkdir(&self, path: &str, perm: u32) -> RemoteResult<()> {
+        if self.exists(path) {
+            return Err(failure());
+        }
+        self.node(parent_of(path))?;
+        // Like a server with umask 022.
+        self.insert(path, libc::S_IFDIR | (perm & 0o755), Vec::new(), "");
+        Ok(())
+    }
+
+    async fn rmdir(&self, path: &str) -> RemoteResult<()> {
+        self.node(path)?;
+        if !self.children(path).is_empty() {
+            return Err(failure());
+        }
+        self.tree.lock().map_err(|_| failure())?.remove(path);
+        Ok(())
+    }
+
+    async fn remove(&self, path: &str) -> RemoteResult<()> {
+        if self.node(path)?.attrs.kind() == Kind::Dir {
+            return Err(failure());
+        }
+        self.tree.lock().map_err(|_| failure())?.remove(path);
+        Ok(())
+    }
+
+    async fn rename(&self, from: &str, to: &str, mode: RenameMode) -> RemoteResult<()> {
+        self.node(from)?;
+        if mode == RenameMode::NoReplace && self.exists(to) {
+            return Err(failure());
+        }
+        let mut t = self.tree.lock().map_err(|_| failure())?;
+        let moved: Vec<String> = t
+            .keys()
+            .filter(|k| *k == from || k.starts_with(&format!("{from}/")))
+            .cloned()
+            .collect();
+        for k in moved {
+            if let Some(n) = t.remove(&k) {
+                t.insert(format!("{to}{}", &k[from.len()..]), n);
+            }
+        }
+        Ok(())
+    }
+
+    async fn symlink(&self, target: &str, link: &str) -> RemoteResult<()> {
+        if self.exists(link) {
+            return Err(failure());
+        }
+        self.put_link(link, target);
+        Ok(())
+    }
+
+    async fn hardlink(&self, from: &str, to: &str) -> RemoteResult<()> {
+        let n = self.node(from)?;
+        self.tree
+            .lock()
+            .map_err(|_| failure())?
+            .insert(to.to_string(), n);
+        Ok(())
+    }
+
+    async fn statvfs(&self, _path: &str) -> RemoteResult<StatVfs> {
+        Ok(StatVfs {
+            bsize: 4096,
+            frsize: 4096,
+            blocks: 100,
+            bfree: 50,
+            bavail: 40,
+            files: 10,
+            ffree: 5,
+            namemax: 255,
+        })
+    }
+
+    async fn open(&self, path: &str, mode: OpenMode, perm: Option<u32>) -> RemoteResult<FileId> {
+        let exists = self.exists(path);
+        if exists && mode.exclusive {
+            return Err(failure());
+        }
+        if !exists {
+            if !mode.create {
+                return Err(no_such());
+            }
+            self.insert(
+                path,
+                libc::S_IFREG | (perm.unwrap_or(0o644) & 0o755),
+                Vec::new(),
+                "",
+            );
+        } else if mode.truncate {
+            self.setstat(
+                path,
+                &Attrs {
+                    size: Some(0),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.open
+            .lock()
+            .map_err(|_| failure())?
+            .insert(id, path.to_string());
+        Ok(FileId(id))
+    }
+
+    async fn read(&self, f: FileId, offset: u64, len: u32) -> RemoteResult<Vec<u8>> {
+        let d = self.node(&self.path_of(f)?)?.data;
+        let start = (offset as usize).min(d.len());
+        let end = (start + len as usize).min(d.len());
+        Ok(d[start..end].to_vec())
+    }
+
+    async fn write(&self, f: FileId, offset: u64, data: &[u8]) -> RemoteResult<()> {
+        let path = self.path_of(f)?;
+        let mut t = self.tree.lock().map_err(|_| failure())?;
+        let n = t.get_mut(&path).ok_or_else(no_such)?;
+        let end = offset as usize + data.len();
+        if n.data.len() < end {
+            n.data.resize(end, 0);
+        }
+        n.data[offset as usize..end].copy_from_slice(data);
+        n.attrs.size = Some(n.data.len() as u64);
+        Ok(())
+    }
+
+    async fn fstat(&self, f: FileId) -> RemoteResult<Attrs> {
+        Ok(self.node(&self.path_of(f)?)?.attrs)
+    }
+
+    async fn fsetstat(&self, f: FileId, attrs: &Attrs) -> RemoteResult<()> {
+        let p = self.path_of(f)?;
+        self.setstat(&p, attrs).await
+    }
+
+    async fn fsync(&self, f: FileId) -> RemoteResult<()> {
+        self.path_of(f).map(|_| ())
+    }
+
+    async fn close(&self, f: FileId) -> RemoteResult<()> {
+        self.open
+            .lock()
+            .map_err(|_| failure())?
+            .remove(&f.0)
+            .map(|_| ())
+            .ok_or(RemoteError::BadHandle)
+    }
+}

@@ -1,0 +1,242 @@
+//! The filesystem logic against the in-memory remote: no kernel, no server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::fake::FakeRemote;
+use super::idmap::IdMap;
+use super::inode::ROOT;
+use super::{Fs, FsConfig, SetAttr};
+
+fn fs_with(cfg: FsConfig) -> (Arc<FakeRemote>, Fs<FakeRemote>) {
+    let remote = Arc::new(FakeRemote::new());
+    let fs = Fs::new(
+        remote.clone(),
+        FsConfig {
+            root: "/r".into(),
+            ..cfg
+        },
+    );
+    (remote, fs)
+}
+
+fn fs() -> (Arc<FakeRemote>, Fs<FakeRemote>) {
+    fs_with(FsConfig::default())
+}
+
+#[tokio::test]
+async fn create_write_read_through_handles() {
+    let (remote, fs) = fs();
+    let (entry, fh) = fs.create(ROOT, "a", 0o640, libc::O_WRONLY).await.unwrap();
+    assert_eq!(
+        entry.attr.perm, 0o640,
+        "mode set explicitly despite the server's umask"
+    );
+    assert_eq!(fs.write(fh, 3, b"xyz").await.unwrap(), 3);
+    fs.release(fh).await.unwrap();
+    assert_eq!(remote.data("/r/a").unwrap(), b"\0\0\0xyz");
+    let ino = fs.lookup(ROOT, "a").await.unwrap().attr.ino.0;
+    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    assert_eq!(fs.read(fh, 3, 10).await.unwrap(), b"xyz");
+    fs.release(fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn vague_failures_become_precise_errnos() {
+    let (remote, fs) = fs();
+    remote.put_dir("/r/d");
+    remote.put_file("/r/d/f", b"1");
+    assert_eq!(
+        fs.mkdir(ROOT, "d", 0o755).await.unwrap_err().errno,
+        libc::EEXIST
+    );
+    assert_eq!(
+        fs.rmdir(ROOT, "d").await.unwrap_err().errno,
+        libc::ENOTEMPTY
+    );
+    assert_eq!(fs.unlink(ROOT, "d").await.unwrap_err().errno, libc::EISDIR);
+    assert_eq!(
+        fs.lookup(ROOT, &"n".repeat(256)).await.unwrap_err().errno,
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        fs.lookup(ROOT, "missing").await.unwrap_err().errno,
+        libc::ENOENT
+    );
+    assert_eq!(
+        fs.rename(ROOT, "missing", ROOT, "x", false)
+            .await
+            .unwrap_err()
+            .errno,
+        libc::ENOENT
+    );
+}
+
+#[tokio::test]
+async fn mkdir_sets_requested_mode() {
+    let (remote, fs) = fs();
+    let e = fs.mkdir(ROOT, "g", 0o775).await.unwrap();
+    assert_eq!(e.attr.perm, 0o775);
+    let a = remote.lstat_sync("/r/g");
+    assert_eq!(a & 0o7777, 0o775);
+}
+
+#[tokio::test]
+async fn server_names_that_could_escape_are_never_listed() {
+    let (remote, fs) = fs();
+    remote.put_file("/r/ok", b"");
+    *remote.junk_names.lock().unwrap() = vec!["..".into(), ".".into(), "a/b".into(), "".into()];
+    let fh = fs.opendir(ROOT).await.unwrap();
+    let names: Vec<String> = fs
+        .listing(fh)
+        .unwrap()
+        .entries
+        .iter()
+        .map(|e| e.name.clone())
+        .collect();
+    assert_eq!(names, vec!["ok".to_string()]);
+    fs.releasedir(fh);
+}
+
+#[tokio::test]
+async fn rename_moves_inodes_and_invalidates_cache() {
+    let (remote, fs) = fs();
+    remote.put_dir("/r/d");
+    remote.put_file("/r/d/f", b"F");
+    let d = fs.lookup(ROOT, "d").await.unwrap().attr.ino.0;
+    let f = fs.lookup(d, "f").await.unwrap().attr.ino.0;
+    fs.rename(ROOT, "d", ROOT, "e", false).await.unwrap();
+    assert!(remote.exists("/r/e/f"));
+    // The same inode now reads from the new path.
+    let (attr, _) = fs.getattr(f).await.unwrap();
+    assert_eq!(attr.size, 1);
+    assert_eq!(fs.lookup(ROOT, "d").await.unwrap_err().errno, libc::ENOENT);
+    // NOREPLACE refuses an existing target.
+    remote.put_file("/r/x", b"");
+    remote.put_file("/r/y", b"");
+    assert_eq!(
+        fs.rename(ROOT, "x", ROOT, "y", true)
+            .await
+            .unwrap_err()
+            .errno,
+        libc::EEXIST
+    );
+}
+
+#[tokio::test]
+async fn attributes_are_cached_until_changed() {
+    let (remote, fs) = fs();
+    remote.put_file("/r/c", b"abc");
+    let ino = fs.lookup(ROOT, "c").await.unwrap().attr.ino.0;
+    let before = remote.calls.load(std::sync::atomic::Ordering::Relaxed);
+    fs.getattr(ino).await.unwrap();
+    assert_eq!(
+        remote.calls.load(std::sync::atomic::Ordering::Relaxed),
+        before,
+        "served from cache"
+    );
+    let (attr, _) = fs
+        .setattr(
+            ino,
+            None,
+            SetAttr {
+                size: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(attr.size, 1);
+    assert_eq!(fs.getattr(ino).await.unwrap().0.size, 1);
+}
+
+#[tokio::test]
+async fn forced_owner_and_umask() {
+    let (remote, fs) = fs_with(FsConfig {
+        idmap: IdMap::new(Some(70), Some(71), 0o027),
+        ..Default::default()
+    });
+    remote.put_file("/r/f", b"");
+    let a = fs.lookup(ROOT, "f").await.unwrap().attr;
+    assert_eq!((a.uid, a.gid, a.perm), (70, 71, 0o640));
+    // Chown to what is shown is a no-op; to anything else EPERM.
+    let ino = a.ino.0;
+    fs.setattr(
+        ino,
+        None,
+        SetAttr {
+            uid: Some(70),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let e = fs
+        .setattr(
+            ino,
+            None,
+            SetAttr {
+                uid: Some(5),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EPERM);
+}
+
+#[tokio::test]
+async fn transform_symlinks_inside_root() {
+    let (remote, fs) = fs_with(FsConfig {
+        transform_symlinks: true,
+        ..Default::default()
+    });
+    remote.put_dir("/r/a");
+    remote.put_file("/r/t", b"");
+    remote.put_link("/r/a/l", "/r/t");
+    fs.prepare().await.unwrap();
+    let a = fs.lookup(ROOT, "a").await.unwrap().attr.ino.0;
+    let l = fs.lookup(a, "l").await.unwrap().attr.ino.0;
+    assert_eq!(fs.readlink(l).await.unwrap(), "../t");
+}
+
+#[tokio::test]
+async fn prepare_checks_the_remote_root() {
+    let remote = Arc::new(FakeRemote::new());
+    remote.put_file("/r/file", b"");
+    let fs = Fs::new(
+        remote.clone(),
+        FsConfig {
+            root: "/r/file".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(fs.prepare().await.unwrap_err().errno, libc::ENOTDIR);
+    let fs = Fs::new(
+        remote,
+        FsConfig {
+            root: "/nope".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(fs.prepare().await.unwrap_err().errno, libc::ENOENT);
+}
+
+#[tokio::test]
+async fn negative_entries_are_cached_when_asked() {
+    let (remote, fs) = fs_with(FsConfig {
+        negative_ttl: Duration::from_secs(60),
+        ..Default::default()
+    });
+    assert!(fs.lookup(ROOT, "later").await.is_err());
+    remote.put_file("/r/later", b"");
+    // Still cached as missing...
+    assert!(fs.lookup(ROOT, "later").await.is_err());
+    // ...until this mount creates it.
+    let (_, fh) = fs
+        .create(ROOT, "later2", 0o644, libc::O_WRONLY)
+        .await
+        .unwrap();
+    fs.release(fh).await.unwrap();
+    assert!(fs.lookup(ROOT, "later2").await.is_ok());
+}
