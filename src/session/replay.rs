@@ -58,8 +58,19 @@ where
             tracing::info!(op = what, generation = link.generation, "replaying request");
         }
         stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = op(link.clone(), replay).await;
+        // A request on a stalled link is also bounded by the deadline: the caller gets EIO,
+        // the link is left to the keepalives to judge.
+        let result = tokio::time::timeout_at(deadline.into(), op(link.clone(), replay)).await;
         stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let Ok(result) = result else {
+            stats.give_ups.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                op = what,
+                timeout_s = timeout.as_secs(),
+                "gave up: no reply in time"
+            );
+            return Err(RemoteError::Timeout(timeout.as_secs()));
+        };
         match result {
             Err(SftpError::Transport(why)) => {
                 sup.report_dead(&link, &why);

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod proxy;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_mastofs");
 
 /// Waits until `f` is true, up to `limit`; panics with `what` otherwise.
@@ -20,6 +22,26 @@ pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Pids whose parent is `pid`, recursively.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, r)| r.split(' ').nth(1))
+            .and_then(|x| x.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+            out.extend(children_of(p));
+        }
+    }
+    out
 }
 
 pub fn free_port() -> u16 {
@@ -94,9 +116,10 @@ impl Server {
         let host_pub = std::fs::read_to_string(d.join("host_key.pub")).expect("host key");
         let mut fields = host_pub.split_whitespace();
         let (kind, blob) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
+        // Any port: the same sshd is also reached through fault proxies.
         std::fs::write(
             &server.known_hosts,
-            format!("[127.0.0.1]:{} {kind} {blob}\n", server.port),
+            format!("[127.0.0.1]:* {kind} {blob}\n"),
         )
         .expect("known_hosts");
         server.write_ssh_config("");
@@ -105,6 +128,11 @@ impl Server {
 
     /// (Re)writes the ssh_config for Host "box" (extra lines appended).
     pub fn write_ssh_config(&self, extra: &str) {
+        self.write_ssh_config_via(self.port, extra)
+    }
+
+    /// ssh_config for Host "box" reaching the server on `port` (a proxy's).
+    pub fn write_ssh_config_via(&self, port: u16, extra: &str) {
         let user = String::from_utf8_lossy(&run(Command::new("id").arg("-un")).stdout)
             .trim()
             .to_string();
@@ -113,7 +141,7 @@ impl Server {
             format!(
                 "Host box\n  HostName 127.0.0.1\n  Port {}\n  User {user}\n  IdentityFile {}\n  \
                  UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n  ConnectTimeout 5\n{extra}",
-                self.port,
+                port,
                 self.user_key.display(),
                 self.known_hosts.display()
             ),
@@ -172,11 +200,19 @@ impl Server {
         );
     }
 
-    /// Kills sshd (and, with it, existing sessions' parent; children keep running).
+    /// Kills sshd and every session process it forked (a crash or a restart of the host's
+    /// sshd).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.sshd.take() {
+            let children = children_of(c.id());
             let _ = c.kill();
             let _ = c.wait();
+            for pid in children {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
     }
 
