@@ -36,9 +36,10 @@ pub struct Session {
 impl Session {
     /// `timeout` bounds how long one operation waits for a working connection.
     pub fn new(target: Target, timeout: Duration) -> Arc<Self> {
-        // A request on a stalled link fails after this long; keepalives usually notice
-        // sooner. It also bounds slow server operations, so keep it generous.
-        let request_timeout = timeout.max(Duration::from_secs(60));
+        // One SFTP request unanswered this long means a stuck connection (keepalives
+        // usually notice sooner); it is then replayed on a new one. Generous, because it
+        // also bounds slow server operations such as fsync of a large file.
+        let request_timeout = Duration::from_secs(60);
         Arc::new(Session {
             sup: Supervisor::new(Arc::new(target), request_timeout),
             handles: handles::Handles::default(),

@@ -60,7 +60,13 @@ where
         stats.in_flight.fetch_add(1, Ordering::Relaxed);
         // A request on a stalled link is also bounded by the deadline: the caller gets EIO,
         // the link is left to the keepalives to judge.
-        let result = tokio::time::timeout_at(deadline.into(), op(link.clone(), replay)).await;
+        let attempt = async {
+            tokio::select! {
+                r = op(link.clone(), replay) => r,
+                _ = link.died() => Err(SftpError::Transport("connection lost".into())),
+            }
+        };
+        let result = tokio::time::timeout_at(deadline.into(), attempt).await;
         stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         let Ok(result) = result else {
             stats.give_ups.fetch_add(1, Ordering::Relaxed);

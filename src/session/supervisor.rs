@@ -6,7 +6,7 @@
 //! working link, bounded by their deadline. It must never fail a request itself and never
 //! touch handles or paths: replaying is the caller's job.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,7 +21,20 @@ pub struct Link {
     pub generation: u64,
     pub sftp: SftpClient,
     ssh: ssh::Connection,
-    dead: AtomicBool,
+    dead: watch::Sender<bool>,
+}
+
+impl Link {
+    fn is_dead(&self) -> bool {
+        *self.dead.borrow()
+    }
+
+    /// Resolves once this link is known dead. Requests race against it: a request sent on a
+    /// dying connection may otherwise never be answered nor failed.
+    pub async fn died(&self) {
+        let mut rx = self.dead.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+    }
 }
 
 /// The supervisor's state as others see it.
@@ -85,7 +98,7 @@ impl Supervisor {
             generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
             sftp,
             ssh: conn,
-            dead: AtomicBool::new(false),
+            dead: watch::Sender::new(false),
         }))
     }
 
@@ -99,7 +112,7 @@ impl Supervisor {
         let mut rx = self.state.subscribe();
         let wait = async {
             let state = rx
-                .wait_for(|s| matches!(s, LinkState::Up(l) if !l.dead.load(Ordering::Relaxed)))
+                .wait_for(|s| matches!(s, LinkState::Up(l) if !l.is_dead()))
                 .await
                 .ok()?;
             match &*state {
@@ -115,7 +128,7 @@ impl Supervisor {
 
     /// A request on `link` failed with a transport error: the link is dead.
     pub fn report_dead(&self, link: &Link, why: &str) {
-        if !link.dead.swap(true, Ordering::Relaxed) {
+        if !link.dead.send_replace(true) {
             tracing::warn!(generation = link.generation, error = why, "connection lost");
             self.record_error(why.to_string());
             self.wake.notify_one();
@@ -179,7 +192,7 @@ impl Supervisor {
             self.publish_up(current.clone());
             // Watch the link until it dies: reported by a request or seen by russh.
             loop {
-                if current.dead.load(Ordering::Relaxed) {
+                if current.is_dead() {
                     break;
                 }
                 if current.ssh.is_closed() {
