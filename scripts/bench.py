@@ -1,0 +1,331 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: mastofs vs sshfs on the same local sshd, same run, interleaved.
+
+Usage: scripts/bench.py [--quick] [--rtt-ms N] [--bin PATH]
+
+Starts a throw-away sshd (scripts/demo-server.sh), optionally behind the project's latency
+proxy (examples/faultproxy.rs) adding N ms of round trip, mounts mastofs, sshfs
+(reconnect,ServerAliveInterval=15) and sshfs with max_conns=4 on it, runs each workload on
+each mount in turn, and prints one table with the figures and the mastofs/sshfs ratios,
+plus OpenSSH's own ceilings on the same link (sftp get, ssh cat with aes128-gcm).
+--quick uses tiny sizes: it proves the script works (CI), not speed.
+"""
+import argparse
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, shell=True, check=True, **kw)
+
+
+def now():
+    return time.monotonic()
+
+
+class Rig:
+    def __init__(self, args):
+        self.args = args
+        self.work = tempfile.mkdtemp(prefix="mastofs-bench-")
+        self.srv = os.path.join(self.work, "server")
+        cfg = subprocess.check_output(["bash", os.path.join(ROOT, "scripts/demo-server.sh"), self.srv], text=True).strip()
+        self.served = os.path.join(self.srv, "served")
+        self.ssh_config = cfg
+        self.proxy = None
+        port = int(open(os.path.join(self.srv, "sshd_config")).read().split("127.0.0.1:")[1].split()[0])
+        self.sshd_port = port
+        if args.rtt_ms:
+            self.proxy_port = free_port()
+            self.proxy = subprocess.Popen([args.proxy, str(self.proxy_port), str(port), str(args.rtt_ms / 2)])
+            wait_port(self.proxy_port)
+            port = self.proxy_port
+        # known_hosts lists the sshd's port; the proxy's port needs the same key.
+        kh = os.path.join(self.srv, "known_hosts")
+        key = open(kh).read().split(" ", 1)[1]
+        with open(kh, "a") as f:
+            f.write(f"[127.0.0.1]:{port} {key}")
+        self.port = port
+        text = open(cfg).read().replace(f"Port {self.sshd_port}", f"Port {port}")
+        open(cfg, "w").write(text)
+        self.mounts = {}
+        self.pids = {}
+
+    def mount(self, name, kind):
+        mnt = os.path.join(self.work, "mnt-" + name)
+        os.makedirs(mnt, exist_ok=True)
+        sub = os.path.join(self.served, name)
+        os.makedirs(sub, exist_ok=True)
+        if kind == "mastofs":
+            sh(f"{self.args.bin} demo:{sub} {mnt} -F {self.ssh_config} -o ServerAliveInterval=15")
+            pid = int(subprocess.check_output(["pgrep", "-f", f"{self.args.bin} demo:{sub} "]).split()[0])
+        else:
+            extra = ",max_conns=4" if kind == "sshfs4" else ""
+            sh(f"sshfs demo:{sub} {mnt} -F {self.ssh_config} -o reconnect,ServerAliveInterval=15{extra}")
+            pid = int(subprocess.check_output(["pgrep", "-f", f"sshfs demo:{sub} "]).split()[0])
+        self.mounts[name] = mnt
+        self.pids[name] = pid
+        return mnt
+
+    def close(self):
+        for mnt in self.mounts.values():
+            subprocess.run(["umount", mnt], stderr=subprocess.DEVNULL)
+        try:
+            os.kill(int(open(os.path.join(self.srv, "sshd.pid")).read()), signal.SIGTERM)
+        except OSError:
+            pass
+        if self.proxy:
+            self.proxy.terminate()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def free_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port):
+    import socket
+    for _ in range(500):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.01)
+    raise SystemExit(f"port {port} never opened")
+
+
+def cpu_seconds(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def write_file(path, size, chunk=1 << 20):
+    buf = os.urandom(chunk)
+    with open(path, "wb") as f:
+        left = size
+        while left > 0:
+            n = min(chunk, left)
+            f.write(buf[:n])
+            left -= n
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_file(path, chunk=1 << 20):
+    n = 0
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                return n
+            n += len(b)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rtt-ms", type=float, default=0)
+    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/mastofs"))
+    ap.add_argument("--proxy", default=os.path.join(ROOT, "target/release/examples/faultproxy"))
+    args = ap.parse_args()
+    q = args.quick
+    big = (16 << 20) if q else (1 << 30)
+    nsmall = 100 if q else 5000
+    nlist = 500 if q else 10000
+    ndel = 500 if q else 10000
+    nwal = 2 if q else 20
+    nlat = 20 if q else 200
+
+    rig = Rig(args)
+    tools = ["mastofs", "sshfs", "sshfs4"]
+    try:
+        for t in tools:
+            rig.mount(t, t)
+        results = {}  # workload -> tool -> (value, unit, higher_is_better)
+        moved = {t: 0 for t in tools}
+        cpu0 = {t: cpu_seconds(rig.pids[t]) for t in tools}
+
+        def record(name, tool, value, unit, higher):
+            results.setdefault(name, {})[tool] = (value, unit, higher)
+
+        # Server-side files for cold reads, one set per tool.
+        rnd = random.Random(1)
+        for t in tools:
+            write_file(os.path.join(rig.served, t, "big.bin"), big)
+            for i in range(8):
+                write_file(os.path.join(rig.served, t, f"par{i}.bin"), big // 8)
+            d = os.path.join(rig.served, t, "list")
+            os.makedirs(d)
+            for i in range(nlist):
+                open(os.path.join(d, f"entry{i:05}"), "w").close()
+            for i in range(ndel):
+                p = os.path.join(rig.served, t, "del", f"{i % 100:02}")
+                os.makedirs(p, exist_ok=True)
+                open(os.path.join(p, f"f{i}"), "w").close()
+            for i in range(nlat):
+                open(os.path.join(rig.served, t, f"lat{i}"), "wb").write(b"x" * 4096)
+
+        for t in tools:  # interleaved per workload below; this loop only warms mounts
+            os.listdir(rig.mounts[t])
+
+        def each(fn):
+            for t in tools:
+                fn(t, rig.mounts[t])
+
+        def seq_write(t, m):
+            s = now()
+            write_file(os.path.join(m, "w.bin"), big)
+            record("seq write", t, big / (now() - s) / 1e6, "MB/s", True)
+            moved[t] += big
+
+        def seq_read(t, m):
+            s = now()
+            n = read_file(os.path.join(m, "big.bin"))
+            record("seq read (cold)", t, n / (now() - s) / 1e6, "MB/s", True)
+            moved[t] += n
+
+        def par_read(t, m):
+            import concurrent.futures as cf
+            s = now()
+            with cf.ThreadPoolExecutor(8) as ex:
+                n = sum(ex.map(lambda i: read_file(os.path.join(m, f"par{i}.bin")), range(8)))
+            record("8 parallel readers", t, n / (now() - s) / 1e6, "MB/s", True)
+            moved[t] += n
+
+        def small_create(t, m):
+            r = random.Random(2)
+            s = now()
+            total = 0
+            for i in range(nsmall):
+                d = os.path.join(m, "media", f"{i // 1000:03}", f"{(i // 100) % 10:03}", f"{i % 100:03}")
+                os.makedirs(d, exist_ok=True)
+                size = r.randint(20_000, 200_000)
+                with open(os.path.join(d, "original.png"), "wb") as f:
+                    f.write(os.urandom(size))
+                total += size
+            record("small files create", t, nsmall / (now() - s), "files/s", True)
+            moved[t] += total
+
+        def small_read(t, m):
+            # Cold: read through a fresh path name the kernel has not seen (server copy).
+            src = os.path.join(rig.served, t, "media")
+            dst = os.path.join(rig.served, t, "media_cold")
+            shutil.copytree(src, dst)
+            s = now()
+            n = 0
+            for dirpath, _, files in os.walk(os.path.join(m, "media_cold")):
+                for f in files:
+                    n += len(open(os.path.join(dirpath, f), "rb").read())
+            record("small files read (cold)", t, nsmall / (now() - s), "files/s", True)
+            moved[t] += n
+
+        def ls_cold(t, m):
+            s = now()
+            subprocess.run(["ls", "-l", os.path.join(m, "list")], stdout=subprocess.DEVNULL, check=True)
+            record(f"ls -l {nlist} (cold)", t, now() - s, "s", False)
+
+        def ls_warm(t, m):
+            s = now()
+            subprocess.run(["ls", "-l", os.path.join(m, "list")], stdout=subprocess.DEVNULL, check=True)
+            record(f"ls -l {nlist} (warm)", t, now() - s, "s", False)
+
+        def stat_lat(t, m):
+            ts = []
+            for i in range(nlat):
+                s = now()
+                os.stat(os.path.join(m, f"lat{i}"))
+                ts.append(now() - s)
+            ts.sort()
+            record("stat p50 (cold)", t, ts[len(ts) // 2] * 1000, "ms", False)
+
+        def orc_lat(t, m):
+            ts = []
+            for i in range(nlat):
+                p = os.path.join(rig.served, t, f"orc{i}")
+                open(p, "wb").write(b"y" * 4096)
+            for i in range(nlat):
+                s = now()
+                with open(os.path.join(m, f"orc{i}"), "rb") as f:
+                    f.read(4096)
+                ts.append(now() - s)
+            ts.sort()
+            record("open-read-close p50", t, ts[len(ts) // 2] * 1000, "ms", False)
+
+        def delete(t, m):
+            s = now()
+            for i in range(ndel):
+                os.unlink(os.path.join(m, "del", f"{i % 100:02}", f"f{i}"))
+            record("delete", t, ndel / (now() - s), "files/s", True)
+
+        def wal(t, m):
+            seg = os.urandom(16 << 20)
+            d = os.path.join(m, "archive")
+            os.makedirs(d, exist_ok=True)
+            s = now()
+            for i in range(nwal):
+                tmp = os.path.join(d, f"seg{i}.tmp")
+                with open(tmp, "wb") as f:
+                    f.write(seg)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.rename(tmp, os.path.join(d, f"seg{i}"))
+            record("16 MiB WAL write+fsync+rename", t, nwal / (now() - s), "files/s", True)
+            moved[t] += nwal * len(seg)
+
+        for fn in [seq_write, seq_read, par_read, small_create, small_read, ls_cold, ls_warm, stat_lat, orc_lat, delete, wal]:
+            each(fn)
+
+        for t in tools:
+            gb = moved[t] / 1e9
+            record("daemon CPU per GB moved", t, (cpu_seconds(rig.pids[t]) - cpu0[t]) / gb if gb else 0, "s/GB", False)
+            record("peak RSS", t, peak_rss_mib(rig.pids[t]), "MiB", False)
+
+        # OpenSSH's own ceilings on the same link.
+        ceil = {}
+        src = os.path.join(rig.served, "mastofs", "big.bin")
+        s = now()
+        sh(f"sftp -q -F {rig.ssh_config} demo:{src} /dev/null >/dev/null")
+        ceil["sftp get"] = big / (now() - s) / 1e6
+        s = now()
+        sh(f"ssh -F {rig.ssh_config} -c aes128-gcm@openssh.com demo cat {src} > /dev/null")
+        ceil["ssh cat (aes128-gcm)"] = big / (now() - s) / 1e6
+
+        link = f"{args.rtt_ms:g} ms RTT proxy" if args.rtt_ms else "loopback"
+        print(f"\nmastofs vs sshfs on {link}{' (QUICK: sizes too small to mean anything)' if q else ''}")
+        print(f"{'workload':34} {'mastofs':>12} {'sshfs':>12} {'sshfs mc=4':>12} {'ratio':>7}  unit")
+        for name, row in results.items():
+            m, unit, higher = row["mastofs"]
+            s_ = row["sshfs"][0]
+            s4 = row["sshfs4"][0]
+            ratio = (m / s_ if higher else s_ / m) if m and s_ else float("nan")
+            print(f"{name:34} {m:12.3f} {s_:12.3f} {s4:12.3f} {ratio:6.2f}x  {unit}")
+        print("(ratio > 1 means mastofs is better)")
+        for k, v in ceil.items():
+            print(f"ceiling: {k:28} {v:10.1f} MB/s")
+        r = results["seq read (cold)"]["mastofs"][0]
+        print(f"mastofs seq read = {100 * r / ceil['ssh cat (aes128-gcm)']:.0f}% of ssh cat (aes128-gcm)")
+    finally:
+        rig.close()
+
+
+if __name__ == "__main__":
+    main()
