@@ -91,7 +91,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
             Err(e) => return reply.error(e),
         };
         self.spawn(async move {
-            match fs.lookup(parent.0, &name).await {
+            match fs.stats.track("lookup", fs.lookup(parent.0, &name).await) {
                 Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
                 Err(e) if e.errno == libc::ENOENT && !neg.is_zero() => {
                     // A negative entry (inode 0) the kernel may cache for `neg`.
@@ -115,7 +115,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
                 Some(fh) => fs.getattr_open(ino.0, fh.0).await,
                 None => fs.getattr(ino.0).await,
             };
-            match r {
+            match fs.stats.track("getattr", r) {
                 Ok((attr, ttl)) => reply.attr(&ttl, &attr),
                 Err(e) => reply.error(errno("getattr", e)),
             }
@@ -150,7 +150,10 @@ impl<R: Remote> Filesystem for FuseFs<R> {
             mtime: time(mtime),
         };
         self.spawn(async move {
-            match fs.setattr(ino.0, fh.map(|f| f.0), req).await {
+            match fs
+                .stats
+                .track("setattr", fs.setattr(ino.0, fh.map(|f| f.0), req).await)
+            {
                 Ok((attr, ttl)) => reply.attr(&ttl, &attr),
                 Err(e) => reply.error(errno("setattr", e)),
             }
@@ -160,7 +163,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let fs = self.fs.clone();
         self.spawn(async move {
-            match fs.readlink(ino.0).await {
+            match fs.stats.track("readlink", fs.readlink(ino.0).await) {
                 Ok(t) => reply.data(t.as_bytes()),
                 Err(e) => reply.error(errno("readlink", e)),
             }
@@ -194,7 +197,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
                 Ok((entry, fh)) => fs.release(fh).await.map(|_| entry),
                 Err(e) => Err(e),
             };
-            match r {
+            match fs.stats.track("mknod", r) {
                 Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
                 Err(e) => reply.error(errno("mknod", e)),
             }
@@ -216,7 +219,10 @@ impl<R: Remote> Filesystem for FuseFs<R> {
             Err(e) => return reply.error(e),
         };
         self.spawn(async move {
-            match fs.mkdir(parent.0, &name, mode).await {
+            match fs
+                .stats
+                .track("mkdir", fs.mkdir(parent.0, &name, mode).await)
+            {
                 Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
                 Err(e) => reply.error(errno("mkdir", e)),
             }
@@ -230,7 +236,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
             Err(e) => return reply.error(e),
         };
         self.spawn(async move {
-            match fs.unlink(parent.0, &name).await {
+            match fs.stats.track("unlink", fs.unlink(parent.0, &name).await) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno("unlink", e)),
             }
@@ -244,7 +250,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
             Err(e) => return reply.error(e),
         };
         self.spawn(async move {
-            match fs.rmdir(parent.0, &name).await {
+            match fs.stats.track("rmdir", fs.rmdir(parent.0, &name).await) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno("rmdir", e)),
             }
@@ -265,7 +271,10 @@ impl<R: Remote> Filesystem for FuseFs<R> {
             _ => return reply.error(Errno::EINVAL),
         };
         self.spawn(async move {
-            match fs.symlink(parent.0, &name, &target).await {
+            match fs
+                .stats
+                .track("symlink", fs.symlink(parent.0, &name, &target).await)
+            {
                 Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
                 Err(e) => reply.error(errno("symlink", e)),
             }
@@ -318,7 +327,10 @@ impl<R: Remote> Filesystem for FuseFs<R> {
             Err(e) => return reply.error(e),
         };
         self.spawn(async move {
-            match fs.link(ino.0, newparent.0, &name).await {
+            match fs
+                .stats
+                .track("link", fs.link(ino.0, newparent.0, &name).await)
+            {
                 Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
                 Err(e) => reply.error(errno("link", e)),
             }
@@ -328,7 +340,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
         self.spawn(async move {
-            match fs.open(ino.0, flags.0).await {
+            match fs.stats.track("open", fs.open(ino.0, flags.0).await) {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno("open", e)),
             }
@@ -348,7 +360,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
     ) {
         let fs = self.fs.clone();
         self.spawn(async move {
-            match fs.read(fh.0, offset, size).await {
+            match fs.stats.track("read", fs.read(fh.0, offset, size).await) {
                 Ok(d) => reply.data(&d),
                 Err(e) => reply.error(errno("read", e)),
             }
@@ -370,7 +382,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         let fs = self.fs.clone();
         let data = data.to_vec();
         self.spawn(async move {
-            match fs.write(fh.0, offset, &data).await {
+            match fs.stats.track("write", fs.write(fh.0, offset, &data).await) {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno("write", e)),
             }
@@ -401,7 +413,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
     ) {
         let fs = self.fs.clone();
         self.spawn(async move {
-            match fs.release(fh.0).await {
+            match fs.stats.track("release", fs.release(fh.0).await) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno("release", e)),
             }
@@ -418,7 +430,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
     ) {
         let fs = self.fs.clone();
         self.spawn(async move {
-            match fs.fsync(fh.0).await {
+            match fs.stats.track("fsync", fs.fsync(fh.0).await) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno("fsync", e)),
             }
@@ -428,7 +440,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
         self.spawn(async move {
-            match fs.opendir(ino.0).await {
+            match fs.stats.track("opendir", fs.opendir(ino.0).await) {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno("opendir", e)),
             }
@@ -543,7 +555,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let fs = self.fs.clone();
         self.spawn(async move {
-            match fs.statfs().await {
+            match fs.stats.track("statfs", fs.statfs().await) {
                 Ok(s) => reply.statfs(
                     s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
                 ),
@@ -573,7 +585,10 @@ impl<R: Remote> Filesystem for FuseFs<R> {
             Err(e) => return reply.error(e),
         };
         self.spawn(async move {
-            match fs.create(parent.0, &name, mode, flags).await {
+            match fs
+                .stats
+                .track("create", fs.create(parent.0, &name, mode, flags).await)
+            {
                 Ok((e, fh)) => reply.created(
                     &e.ttl,
                     &e.attr,

@@ -10,11 +10,13 @@ mod daemon;
 mod fs;
 mod fuse;
 mod logging;
+mod monitor;
 mod mount;
 mod options;
 mod session;
 mod sftp;
 mod ssh;
+mod status;
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +25,7 @@ use options::MountConfig;
 const USAGE: &str = "\
 usage: mastofs [user@]host:[path] MOUNTPOINT [-o opt[,opt...]] [-p PORT] [-F ssh_config] [-f] [-d]
        mount.mastofs SOURCE MOUNTPOINT [-sfnv] [-o opts]
+       mastofs status [MOUNTPOINT|--all] [--json] [--socket PATH]
        mastofs --version | --help
 
   -o OPTS   mount options (sshfs-compatible; see mastofs(8))
@@ -140,6 +143,9 @@ fn main() {
         })
         .unwrap_or_default();
     let helper = argv0.starts_with("mount.");
+    if !helper && args.get(1).map(String::as_str) == Some("status") {
+        std::process::exit(status::client::run(&args[2..]));
+    }
     let cli = match parse_args(&args[1.min(args.len())..], helper) {
         Ok(Command::Help) => {
             print!("{USAGE}");

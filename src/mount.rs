@@ -13,9 +13,11 @@ use fuser::{MountOption, SessionACL};
 use crate::daemon::{self, Ready};
 use crate::fs::Fs;
 use crate::fuse::FuseFs;
+use crate::monitor::Monitor;
 use crate::options::MountConfig;
 use crate::session::Session;
 use crate::ssh::Target;
+use crate::status;
 
 /// The mountpoint must be an existing directory that nothing is mounted on yet.
 pub fn check_mountpoint(p: &Path) -> Result<PathBuf, String> {
@@ -154,6 +156,7 @@ fn kernel_mount(cfg: &MountConfig) -> Result<std::os::fd::OwnedFd, String> {
 
 /// Mounts and serves until unmounted. Errors are one line for the operator.
 pub fn run(cfg: MountConfig, target: Target, ready: &mut Ready) -> Result<(), String> {
+    let (target_host, target_port) = (target.host.clone(), target.port);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("mastofs")
@@ -184,6 +187,34 @@ pub fn run(cfg: MountConfig, target: Target, ready: &mut Ready) -> Result<(), St
         rt.block_on(fs.prepare()).map_err(|e| e.message)?;
     }
 
+    let monitor = Monitor::new(
+        session.clone(),
+        fs.clone(),
+        target_host,
+        target_port,
+        cfg.remote_path.clone(),
+        cfg.mountpoint.clone(),
+        cfg.timeout,
+    );
+    let socket = cfg
+        .status_socket
+        .clone()
+        .unwrap_or_else(|| status::default_socket(&cfg.mountpoint));
+    {
+        let _guard = rt.enter();
+        let listener = status::bind(&socket, cfg.status_group)?;
+        let source: Arc<dyn status::Source> = monitor.clone();
+        rt.spawn(status::serve_unix(listener, source.clone()));
+        if let Some(addr) = cfg.metrics_listen {
+            let tcp = rt
+                .block_on(tokio::net::TcpListener::bind(addr))
+                .map_err(|e| format!("metrics_listen={addr}: {e}"))?;
+            rt.spawn(status::serve_tcp(tcp, source));
+        }
+        rt.spawn(monitor.clone().refresh_disk());
+        rt.spawn(monitor.clone().notify_systemd());
+    }
+
     let adapter = FuseFs::new(fs.clone(), rt.handle().clone());
     let options = mount_options(&cfg);
     let fuse = if nix::unistd::geteuid().is_root() {
@@ -194,9 +225,13 @@ pub fn run(cfg: MountConfig, target: Target, ready: &mut Ready) -> Result<(), St
     } else {
         fuser::Session::new(adapter, &cfg.mountpoint, &options)
     }
-    .map_err(|e| format!("cannot mount on {}: {e}", cfg.mountpoint.display()))?;
+    .map_err(|e| {
+        let _ = std::fs::remove_file(&socket);
+        format!("cannot mount on {}: {e}", cfg.mountpoint.display())
+    })?;
     tracing::info!(mountpoint = %cfg.mountpoint.display(), source = %cfg.source(), "mounted");
     ready.ok();
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     let mountpoint = cfg.mountpoint.clone();
     rt.spawn(async move {
@@ -207,6 +242,11 @@ pub fn run(cfg: MountConfig, target: Target, ready: &mut Ready) -> Result<(), St
         }
     });
     let served = fuse.run();
+    monitor
+        .fuse_alive
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let _ = std::fs::remove_file(&socket);
     tracing::info!("unmounted");
     rt.shutdown_timeout(Duration::from_secs(2));
     served.map_err(|e| format!("fuse session ended with an error: {e}"))

@@ -16,6 +16,9 @@
 //! | `timeout=SECS` | how long an operation waits for a connection before EIO (default 180) |
 //! | `attr_timeout=`, `entry_timeout=`, `negative_timeout=`, `dir_timeout=` | cache TTLs in seconds |
 //! | `cache=yes\|no`, `cache_timeout=`, `cache_stat_timeout=`, `cache_dir_timeout=`, `cache_link_timeout=` | sshfs cache options, mapped onto the TTLs |
+//! | `status_socket=PATH` | status socket (default `/run/mastofs/<systemd-escaped mountpoint>.sock`, mode 0660) |
+//! | `status_group=GROUP` | group that may read the status socket |
+//! | `metrics_listen=ADDR:PORT` | also serve `/metrics` (and `/health`, `/status`) over TCP |
 //! | `max_conns=N` | upper bound of SSH connections (1..=10; one is used today) |
 //! | `disable_hardlink` | refuse link(2) with EPERM even where the server could |
 //! | `ssh_config=FILE` | ssh_config to read instead of ~/.ssh/config (as `-F`; usable in fstab) |
@@ -53,6 +56,12 @@ pub struct MountConfig {
     pub noatime: bool,
     pub disable_hardlink: bool,
     pub fsname: Option<String>,
+    /// Status socket path (default: /run/mastofs/<escaped mountpoint>.sock).
+    pub status_socket: Option<PathBuf>,
+    /// Group owning the status socket.
+    pub status_group: Option<u32>,
+    /// Also serve /metrics (and the rest) over TCP on this address.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// sshfs options whose function mastofs does not provide.
@@ -306,6 +315,19 @@ pub fn apply_options(cfg: &mut MountConfig, opts: &[String], sloppy: bool) -> Re
                     }
                 }
                 ("fsname", Some(v)) => cfg.fsname = Some(v.to_string()),
+                ("status_socket", _) => cfg.status_socket = Some(PathBuf::from(need()?)),
+                ("status_group", Some(v)) => {
+                    cfg.status_group = Some(
+                        idmap::resolve_group(v).map_err(|e| format!("option status_group: {e}"))?,
+                    )
+                }
+                ("metrics_listen", _) => {
+                    let v = need()?;
+                    cfg.metrics_listen = Some(
+                        v.parse()
+                            .map_err(|_| format!("option metrics_listen={v}: expected ADDRESS:PORT such as 127.0.0.1:9843"))?,
+                    )
+                }
                 (k, None) if IGNORED.contains(&k) => {}
                 (k, Some(_)) if IGNORED_WITH_VALUE.contains(&k) => {}
                 (k, _) if k.starts_with("x-") || k.starts_with("comment") => {}
@@ -376,6 +398,9 @@ impl MountConfig {
             noatime: false,
             disable_hardlink: false,
             fsname: None,
+            status_socket: None,
+            status_group: None,
+            metrics_listen: None,
         })
     }
 

@@ -6,6 +6,7 @@
 //! always falls back to the server.
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,8 @@ use crate::sftp::Attrs;
 const CAPACITY: usize = 64 * 1024;
 
 pub struct MetaCache {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
     attrs: Mutex<LruCache<String, (Attrs, Instant)>>,
     missing: Mutex<LruCache<String, Instant>>,
     attr_ttl: Duration,
@@ -26,6 +29,8 @@ impl MetaCache {
     pub fn new(attr_ttl: Duration, negative_ttl: Duration) -> Self {
         let cap = NonZeroUsize::new(CAPACITY).unwrap_or(NonZeroUsize::MIN);
         MetaCache {
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
             attrs: Mutex::new(LruCache::new(cap)),
             missing: Mutex::new(LruCache::new(cap)),
             attr_ttl,
@@ -35,14 +40,21 @@ impl MetaCache {
 
     pub fn get(&self, path: &str) -> Option<Attrs> {
         let mut c = self.attrs.lock().ok()?;
-        match c.get(path) {
+        let found = match c.get(path) {
             Some((a, at)) if at.elapsed() < self.attr_ttl => Some(a.clone()),
             Some(_) => {
                 c.pop(path);
                 None
             }
             None => None,
-        }
+        };
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
     }
 
     pub fn put(&self, path: &str, attrs: &Attrs) {

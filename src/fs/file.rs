@@ -89,13 +89,18 @@ impl<R: Remote> Fs<R> {
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        Ok(self.remote.read(FileId(fh), offset, size).await?)
+        let data = self.remote.read(FileId(fh), offset, size).await?;
+        self.stats.add_read(data.len());
+        Ok(data)
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         self.touched(fh);
         match self.remote.write(FileId(fh), offset, data).await {
-            Ok(()) => Ok(data.len() as u32),
+            Ok(()) => {
+                self.stats.add_written(data.len());
+                Ok(data.len() as u32)
+            }
             Err(e) => Err(self.refine_write(e).await),
         }
     }
@@ -137,10 +142,6 @@ impl<R: Remote> Fs<R> {
     ) -> FsResult<(fuser::FileAttr, std::time::Duration)> {
         let attrs = self.remote.fstat(FileId(fh)).await?;
         Ok((self.file_attr(ino, &attrs), self.cfg.attr_ttl))
-    }
-
-    pub fn open_file_count(&self) -> usize {
-        self.open.lock().map(|o| o.len()).unwrap_or(0)
     }
 }
 

@@ -13,6 +13,7 @@ pub mod error;
 mod file;
 pub mod idmap;
 pub mod inode;
+pub mod stats;
 mod symlink;
 
 #[cfg(test)]
@@ -107,6 +108,7 @@ pub struct Fs<R: Remote> {
     abs_root: RwLock<Option<String>>,
     inodes: Mutex<Inodes>,
     pub cache: MetaCache,
+    pub stats: stats::FsStats,
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     next_dir: AtomicU64,
     /// Open file handle -> its inode (to invalidate cached attributes on write).
@@ -118,6 +120,7 @@ impl<R: Remote> Fs<R> {
         Fs {
             idmap: RwLock::new(cfg.idmap.clone()),
             cache: MetaCache::new(cfg.attr_ttl, cfg.negative_ttl),
+            stats: stats::FsStats::default(),
             remote,
             cfg,
             abs_root: RwLock::new(None),

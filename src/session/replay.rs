@@ -16,6 +16,12 @@ use crate::sftp::{Kind, SftpError};
 use super::remote::{RemoteError, RemoteResult};
 use super::supervisor::{Link, Supervisor};
 
+/// Upper bounds of the latency histogram buckets, in microseconds.
+pub const LATENCY_BUCKETS_US: [u64; 12] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    5_000_000,
+];
+
 /// Counters for requests and replays, read by the status socket.
 #[derive(Default)]
 pub struct ReplayStats {
@@ -23,6 +29,23 @@ pub struct ReplayStats {
     pub waiting: AtomicU64,
     pub replays: AtomicU64,
     pub give_ups: AtomicU64,
+    /// Cumulative latency histogram of answered requests (per LATENCY_BUCKETS_US bound).
+    pub latency_buckets: [AtomicU64; 12],
+    pub latency_count: AtomicU64,
+    pub latency_sum_us: AtomicU64,
+}
+
+impl ReplayStats {
+    fn record_latency(&self, d: Duration) {
+        let us = d.as_micros() as u64;
+        for (bound, n) in LATENCY_BUCKETS_US.iter().zip(&self.latency_buckets) {
+            if us <= *bound {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(us, Ordering::Relaxed);
+    }
 }
 
 /// Runs `op` on a live link until it gets an answer from the server or `timeout` passes.
@@ -66,6 +89,7 @@ where
                 _ = link.died() => Err(SftpError::Transport("connection lost".into())),
             }
         };
+        let sent = Instant::now();
         let result = tokio::time::timeout_at(deadline.into(), attempt).await;
         stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         let Ok(result) = result else {
@@ -82,7 +106,10 @@ where
                 sup.report_dead(&link, &why);
                 replay = true;
             }
-            other => return other.map_err(RemoteError::Sftp),
+            other => {
+                stats.record_latency(sent.elapsed());
+                return other.map_err(RemoteError::Sftp);
+            }
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{watch, Notify};
 
-use crate::sftp::SftpClient;
+use crate::sftp::{SftpClient, SftpError};
 use crate::ssh::{self, SshError, Target};
 
 /// One working SSH connection with its SFTP session. `generation` grows by one with every
@@ -40,10 +40,8 @@ impl Link {
 /// The supervisor's state as others see it.
 #[derive(Clone)]
 pub enum LinkState {
-    /// Connecting for the first time or again; `attempt` counts failures in a row.
-    Connecting {
-        attempt: u32,
-    },
+    /// Connecting for the first time or again.
+    Connecting,
     Up(Arc<Link>),
 }
 
@@ -52,7 +50,22 @@ pub enum LinkState {
 pub struct LinkStats {
     pub reconnects: AtomicU64,
     pub connected_since: Mutex<Option<SystemTime>>,
+    /// When the current outage began (None while connected).
+    pub down_since: Mutex<Option<Instant>>,
     pub last_error: Mutex<Option<(SystemTime, String)>>,
+    /// Round trip of the latest probe and its moving average, in microseconds (0: none yet).
+    pub rtt_recent_us: AtomicU64,
+    pub rtt_smoothed_us: AtomicU64,
+}
+
+impl LinkStats {
+    fn record_rtt(&self, d: Duration) {
+        let us = d.as_micros().max(1) as u64;
+        self.rtt_recent_us.store(us, Ordering::Relaxed);
+        let old = self.rtt_smoothed_us.load(Ordering::Relaxed);
+        let new = if old == 0 { us } else { (old * 7 + us) / 8 };
+        self.rtt_smoothed_us.store(new, Ordering::Relaxed);
+    }
 }
 
 pub struct Supervisor {
@@ -64,12 +77,13 @@ pub struct Supervisor {
     pub stats: LinkStats,
 }
 
+const PROBE_INTERVAL: Duration = Duration::from_secs(10);
 const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 impl Supervisor {
     pub fn new(target: Arc<Target>, request_timeout: Duration) -> Arc<Self> {
-        let (state, _) = watch::channel(LinkState::Connecting { attempt: 0 });
+        let (state, _) = watch::channel(LinkState::Connecting);
         Arc::new(Supervisor {
             target,
             request_timeout,
@@ -78,10 +92,6 @@ impl Supervisor {
             next_generation: AtomicU64::new(1),
             stats: LinkStats::default(),
         })
-    }
-
-    pub fn target(&self) -> &Target {
-        &self.target
     }
 
     /// Opens one connection and its SFTP session.
@@ -117,7 +127,7 @@ impl Supervisor {
                 .ok()?;
             match &*state {
                 LinkState::Up(l) => Some(l.clone()),
-                LinkState::Connecting { .. } => None,
+                LinkState::Connecting => None,
             }
         };
         tokio::time::timeout_at(deadline.into(), wait)
@@ -145,7 +155,17 @@ impl Supervisor {
         if let Ok(mut s) = self.stats.connected_since.lock() {
             *s = Some(SystemTime::now());
         }
+        if let Ok(mut d) = self.stats.down_since.lock() {
+            *d = None;
+        }
         self.state.send_replace(LinkState::Up(link));
+    }
+
+    fn publish_down(&self) {
+        if let Ok(mut d) = self.stats.down_since.lock() {
+            d.get_or_insert_with(Instant::now);
+        }
+        self.state.send_replace(LinkState::Connecting);
     }
 
     /// Runs forever: keeps a link up. `first` is a link already made by the caller.
@@ -157,7 +177,7 @@ impl Supervisor {
             let current = match link.take() {
                 Some(l) => l,
                 None => {
-                    self.state.send_replace(LinkState::Connecting { attempt });
+                    self.publish_down();
                     match self.connect_once().await {
                         Ok(l) => {
                             if attempt > 0
@@ -190,7 +210,9 @@ impl Supervisor {
             attempt = 0;
             backoff = BACKOFF_START;
             self.publish_up(current.clone());
-            // Watch the link until it dies: reported by a request or seen by russh.
+            // Watch the link until it dies: reported by a request, seen by russh, or a
+            // failed round-trip probe (which also measures latency for the status socket).
+            let mut next_probe = Instant::now();
             loop {
                 if current.is_dead() {
                     break;
@@ -199,13 +221,28 @@ impl Supervisor {
                     self.report_dead(&current, "ssh connection closed");
                     break;
                 }
+                if Instant::now() >= next_probe {
+                    next_probe = Instant::now() + PROBE_INTERVAL;
+                    let sent = Instant::now();
+                    let probe = tokio::select! {
+                        r = tokio::time::timeout(PROBE_INTERVAL, current.sftp.realpath(".")) => r,
+                        _ = current.died() => continue,
+                    };
+                    match probe {
+                        Ok(Ok(_)) | Ok(Err(SftpError::Status { .. })) => {
+                            self.stats.record_rtt(sent.elapsed())
+                        }
+                        Ok(Err(e)) => self.report_dead(&current, &e.to_string()),
+                        Err(_) => {}
+                    }
+                    continue;
+                }
                 tokio::select! {
                     _ = self.wake.notified() => {}
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
             }
-            self.state
-                .send_replace(LinkState::Connecting { attempt: 0 });
+            self.publish_down();
             // Close the old connection before opening a new one: the box limits how many
             // connections an account may hold.
             current.sftp.shutdown();

@@ -52,9 +52,6 @@ impl StrictMode {
 /// Everything needed to connect to and authenticate with one server.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// The name as written by the user (used for messages and known_hosts lookups when no
-    /// HostName is set).
-    pub alias: String,
     pub host: String,
     pub port: u16,
     pub user: String,
@@ -239,7 +236,6 @@ pub fn resolve(alias: &str, spec_user: Option<&str>, ov: &Overrides) -> Result<T
         .map(|c| c.split(',').map(str::to_string).collect());
 
     Ok(Target {
-        alias: alias.to_string(),
         host,
         port,
         user,

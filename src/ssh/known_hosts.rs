@@ -248,7 +248,7 @@ mod tests {
         let hash = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
         let (p, _g) = file(&format!("|1|{salt}|{hash} ssh-ed25519 {ED1}\n"));
         assert_eq!(
-            check(&[p.clone()], "127.0.0.1", 2222, &key(ED1)),
+            check(std::slice::from_ref(&p), "127.0.0.1", 2222, &key(ED1)),
             Verdict::Known
         );
         assert_eq!(check(&[p], "127.0.0.1", 2223, &key(ED1)), Verdict::Unknown);
