@@ -204,7 +204,7 @@ fn down_when_the_box_is_unreachable() {
     let closed = free_port();
     s.write_ssh_config_via(closed, "");
     let sock = s.dir.path().join("down.sock");
-    let _m = Mount::new(
+    let m = Mount::new(
         &s,
         &format!("delay_connect,status_socket={}", sock.display()),
     );
@@ -216,6 +216,18 @@ fn down_when_the_box_is_unreachable() {
     });
     let (code, _) = status_cli(&["--socket", sock.to_str().unwrap()]);
     assert_eq!(code, 1);
+    // umount(8) stats the mountpoint first: that must not wait for the unreachable box.
+    let t = Instant::now();
+    assert!(Command::new("umount")
+        .arg(m.path())
+        .status()
+        .unwrap()
+        .success());
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "umount took {:?}",
+        t.elapsed()
+    );
 }
 
 #[test]

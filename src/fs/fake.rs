@@ -27,6 +27,8 @@ pub struct FakeRemote {
     /// Names listed in every directory besides the real ones (to test filtering).
     pub junk_names: Mutex<Vec<String>>,
     pub calls: AtomicU64,
+    /// Simulates a lost connection: every request fails with EIO.
+    pub offline: std::sync::atomic::AtomicBool,
 }
 
 fn status(code: StatusCode, message: &str) -> RemoteError {
@@ -112,6 +114,9 @@ impl FakeRemote {
 
     fn node(&self, path: &str) -> RemoteResult<Node> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        if self.offline.load(Ordering::Relaxed) {
+            return Err(RemoteError::Timeout(1));
+        }
         self.tree
             .lock()
             .ok()
@@ -142,6 +147,10 @@ impl FakeRemote {
 }
 
 impl Remote for FakeRemote {
+    fn is_connected(&self) -> bool {
+        !self.offline.load(Ordering::Relaxed)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             hardlink: true,

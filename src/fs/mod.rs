@@ -111,6 +111,9 @@ pub struct Fs<R: Remote> {
     pub stats: stats::FsStats,
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     next_dir: AtomicU64,
+    /// The root's attributes as last seen, served while disconnected (so `umount`, `ls -d`
+    /// and `stat` of the mountpoint do not wait for the link).
+    root_attrs: Mutex<Option<Attrs>>,
     /// Open file handle -> its inode (to invalidate cached attributes on write).
     open: Mutex<HashMap<u64, u64>>,
 }
@@ -128,6 +131,7 @@ impl<R: Remote> Fs<R> {
             dirs: Mutex::new(HashMap::new()),
             next_dir: AtomicU64::new(1),
             open: Mutex::new(HashMap::new()),
+            root_attrs: Mutex::new(None),
         }
     }
 
@@ -150,6 +154,9 @@ impl<R: Remote> Fs<R> {
                 libc::ENOTDIR,
                 format!("remote path '{root}' is not a directory"),
             ));
+        }
+        if let Ok(mut r) = self.root_attrs.lock() {
+            *r = Some(attrs);
         }
         if let Ok(abs) = self.remote.realpath(&root).await {
             if let Ok(mut r) = self.abs_root.write() {
@@ -296,11 +303,19 @@ impl<R: Remote> Fs<R> {
 
     pub async fn getattr(&self, ino: u64) -> FsResult<(FileAttr, Duration)> {
         let path = self.path_of(ino)?;
-        let attrs = if ino == inode::ROOT {
-            self.remote.stat(&path).await?
-        } else {
-            self.fetch_attrs(&path).await?
-        };
+        if ino != inode::ROOT {
+            let attrs = self.fetch_attrs(&path).await?;
+            return Ok((self.file_attr(ino, &attrs), self.cfg.attr_ttl));
+        }
+        if !self.remote.is_connected() {
+            let known = self.root_attrs.lock().ok().and_then(|a| a.clone());
+            let attrs = known.unwrap_or_else(|| Attrs::with_perm(0o755 | libc::S_IFDIR));
+            return Ok((self.file_attr(ino, &attrs), Duration::from_secs(1)));
+        }
+        let attrs = self.remote.stat(&path).await?;
+        if let Ok(mut r) = self.root_attrs.lock() {
+            *r = Some(attrs.clone());
+        }
         Ok((self.file_attr(ino, &attrs), self.cfg.attr_ttl))
     }
 

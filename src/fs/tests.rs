@@ -240,3 +240,17 @@ async fn negative_entries_are_cached_when_asked() {
     fs.release(fh).await.unwrap();
     assert!(fs.lookup(ROOT, "later2").await.is_ok());
 }
+
+#[tokio::test]
+async fn root_attributes_do_not_wait_for_the_link() {
+    let (remote, fs) = fs();
+    fs.prepare().await.unwrap();
+    remote
+        .offline
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let (attr, _) = fs.getattr(ROOT).await.unwrap();
+    assert_eq!(attr.kind, fuser::FileType::Directory);
+    assert_eq!(attr.perm, 0o755);
+    // Anything else does need the server.
+    assert!(fs.lookup(ROOT, "x").await.is_err());
+}

@@ -129,6 +129,10 @@ impl Session {
 }
 
 impl Remote for Session {
+    fn is_connected(&self) -> bool {
+        matches!(self.sup.state(), LinkState::Up(_))
+    }
+
     fn capabilities(&self) -> Capabilities {
         if let LinkState::Up(l) = self.sup.state() {
             self.learn_caps(&l);

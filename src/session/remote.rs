@@ -74,6 +74,8 @@ pub struct Capabilities {
 /// Remote file operations by absolute remote path. All methods may run concurrently.
 pub trait Remote: Send + Sync + 'static {
     fn capabilities(&self) -> Capabilities;
+    /// Whether a working connection exists right now (requests would not wait).
+    fn is_connected(&self) -> bool;
     fn lstat(&self, path: &str) -> impl Future<Output = RemoteResult<Attrs>> + Send;
     fn stat(&self, path: &str) -> impl Future<Output = RemoteResult<Attrs>> + Send;
     fn setstat(&self, path: &str, attrs: &Attrs) -> impl Future<Output = RemoteResult<()>> + Send;

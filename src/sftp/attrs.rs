@@ -37,10 +37,10 @@ impl Attrs {
         }
     }
 
-    /// Only the permission bits, for SETSTAT.
+    /// Only the mode (permission bits, and type bits if given), for SETSTAT.
     pub fn with_perm(perm: u32) -> Self {
         Attrs {
-            mode: Some(perm & 0o7777),
+            mode: Some(perm & (0o7777 | libc::S_IFMT)),
             ..Default::default()
         }
     }

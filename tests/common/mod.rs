@@ -321,18 +321,12 @@ impl Mount {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
-    /// Unmounts and waits for the daemon to exit; returns its exit status.
+    /// Unmounts and waits for the daemon to exit; returns its exit status. Uses umount2(2)
+    /// directly: umount(8) stats the mountpoint first, which a test must not depend on.
     pub fn unmount(&mut self) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("umount")
-            .arg(self.dir.path())
-            .stderr(Stdio::null())
-            .status();
-        if is_mounted(self.dir.path()) {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(self.dir.path())
-                .stderr(Stdio::null())
-                .status();
+        use nix::mount::{umount2, MntFlags};
+        if is_mounted(self.dir.path()) && umount2(self.dir.path(), MntFlags::empty()).is_err() {
+            let _ = umount2(self.dir.path(), MntFlags::MNT_DETACH);
         }
         let mut child = self.child.take()?;
         let start = Instant::now();
