@@ -18,7 +18,7 @@ use fuser::{
     Request, TimeOrNow, WriteFlags,
 };
 
-use crate::fs::{Fs, FsError, SetAttr};
+use crate::fs::{Entry, Fs, FsError, FsResult, SetAttr};
 use crate::session::Remote;
 
 /// Largest read/write the kernel sends in one request.
@@ -42,6 +42,63 @@ impl<R: Remote> FuseFs<R> {
 
     fn spawn<F: Future<Output = ()> + Send + 'static>(&self, f: F) {
         self.rt.spawn(f);
+    }
+
+    /// Runs `op` as a task and replies with the entry it returns.
+    fn reply_entry<Fut>(
+        &self,
+        name: &'static str,
+        reply: ReplyEntry,
+        op: impl FnOnce(Arc<Fs<R>>) -> Fut,
+    ) where
+        Fut: Future<Output = FsResult<Entry>> + Send + 'static,
+    {
+        let fs = self.fs.clone();
+        let run = op(fs.clone());
+        self.spawn(async move {
+            match fs.stats.track(name, run.await) {
+                Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
+                Err(e) => reply.error(errno(name, e)),
+            }
+        });
+    }
+
+    /// Runs `op` as a task and replies with success or its errno.
+    fn reply_empty<Fut>(
+        &self,
+        name: &'static str,
+        reply: ReplyEmpty,
+        op: impl FnOnce(Arc<Fs<R>>) -> Fut,
+    ) where
+        Fut: Future<Output = FsResult<()>> + Send + 'static,
+    {
+        let fs = self.fs.clone();
+        let run = op(fs.clone());
+        self.spawn(async move {
+            match fs.stats.track(name, run.await) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(name, e)),
+            }
+        });
+    }
+
+    /// Runs `op` as a task and replies with the handle it opened.
+    fn reply_open<Fut>(
+        &self,
+        name: &'static str,
+        reply: ReplyOpen,
+        op: impl FnOnce(Arc<Fs<R>>) -> Fut,
+    ) where
+        Fut: Future<Output = FsResult<u64>> + Send + 'static,
+    {
+        let fs = self.fs.clone();
+        let run = op(fs.clone());
+        self.spawn(async move {
+            match fs.stats.track(name, run.await) {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno(name, e)),
+            }
+        });
     }
 }
 
@@ -184,26 +241,17 @@ impl<R: Remote> Filesystem for FuseFs<R> {
             // SFTP has no way to make device nodes, FIFOs or sockets.
             return reply.error(Errno::EPERM);
         }
-        let fs = self.fs.clone();
         let name = match utf8(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        self.spawn(async move {
-            let r = match fs
+        self.reply_entry("mknod", reply, move |fs| async move {
+            let (entry, fh) = fs
                 .create(parent.0, &name, mode, libc::O_WRONLY | libc::O_EXCL)
-                .await
-            {
-                Ok((entry, fh)) => fs.release(fh).await.map(|_| entry),
-                Err(e) => Err(e),
-            };
-            match fs.stats.track("mknod", r) {
-                Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
-                Err(e) => reply.error(errno("mknod", e)),
-            }
+                .await?;
+            fs.release(fh).await.map(|_| entry)
         });
     }
-
     fn mkdir(
         &self,
         _req: &Request,
@@ -213,50 +261,32 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let fs = self.fs.clone();
         let name = match utf8(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        self.spawn(async move {
-            match fs
-                .stats
-                .track("mkdir", fs.mkdir(parent.0, &name, mode).await)
-            {
-                Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
-                Err(e) => reply.error(errno("mkdir", e)),
-            }
+        self.reply_entry("mkdir", reply, move |fs| async move {
+            fs.mkdir(parent.0, &name, mode).await
         });
     }
-
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let fs = self.fs.clone();
         let name = match utf8(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        self.spawn(async move {
-            match fs.stats.track("unlink", fs.unlink(parent.0, &name).await) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("unlink", e)),
-            }
+        self.reply_empty("unlink", reply, move |fs| async move {
+            fs.unlink(parent.0, &name).await
         });
     }
-
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let fs = self.fs.clone();
         let name = match utf8(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        self.spawn(async move {
-            match fs.stats.track("rmdir", fs.rmdir(parent.0, &name).await) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("rmdir", e)),
-            }
+        self.reply_empty("rmdir", reply, move |fs| async move {
+            fs.rmdir(parent.0, &name).await
         });
     }
-
     fn symlink(
         &self,
         _req: &Request,
@@ -265,22 +295,14 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let fs = self.fs.clone();
         let (name, target) = match (utf8(link_name), utf8(target.as_os_str())) {
             (Ok(n), Ok(t)) => (n, t),
             _ => return reply.error(Errno::EINVAL),
         };
-        self.spawn(async move {
-            match fs
-                .stats
-                .track("symlink", fs.symlink(parent.0, &name, &target).await)
-            {
-                Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
-                Err(e) => reply.error(errno("symlink", e)),
-            }
+        self.reply_entry("symlink", reply, move |fs| async move {
+            fs.symlink(parent.0, &name, &target).await
         });
     }
-
     fn rename(
         &self,
         _req: &Request,
@@ -297,22 +319,15 @@ impl<R: Remote> Filesystem for FuseFs<R> {
             return reply.error(Errno::EINVAL);
         }
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        let fs = self.fs.clone();
         let (name, newname) = match (utf8(name), utf8(newname)) {
             (Ok(a), Ok(b)) => (a, b),
             _ => return reply.error(Errno::EINVAL),
         };
-        self.spawn(async move {
-            match fs
-                .rename(parent.0, &name, newparent.0, &newname, noreplace)
+        self.reply_empty("rename", reply, move |fs| async move {
+            fs.rename(parent.0, &name, newparent.0, &newname, noreplace)
                 .await
-            {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("rename", e)),
-            }
         });
     }
-
     fn link(
         &self,
         _req: &Request,
@@ -321,32 +336,19 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let fs = self.fs.clone();
         let name = match utf8(newname) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        self.spawn(async move {
-            match fs
-                .stats
-                .track("link", fs.link(ino.0, newparent.0, &name).await)
-            {
-                Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
-                Err(e) => reply.error(errno("link", e)),
-            }
+        self.reply_entry("link", reply, move |fs| async move {
+            fs.link(ino.0, newparent.0, &name).await
         });
     }
-
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let fs = self.fs.clone();
-        self.spawn(async move {
-            match fs.stats.track("open", fs.open(ino.0, flags.0).await) {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                Err(e) => reply.error(errno("open", e)),
-            }
+        self.reply_open("open", reply, move |fs| async move {
+            fs.open(ino.0, flags.0).await
         });
     }
-
     fn read(
         &self,
         _req: &Request,
@@ -411,15 +413,12 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let fs = self.fs.clone();
-        self.spawn(async move {
-            match fs.stats.track("release", fs.release(fh.0).await) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("release", e)),
-            }
-        });
+        self.reply_empty(
+            "release",
+            reply,
+            move |fs| async move { fs.release(fh.0).await },
+        );
     }
-
     fn fsync(
         &self,
         _req: &Request,
@@ -428,25 +427,17 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let fs = self.fs.clone();
-        self.spawn(async move {
-            match fs.stats.track("fsync", fs.fsync(fh.0).await) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("fsync", e)),
-            }
-        });
+        self.reply_empty(
+            "fsync",
+            reply,
+            move |fs| async move { fs.fsync(fh.0).await },
+        );
     }
-
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let fs = self.fs.clone();
-        self.spawn(async move {
-            match fs.stats.track("opendir", fs.opendir(ino.0).await) {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                Err(e) => reply.error(errno("opendir", e)),
-            }
+        self.reply_open("opendir", reply, move |fs| async move {
+            fs.opendir(ino.0).await
         });
     }
-
     fn readdir(
         &self,
         _req: &Request,
