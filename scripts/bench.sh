@@ -7,8 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 if [[ " $* " == *" --quick "* ]]; then
-  cargo build --quiet --examples
+  cargo build --quiet --bins --examples
   exec python3 scripts/bench.py --bin target/debug/mastofs --proxy target/debug/examples/faultproxy "$@"
 fi
-cargo build --quiet --release --examples
+cargo build --quiet --release --bins --examples
 exec python3 scripts/bench.py "$@"

@@ -141,9 +141,11 @@ fn blackhole_of_60_s_pauses_operations_then_they_succeed() {
     std::thread::sleep(Duration::from_secs(60));
     assert!(!op.is_finished(), "operation finished during the blackhole");
     p.set_mode(Mode::Pass);
+    let back = Instant::now();
     op.join()
         .unwrap()
         .unwrap_or_else(|e| panic!("write failed: {e}\n{}", m.log()));
+    eprintln!("operation completed {:?} after the link came back", back.elapsed());
     assert!(start.elapsed() >= Duration::from_secs(60));
     assert_eq!(
         fs::read(s.served.join("during")).unwrap(),
