@@ -14,8 +14,8 @@
 //! | `reconnect` | accepted; mastofs always reconnects |
 //! | `delay_connect` | mount at once, connect in the background |
 //! | `timeout=SECS` | how long an operation waits for a connection before EIO (default 180) |
-//! | `attr_timeout=`, `entry_timeout=`, `negative_timeout=`, `dir_timeout=` | cache TTLs in seconds |
-//! | `cache=yes\|no`, `cache_timeout=`, `cache_stat_timeout=`, `cache_dir_timeout=`, `cache_link_timeout=` | sshfs cache options, mapped onto the TTLs |
+//! | `attr_timeout=`, `entry_timeout=`, `negative_timeout=`, `dir_timeout=` | cache TTLs in seconds (defaults 20, 20, 0, 20); every change made through this mount invalidates what it touches |
+//! | `cache=yes\|no`, `cache_timeout=`, `cache_stat_timeout=` | sshfs cache options, mapped onto the TTLs (`cache_dir_timeout=` = `dir_timeout=`; `cache_link_timeout=` accepted) |
 //! | `status_socket=PATH` | status socket (default `/run/mastofs/<systemd-escaped mountpoint>.sock`, mode 0660) |
 //! | `status_group=GROUP` | group that may read the status socket |
 //! | `metrics_listen=ADDR:PORT` | also serve `/metrics` (and `/health`, `/status`) over TCP |
@@ -265,7 +265,8 @@ pub fn apply_options(cfg: &mut MountConfig, opts: &[String], sloppy: bool) -> Re
                 ("attr_timeout", _) => cfg.fs.attr_ttl = secs(key, need()?)?,
                 ("entry_timeout", _) => cfg.fs.entry_ttl = secs(key, need()?)?,
                 ("negative_timeout", _) => cfg.fs.negative_ttl = secs(key, need()?)?,
-                ("dir_timeout" | "cache_dir_timeout" | "cache_link_timeout", _) => {
+                ("dir_timeout" | "cache_dir_timeout", _) => cfg.fs.dir_ttl = secs(key, need()?)?,
+                ("cache_link_timeout", _) => {
                     secs(key, need()?)?;
                 }
                 ("cache_timeout" | "cache_stat_timeout", _) => {
@@ -342,9 +343,11 @@ pub fn apply_options(cfg: &mut MountConfig, opts: &[String], sloppy: bool) -> Re
         cfg.fs.attr_ttl = Duration::ZERO;
         cfg.fs.entry_ttl = Duration::ZERO;
         cfg.fs.negative_ttl = Duration::ZERO;
+        cfg.fs.dir_ttl = Duration::ZERO;
     } else if let Some(t) = cache_ttl {
         cfg.fs.attr_ttl = t;
         cfg.fs.entry_ttl = t;
+        cfg.fs.dir_ttl = t;
     }
     let mut map = IdMap::new(uid, gid, umask);
     match idmap_mode.as_str() {

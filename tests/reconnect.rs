@@ -145,7 +145,10 @@ fn blackhole_of_60_s_pauses_operations_then_they_succeed() {
     op.join()
         .unwrap()
         .unwrap_or_else(|e| panic!("write failed: {e}\n{}", m.log()));
-    eprintln!("operation completed {:?} after the link came back", back.elapsed());
+    eprintln!(
+        "operation completed {:?} after the link came back",
+        back.elapsed()
+    );
     assert!(start.elapsed() >= Duration::from_secs(60));
     assert_eq!(
         fs::read(s.served.join("during")).unwrap(),

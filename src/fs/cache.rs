@@ -1,40 +1,89 @@
-//! Metadata cache: attributes and negative entries by remote path, with TTLs.
+//! Metadata cache: attributes, negative entries and directory listings by remote path,
+//! with TTLs.
 //!
 //! Owns bounded (LRU) caches of what the server said about a path and when, so that a
-//! lookup after a directory listing costs no round trip. Every change this mount makes
-//! invalidates the paths it touches. It must never be the only copy of anything: a miss
-//! always falls back to the server.
+//! lookup after a directory listing costs no round trip and a second `ls -l` none at all.
+//! Every change this mount makes invalidates the paths it touches, and with them the
+//! listing of their directory. It must never be the only copy of anything: a miss always
+//! falls back to the server.
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
 use crate::sftp::Attrs;
 
+use super::dir::DirEntryOut;
+
 const CAPACITY: usize = 64 * 1024;
+/// Directory listings kept (each up to the size of its directory).
+const LISTINGS: usize = 256;
+
+/// Listings are keyed without a trailing slash, so a child's parent is found by its path.
+fn dir_key(path: &str) -> &str {
+    path.trim_end_matches('/')
+}
+
+fn parent_key(path: &str) -> Option<&str> {
+    dir_key(path).rsplit_once('/').map(|(p, _)| p)
+}
 
 pub struct MetaCache {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     attrs: Mutex<LruCache<String, (Attrs, Instant)>>,
     missing: Mutex<LruCache<String, Instant>>,
+    listings: Mutex<LruCache<String, (Arc<Vec<DirEntryOut>>, Instant)>>,
     attr_ttl: Duration,
     negative_ttl: Duration,
+    dir_ttl: Duration,
 }
 
 impl MetaCache {
-    pub fn new(attr_ttl: Duration, negative_ttl: Duration) -> Self {
+    pub fn new(attr_ttl: Duration, negative_ttl: Duration, dir_ttl: Duration) -> Self {
         let cap = NonZeroUsize::new(CAPACITY).unwrap_or(NonZeroUsize::MIN);
+        let listings = NonZeroUsize::new(LISTINGS).unwrap_or(NonZeroUsize::MIN);
         MetaCache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             attrs: Mutex::new(LruCache::new(cap)),
             missing: Mutex::new(LruCache::new(cap)),
+            listings: Mutex::new(LruCache::new(listings)),
             attr_ttl,
             negative_ttl,
+            dir_ttl,
+        }
+    }
+
+    /// The cached listing of directory `path`, if fresh.
+    pub fn listing(&self, path: &str) -> Option<Arc<Vec<DirEntryOut>>> {
+        let mut l = self.listings.lock().ok()?;
+        match l.get(dir_key(path)) {
+            Some((entries, at)) if at.elapsed() < self.dir_ttl => Some(entries.clone()),
+            Some(_) => {
+                l.pop(dir_key(path));
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub fn put_listing(&self, path: &str, entries: Arc<Vec<DirEntryOut>>) {
+        if self.dir_ttl.is_zero() {
+            return;
+        }
+        if let Ok(mut l) = self.listings.lock() {
+            l.put(dir_key(path).to_string(), (entries, Instant::now()));
+        }
+    }
+
+    /// `path` changed: the listing of its directory no longer holds.
+    fn drop_parent_listing(&self, path: &str) {
+        if let (Some(parent), Ok(mut l)) = (parent_key(path), self.listings.lock()) {
+            l.pop(parent);
         }
     }
 
@@ -85,6 +134,7 @@ impl MetaCache {
     }
 
     pub fn put_missing(&self, path: &str) {
+        self.drop_parent_listing(path);
         if self.negative_ttl.is_zero() {
             return;
         }
@@ -96,8 +146,9 @@ impl MetaCache {
         }
     }
 
-    /// Forgets everything about `path`.
+    /// Forgets everything about `path` (and the listing of its directory).
     pub fn invalidate(&self, path: &str) {
+        self.drop_parent_listing(path);
         if let Ok(mut c) = self.attrs.lock() {
             c.pop(path);
         }
@@ -110,6 +161,16 @@ impl MetaCache {
     pub fn invalidate_tree(&self, path: &str) {
         self.invalidate(path);
         let prefix = format!("{}/", path.trim_end_matches('/'));
+        if let Ok(mut l) = self.listings.lock() {
+            let stale: Vec<String> = l
+                .iter()
+                .filter(|(k, _)| *k == dir_key(path) || k.starts_with(&prefix))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in stale {
+                l.pop(&k);
+            }
+        }
         if let Ok(mut c) = self.attrs.lock() {
             let stale: Vec<String> = c
                 .iter()
@@ -143,7 +204,11 @@ mod tests {
 
     #[test]
     fn ttl_and_invalidation() {
-        let c = MetaCache::new(Duration::from_secs(60), Duration::from_secs(60));
+        let c = MetaCache::new(
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        );
         let a = Attrs {
             size: Some(3),
             ..Default::default()
@@ -162,10 +227,27 @@ mod tests {
 
     #[test]
     fn zero_ttl_caches_nothing() {
-        let c = MetaCache::new(Duration::ZERO, Duration::ZERO);
+        let c = MetaCache::new(Duration::ZERO, Duration::ZERO, Duration::ZERO);
         c.put("/a", &Attrs::default());
         c.put_missing("/b");
         assert_eq!(c.get("/a"), None);
         assert!(!c.is_missing("/b"));
+    }
+
+    #[test]
+    fn listings_drop_when_a_child_changes() {
+        let c = MetaCache::new(
+            Duration::from_secs(60),
+            Duration::ZERO,
+            Duration::from_secs(60),
+        );
+        c.put_listing("/r/d/", Arc::new(Vec::new()));
+        c.put_listing("/r/d/sub", Arc::new(Vec::new()));
+        assert!(c.listing("/r/d").is_some());
+        c.invalidate("/r/d/new");
+        assert!(c.listing("/r/d").is_none());
+        assert!(c.listing("/r/d/sub").is_some());
+        c.invalidate_tree("/r/d/sub");
+        assert!(c.listing("/r/d/sub").is_none());
     }
 }

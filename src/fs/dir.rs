@@ -26,7 +26,7 @@ pub struct DirEntryOut {
 /// A directory listing held open by the kernel.
 pub struct Listing {
     pub parent: u64,
-    pub entries: Vec<DirEntryOut>,
+    pub entries: Arc<Vec<DirEntryOut>>,
 }
 
 /// A name from the server that is safe to show.
@@ -39,11 +39,11 @@ fn safe_name(name: &str) -> bool {
 }
 
 impl<R: Remote> Fs<R> {
-    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
-        let path = self.path_of(ino)?;
-        let list = self.remote.read_dir(&path).await?;
+    /// Lists `path` on the server, keeping only names that are safe to show.
+    async fn fetch_listing(&self, path: &str) -> FsResult<Vec<DirEntryOut>> {
+        let list = self.remote.read_dir(path).await?;
         let prefix = if path.ends_with('/') {
-            path.clone()
+            path.to_string()
         } else {
             format!("{path}/")
         };
@@ -68,6 +68,19 @@ impl<R: Remote> Fs<R> {
                 attrs,
             });
         }
+        Ok(entries)
+    }
+
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let path = self.path_of(ino)?;
+        let entries = match self.cache.listing(&path) {
+            Some(cached) => cached,
+            None => {
+                let fresh = Arc::new(self.fetch_listing(&path).await?);
+                self.cache.put_listing(&path, fresh.clone());
+                fresh
+            }
+        };
         let parent = if ino == inode::ROOT {
             inode::ROOT
         } else {

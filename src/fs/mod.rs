@@ -52,6 +52,8 @@ pub struct FsConfig {
     pub attr_ttl: Duration,
     pub entry_ttl: Duration,
     pub negative_ttl: Duration,
+    /// How long a directory listing is reused (sshfs's dcache_timeout).
+    pub dir_ttl: Duration,
 }
 
 impl Default for FsConfig {
@@ -65,6 +67,7 @@ impl Default for FsConfig {
             attr_ttl: Duration::from_secs(20),
             entry_ttl: Duration::from_secs(20),
             negative_ttl: Duration::ZERO,
+            dir_ttl: Duration::from_secs(20),
         }
     }
 }
@@ -122,7 +125,7 @@ impl<R: Remote> Fs<R> {
     pub fn new(remote: Arc<R>, cfg: FsConfig) -> Self {
         Fs {
             idmap: RwLock::new(cfg.idmap.clone()),
-            cache: MetaCache::new(cfg.attr_ttl, cfg.negative_ttl),
+            cache: MetaCache::new(cfg.attr_ttl, cfg.negative_ttl, cfg.dir_ttl),
             stats: stats::FsStats::default(),
             remote,
             cfg,

@@ -254,3 +254,32 @@ async fn root_attributes_do_not_wait_for_the_link() {
     // Anything else does need the server.
     assert!(fs.lookup(ROOT, "x").await.is_err());
 }
+
+#[tokio::test]
+async fn listings_are_reused_until_this_mount_changes_the_directory() {
+    let (remote, fs) = fs();
+    remote.put_file("/r/a", b"");
+    let names = |fs: &Fs<FakeRemote>, fh| -> Vec<String> {
+        fs.listing(fh)
+            .unwrap()
+            .entries
+            .iter()
+            .map(|e| e.name.clone())
+            .collect()
+    };
+    let fh = fs.opendir(ROOT).await.unwrap();
+    assert_eq!(names(&fs, fh), ["a"]);
+    fs.releasedir(fh);
+    let calls = remote.calls.load(std::sync::atomic::Ordering::Relaxed);
+    let fh = fs.opendir(ROOT).await.unwrap();
+    assert_eq!(
+        remote.calls.load(std::sync::atomic::Ordering::Relaxed),
+        calls,
+        "second listing from cache"
+    );
+    fs.releasedir(fh);
+    let (_, f) = fs.create(ROOT, "b", 0o644, libc::O_WRONLY).await.unwrap();
+    fs.release(f).await.unwrap();
+    let fh = fs.opendir(ROOT).await.unwrap();
+    assert_eq!(names(&fs, fh), ["a", "b"]);
+}
