@@ -91,6 +91,29 @@ fn mount_options(cfg: &MountConfig) -> fuser::Config {
     c
 }
 
+/// Readahead of the mount's backing device, in KiB. The kernel offers FUSE only 128 KiB
+/// at INIT, which at 13 ms round trip caps one sequential reader near 10-20 MB/s; a
+/// deeper window keeps several 1 MiB reads in flight.
+const READAHEAD_KB: u32 = 8192;
+
+/// Raises the mount's readahead through sysfs (root only; best effort).
+fn raise_readahead(mountpoint: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let want = mountpoint.to_string_lossy();
+    let dev = info.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.len() > 4 && unescape_mountinfo(f[4]) == want).then(|| f[2].to_string())
+    });
+    if let Some(dev) = dev {
+        let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+        if let Err(e) = std::fs::write(&path, READAHEAD_KB.to_string()) {
+            tracing::debug!(%path, error = %e, "cannot raise readahead");
+        }
+    }
+}
+
 /// Unmounts `p`: as root with umount2, otherwise through fusermount3.
 pub fn unmount(p: &Path) -> Result<(), String> {
     if nix::unistd::geteuid().is_root() {
@@ -230,6 +253,7 @@ pub fn run(cfg: MountConfig, target: Target, ready: &mut Ready) -> Result<(), St
         format!("cannot mount on {}: {e}", cfg.mountpoint.display())
     })?;
     tracing::info!(mountpoint = %cfg.mountpoint.display(), source = %cfg.source(), "mounted");
+    raise_readahead(&cfg.mountpoint);
     ready.ok();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 

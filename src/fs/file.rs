@@ -63,8 +63,11 @@ impl<R: Remote> Fs<R> {
             Err(e) => return Err(e.into()),
         };
         let mut attrs = self.remote.fstat(fid).await?;
-        // The server applies its umask to OPEN: set the mode that was asked for.
-        if attrs.mode.map(|m| m & 0o7777) != Some(perm) {
+        // The server applies its umask to OPEN: set the mode that was asked for, on a file
+        // this call created (O_CREAT on an existing file must not change its mode; a
+        // non-empty file certainly existed).
+        let created = open.exclusive || attrs.size == Some(0);
+        if created && attrs.mode.map(|m| m & 0o7777) != Some(perm) {
             self.remote.fsetstat(fid, &Attrs::with_perm(perm)).await?;
             attrs.mode = Some(libc::S_IFREG | perm);
         }

@@ -232,25 +232,45 @@ impl SftpClient {
         Ok(())
     }
 
-    /// Lists a whole directory (OPENDIR, READDIR until EOF, CLOSE).
+    /// Lists a whole directory: OPENDIR, READDIRs pipelined (the server answers them in
+    /// order, each with the next batch, then EOF), CLOSE. One round trip per
+    /// `READDIR_DEPTH` batches instead of one per batch.
     pub async fn read_dir(&self, path: &str) -> R<Vec<DirEntry>> {
+        use futures::stream::{FuturesOrdered, StreamExt};
+        const READDIR_DEPTH: usize = 8;
         let permit = self.handle_permit()?;
         let handle = self.raw.opendir(path).await?.handle;
         let mut out = Vec::new();
-        let result = loop {
-            match self.raw.readdir(handle.as_str()).await {
-                Ok(name) => out.extend(name.files.into_iter().map(|f| DirEntry {
-                    name: f.filename,
-                    attrs: f.attrs.into(),
-                })),
+        let mut pending = FuturesOrdered::new();
+        for _ in 0..READDIR_DEPTH {
+            pending.push_back(self.raw.readdir(handle.as_str()));
+        }
+        let mut result = Ok(());
+        let mut more = true;
+        while let Some(r) = pending.next().await {
+            match r {
+                Ok(name) => {
+                    out.extend(name.files.into_iter().map(|f| DirEntry {
+                        name: f.filename,
+                        attrs: f.attrs.into(),
+                    }));
+                    if more {
+                        pending.push_back(self.raw.readdir(handle.as_str()));
+                    }
+                }
                 Err(russh_sftp::client::error::Error::Status(s))
                     if s.status_code == StatusCode::Eof =>
                 {
-                    break Ok(());
+                    more = false
                 }
-                Err(e) => break Err(SftpError::from(e)),
+                Err(e) => {
+                    more = false;
+                    if result.is_ok() {
+                        result = Err(SftpError::from(e));
+                    }
+                }
             }
-        };
+        }
         let closed = self.raw.close(handle.as_str()).await;
         drop(permit);
         result?;
