@@ -27,6 +27,9 @@ fn dir_key(path: &str) -> &str {
     path.trim_end_matches('/')
 }
 
+/// A directory's entries as listed by the server.
+pub type Listing = Arc<Vec<DirEntryOut>>;
+
 fn parent_key(path: &str) -> Option<&str> {
     dir_key(path).rsplit_once('/').map(|(p, _)| p)
 }
@@ -36,7 +39,7 @@ pub struct MetaCache {
     pub misses: AtomicU64,
     attrs: Mutex<LruCache<String, (Attrs, Instant)>>,
     missing: Mutex<LruCache<String, Instant>>,
-    listings: Mutex<LruCache<String, (Arc<Vec<DirEntryOut>>, Instant)>>,
+    listings: Mutex<LruCache<String, (Listing, Instant)>>,
     attr_ttl: Duration,
     negative_ttl: Duration,
     dir_ttl: Duration,
@@ -59,7 +62,7 @@ impl MetaCache {
     }
 
     /// The cached listing of directory `path`, if fresh.
-    pub fn listing(&self, path: &str) -> Option<Arc<Vec<DirEntryOut>>> {
+    pub fn listing(&self, path: &str) -> Option<Listing> {
         let mut l = self.listings.lock().ok()?;
         match l.get(dir_key(path)) {
             Some((entries, at)) if at.elapsed() < self.dir_ttl => Some(entries.clone()),
@@ -71,7 +74,7 @@ impl MetaCache {
         }
     }
 
-    pub fn put_listing(&self, path: &str, entries: Arc<Vec<DirEntryOut>>) {
+    pub fn put_listing(&self, path: &str, entries: Listing) {
         if self.dir_ttl.is_zero() {
             return;
         }
