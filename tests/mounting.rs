@@ -60,6 +60,23 @@ impl Drop for HelperLink {
     }
 }
 
+/// Unmounts `0` and kills its daemons on drop, so a failing test leaves nothing behind.
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+        for pid in daemons_for(&self.0) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 fn user_exists(name: &str) -> bool {
     Command::new("getent")
         .args(["passwd", name])
@@ -71,6 +88,7 @@ fn user_exists(name: &str) -> bool {
 fn daemon_returns_when_mounted_and_exits_on_umount() {
     let s = Server::start();
     let mnt = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(mnt.path().to_path_buf());
     std::fs::write(s.served.join("f"), b"daemon").unwrap();
     let out = Command::new(BIN)
         .arg(s.source())
@@ -137,6 +155,7 @@ fn mount_helper_names() {
         let helper = bin.path().join(name);
         std::os::unix::fs::symlink(BIN, &helper).unwrap();
         let mnt = tempfile::tempdir().unwrap();
+        let _cleanup = Cleanup(mnt.path().to_path_buf());
         // mount(8) calls: helper SOURCE MOUNTPOINT [-sfnv] -o OPTIONS; -f means "fake".
         let fake = Command::new(&helper)
             .arg(s.source())
@@ -193,6 +212,7 @@ fn the_fstab_line_mounts_with_mount() {
     // mount(8) runs /sbin/mount.fuse.mastofs (what packaging installs) as the helper.
     let _helper = HelperLink::install();
     let mnt = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(mnt.path().to_path_buf());
     let fstab = s.dir.path().join("fstab");
     std::fs::write(
         &fstab,
