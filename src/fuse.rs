@@ -44,7 +44,24 @@ impl<R: Remote> FuseFs<R> {
         self.rt.spawn(f);
     }
 
-    /// Runs `op` as a task and replies with the entry it returns.
+    /// Runs `op` as a task, counts its outcome, and hands the result (an errno on failure)
+    /// to `reply`. Every request but lookup goes through here.
+    fn run<T, Fut>(
+        &self,
+        name: &'static str,
+        op: impl FnOnce(Arc<Fs<R>>) -> Fut,
+        reply: impl FnOnce(Result<T, Errno>) + Send + 'static,
+    ) where
+        T: Send + 'static,
+        Fut: Future<Output = FsResult<T>> + Send + 'static,
+    {
+        let fs = self.fs.clone();
+        let fut = op(fs.clone());
+        self.spawn(
+            async move { reply(fs.stats.track(name, fut.await).map_err(|e| errno(name, e))) },
+        );
+    }
+
     fn reply_entry<Fut>(
         &self,
         name: &'static str,
@@ -53,17 +70,12 @@ impl<R: Remote> FuseFs<R> {
     ) where
         Fut: Future<Output = FsResult<Entry>> + Send + 'static,
     {
-        let fs = self.fs.clone();
-        let run = op(fs.clone());
-        self.spawn(async move {
-            match fs.stats.track(name, run.await) {
-                Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
-                Err(e) => reply.error(errno(name, e)),
-            }
+        self.run(name, op, move |r| match r {
+            Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
+            Err(e) => reply.error(e),
         });
     }
 
-    /// Runs `op` as a task and replies with success or its errno.
     fn reply_empty<Fut>(
         &self,
         name: &'static str,
@@ -72,17 +84,12 @@ impl<R: Remote> FuseFs<R> {
     ) where
         Fut: Future<Output = FsResult<()>> + Send + 'static,
     {
-        let fs = self.fs.clone();
-        let run = op(fs.clone());
-        self.spawn(async move {
-            match fs.stats.track(name, run.await) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(name, e)),
-            }
+        self.run(name, op, move |r| match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         });
     }
 
-    /// Runs `op` as a task and replies with the handle it opened.
     fn reply_open<Fut>(
         &self,
         name: &'static str,
@@ -91,13 +98,9 @@ impl<R: Remote> FuseFs<R> {
     ) where
         Fut: Future<Output = FsResult<u64>> + Send + 'static,
     {
-        let fs = self.fs.clone();
-        let run = op(fs.clone());
-        self.spawn(async move {
-            match fs.stats.track(name, run.await) {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                Err(e) => reply.error(errno(name, e)),
-            }
+        self.run(name, op, move |r| match r {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
         });
     }
 }
@@ -166,17 +169,19 @@ impl<R: Remote> Filesystem for FuseFs<R> {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        let fs = self.fs.clone();
-        self.spawn(async move {
-            let r = match fh {
-                Some(fh) => fs.getattr_open(ino.0, fh.0).await,
-                None => fs.getattr(ino.0).await,
-            };
-            match fs.stats.track("getattr", r) {
+        self.run(
+            "getattr",
+            move |fs| async move {
+                match fh {
+                    Some(fh) => fs.getattr_open(ino.0, fh.0).await,
+                    None => fs.getattr(ino.0).await,
+                }
+            },
+            move |r| match r {
                 Ok((attr, ttl)) => reply.attr(&ttl, &attr),
-                Err(e) => reply.error(errno("getattr", e)),
-            }
-        });
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn setattr(
@@ -197,7 +202,6 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let fs = self.fs.clone();
         let req = SetAttr {
             mode,
             uid,
@@ -206,25 +210,25 @@ impl<R: Remote> Filesystem for FuseFs<R> {
             atime: time(atime),
             mtime: time(mtime),
         };
-        self.spawn(async move {
-            match fs
-                .stats
-                .track("setattr", fs.setattr(ino.0, fh.map(|f| f.0), req).await)
-            {
+        self.run(
+            "setattr",
+            move |fs| async move { fs.setattr(ino.0, fh.map(|f| f.0), req).await },
+            move |r| match r {
                 Ok((attr, ttl)) => reply.attr(&ttl, &attr),
-                Err(e) => reply.error(errno("setattr", e)),
-            }
-        });
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let fs = self.fs.clone();
-        self.spawn(async move {
-            match fs.stats.track("readlink", fs.readlink(ino.0).await) {
+        self.run(
+            "readlink",
+            move |fs| async move { fs.readlink(ino.0).await },
+            move |r| match r {
                 Ok(t) => reply.data(t.as_bytes()),
-                Err(e) => reply.error(errno("readlink", e)),
-            }
-        });
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn mknod(
@@ -360,13 +364,14 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let fs = self.fs.clone();
-        self.spawn(async move {
-            match fs.stats.track("read", fs.read(fh.0, offset, size).await) {
+        self.run(
+            "read",
+            move |fs| async move { fs.read(fh.0, offset, size).await },
+            move |r| match r {
                 Ok(d) => reply.data(&d),
-                Err(e) => reply.error(errno("read", e)),
-            }
-        });
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn write(
@@ -381,14 +386,15 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let fs = self.fs.clone();
         let data = data.to_vec();
-        self.spawn(async move {
-            match fs.stats.track("write", fs.write(fh.0, offset, &data).await) {
+        self.run(
+            "write",
+            move |fs| async move { fs.write(fh.0, offset, &data).await },
+            move |r| match r {
                 Ok(n) => reply.written(n),
-                Err(e) => reply.error(errno("write", e)),
-            }
-        });
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn flush(
@@ -544,15 +550,16 @@ impl<R: Remote> Filesystem for FuseFs<R> {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let fs = self.fs.clone();
-        self.spawn(async move {
-            match fs.stats.track("statfs", fs.statfs().await) {
+        self.run(
+            "statfs",
+            move |fs| async move { fs.statfs().await },
+            move |r| match r {
                 Ok(s) => reply.statfs(
                     s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
                 ),
-                Err(e) => reply.error(errno("statfs", e)),
-            }
-        });
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
@@ -570,16 +577,14 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let fs = self.fs.clone();
         let name = match utf8(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        self.spawn(async move {
-            match fs
-                .stats
-                .track("create", fs.create(parent.0, &name, mode, flags).await)
-            {
+        self.run(
+            "create",
+            move |fs| async move { fs.create(parent.0, &name, mode, flags).await },
+            move |r| match r {
                 Ok((e, fh)) => reply.created(
                     &e.ttl,
                     &e.attr,
@@ -587,8 +592,8 @@ impl<R: Remote> Filesystem for FuseFs<R> {
                     FileHandle(fh),
                     FopenFlags::empty(),
                 ),
-                Err(e) => reply.error(errno("create", e)),
-            }
-        });
+                Err(e) => reply.error(e),
+            },
+        );
     }
 }
