@@ -54,7 +54,6 @@ pub struct MountConfig {
     pub nodev: bool,
     pub noexec: bool,
     pub noatime: bool,
-    pub disable_hardlink: bool,
     pub fsname: Option<String>,
     /// Status socket path (default: /run/mastofs/<escaped mountpoint>.sock).
     pub status_socket: Option<PathBuf>,
@@ -126,7 +125,6 @@ const IGNORED: &[&str] = &[
 ];
 const IGNORED_WITH_VALUE: &[&str] = &[
     "user",
-    "fsname",
     "subtype",
     "comment",
     "max_read",
@@ -255,7 +253,7 @@ pub fn apply_options(cfg: &mut MountConfig, opts: &[String], sloppy: bool) -> Re
                 ("noexec", None) => cfg.noexec = true,
                 ("noatime", None) => cfg.noatime = true,
                 ("delay_connect", None) => cfg.delay_connect = true,
-                ("disable_hardlink", None) => cfg.disable_hardlink = true,
+                ("disable_hardlink", None) => cfg.fs.disable_hardlink = true,
                 ("timeout", _) => {
                     cfg.timeout = secs(key, need()?)?;
                     if cfg.timeout.is_zero() {
@@ -399,7 +397,6 @@ impl MountConfig {
             nodev: false,
             noexec: false,
             noatime: false,
-            disable_hardlink: false,
             fsname: None,
             status_socket: None,
             status_group: None,
@@ -508,6 +505,7 @@ mod tests {
 
     #[test]
     fn cache_options() {
+        assert!(parse("disable_hardlink").unwrap().fs.disable_hardlink);
         let c = parse("cache=no").unwrap();
         assert!(c.fs.attr_ttl.is_zero());
         let c = parse("cache_timeout=3,negative_timeout=1.5").unwrap();

@@ -185,10 +185,10 @@ impl<R: Remote> Fs<R> {
     }
 
     pub async fn link(&self, ino: u64, new_parent: u64, new_name: &str) -> FsResult<Entry> {
-        if !self.remote.capabilities().hardlink {
+        if self.cfg.disable_hardlink || !self.remote.capabilities().hardlink {
             return Err(FsError::new(
                 libc::EPERM,
-                "server does not support hard links",
+                "hard links are not available on this mount",
             ));
         }
         let from = self.path_of(ino)?;

@@ -54,6 +54,8 @@ pub struct FsConfig {
     pub negative_ttl: Duration,
     /// How long a directory listing is reused (sshfs's dcache_timeout).
     pub dir_ttl: Duration,
+    /// `disable_hardlink`: link(2) fails with EPERM even where the server could.
+    pub disable_hardlink: bool,
 }
 
 impl Default for FsConfig {
@@ -68,6 +70,7 @@ impl Default for FsConfig {
             entry_ttl: Duration::from_secs(20),
             negative_ttl: Duration::ZERO,
             dir_ttl: Duration::from_secs(20),
+            disable_hardlink: false,
         }
     }
 }

@@ -283,3 +283,15 @@ async fn listings_are_reused_until_this_mount_changes_the_directory() {
     let fh = fs.opendir(ROOT).await.unwrap();
     assert_eq!(names(&fs, fh), ["a", "b"]);
 }
+
+#[tokio::test]
+async fn disable_hardlink_refuses_link() {
+    let (remote, fs) = fs_with(FsConfig {
+        disable_hardlink: true,
+        ..Default::default()
+    });
+    remote.put_file("/r/a", b"");
+    let a = fs.lookup(ROOT, "a").await.unwrap().attr.ino.0;
+    assert_eq!(fs.link(a, ROOT, "b").await.unwrap_err().errno, libc::EPERM);
+    assert!(!remote.exists("/r/b"));
+}
