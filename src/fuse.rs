@@ -389,7 +389,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         let data = data.to_vec();
         self.run(
             "write",
-            move |fs| async move { fs.write(fh.0, offset, &data).await },
+            move |fs| async move { fs.write(fh.0, offset, data).await },
             move |r| match r {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(e),
@@ -401,12 +401,15 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Writes are confirmed by the server before they are acknowledged: nothing to flush.
-        reply.ok();
+        self.reply_empty(
+            "flush",
+            reply,
+            move |fs| async move { fs.flush(fh.0).await },
+        );
     }
 
     fn release(
@@ -419,10 +422,13 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.reply_empty(
+        // The kernel ignores release's outcome (close(2) got flush's): answer at once and
+        // close the remote handle behind the application's back, saving it a round trip.
+        reply.ok();
+        self.run(
             "release",
-            reply,
             move |fs| async move { fs.release(fh.0).await },
+            |_| (),
         );
     }
     fn fsync(

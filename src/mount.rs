@@ -185,7 +185,7 @@ pub fn run(cfg: MountConfig, target: Target, ready: &mut Ready) -> Result<(), St
         .thread_name("mastofs")
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))?;
-    let session = Session::new(target, cfg.timeout);
+    let session = Session::new(target, cfg.timeout, cfg.write_behind);
     let fs = Arc::new(Fs::new(session.clone(), cfg.fs.clone()));
 
     if cfg.delay_connect {
@@ -266,6 +266,14 @@ pub fn run(cfg: MountConfig, target: Target, ready: &mut Ready) -> Result<(), St
         }
     });
     let served = fuse.run();
+    // Writes acknowledged after the last flush (mmap write-back) still go out.
+    if session.unconfirmed_bytes() > 0 {
+        tracing::info!(
+            bytes = session.unconfirmed_bytes(),
+            "waiting for pending writes"
+        );
+        let _ = rt.block_on(tokio::time::timeout(cfg.timeout, session.drain_all()));
+    }
     monitor
         .fuse_alive
         .store(false, std::sync::atomic::Ordering::Relaxed);

@@ -20,12 +20,14 @@
 //! | `status_group=GROUP` | group that may read the status socket |
 //! | `metrics_listen=ADDR:PORT` | also serve `/metrics` (and `/health`, `/status`) over TCP |
 //! | `max_conns=N` | upper bound of SSH connections (1..=10; one is used today) |
+//! | `write_behind=MIB` | MiB of writes acknowledged before the server confirmed them, across all files (default 64; failures reach flush/fsync/close; data is kept and replayed until confirmed) |
+//! | `sshfs_sync`, `sync_write` | every write waits for the server (= `write_behind=0`) |
 //! | `disable_hardlink` | refuse link(2) with EPERM even where the server could |
 //! | `ssh_config=FILE` | ssh_config to read instead of ~/.ssh/config (as `-F`; usable in fstab) |
 //! | `Port=`, `User=`, `IdentityFile=`, `ServerAliveInterval=`, `ServerAliveCountMax=`, `ConnectTimeout=`, `StrictHostKeyChecking=`, `UserKnownHostsFile=`, `Ciphers=` | ssh options, override ssh_config |
 //! | `BatchMode=yes`, `IdentitiesOnly=`, `PasswordAuthentication=no`, `PreferredAuthentications=` (with publickey), `LogLevel=`, `Compression=no` | ssh options accepted for compatibility |
 //! | `_netdev`, `user`, `users`, `nouser`, `owner`, `group`, `auto`, `noauto`, `nofail`, `defaults`, `exec`, `suid`, `dev`, `async`, `relatime`, `x-*`, `comment=*`, `user=NAME`, `fsname=`, `subtype=` | mount(8)/systemd bookkeeping, accepted |
-//! | `kernel_cache`, `auto_cache`, `no_readahead`, `sshfs_sync`, `sync_readdir`, `big_writes`, `large_read`, `max_read=`, `max_write=`, `workaround=`, `dir_cache=`, `noforget` | sshfs tuning options, accepted (mastofs chooses its own tuning) |
+//! | `kernel_cache`, `auto_cache`, `no_readahead`, `sync_readdir`, `big_writes`, `large_read`, `max_read=`, `max_write=`, `workaround=`, `dir_cache=`, `noforget` | sshfs tuning options, accepted (mastofs chooses its own tuning) |
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -46,6 +48,8 @@ pub struct MountConfig {
     pub delay_connect: bool,
     pub timeout: Duration,
     pub max_conns: u32,
+    /// Bytes of writes that may be acknowledged before the server confirmed them.
+    pub write_behind: usize,
     pub allow_other: bool,
     pub allow_root: bool,
     pub default_permissions: bool,
@@ -109,7 +113,6 @@ const IGNORED: &[&str] = &[
     "kernel_cache",
     "auto_cache",
     "no_readahead",
-    "sshfs_sync",
     "sync_readdir",
     "big_writes",
     "large_read",
@@ -254,6 +257,14 @@ pub fn apply_options(cfg: &mut MountConfig, opts: &[String], sloppy: bool) -> Re
                 ("noatime", None) => cfg.noatime = true,
                 ("delay_connect", None) => cfg.delay_connect = true,
                 ("disable_hardlink", None) => cfg.fs.disable_hardlink = true,
+                ("sshfs_sync" | "sync_write", None) => cfg.write_behind = 0,
+                ("write_behind", _) => {
+                    let mib: usize = uint(key, need()?)?;
+                    if mib > 1024 {
+                        return Err(format!("option write_behind={mib}: at most 1024 (MiB)"));
+                    }
+                    cfg.write_behind = mib << 20;
+                }
                 ("timeout", _) => {
                     cfg.timeout = secs(key, need()?)?;
                     if cfg.timeout.is_zero() {
@@ -389,6 +400,7 @@ impl MountConfig {
             delay_connect: false,
             timeout: Duration::from_secs(180),
             max_conns: 1,
+            write_behind: 64 << 20,
             allow_other: false,
             allow_root: false,
             default_permissions: false,

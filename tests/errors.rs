@@ -195,3 +195,67 @@ fn every_key_type_authenticates() {
         assert_eq!(std::fs::read_to_string(s.served.join("ok")).unwrap(), kind);
     }
 }
+
+/// A small tmpfs mounted inside the served tree, unmounted even when the test fails.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn new(at: std::path::PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot mount a tmpfs");
+        SmallDisk(at)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes 4 MiB into a 1 MiB remote disk and returns the errno that reached the
+/// application (from write, fsync or close), after `finish` ends the file.
+fn fill(path: &std::path::Path, finish: impl Fn(std::fs::File) -> std::io::Result<()>) -> i32 {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    for _ in 0..4 {
+        if let Err(e) = f.write_all(&chunk) {
+            return errno(e);
+        }
+    }
+    finish(f).map_or_else(errno, |()| 0)
+}
+
+#[test]
+fn a_full_remote_disk_is_enospc_and_nothing_else_breaks() {
+    use std::os::fd::IntoRawFd;
+    let s = Server::start();
+    let _disk = SmallDisk::new(s.served.join("small"), "1m");
+    let m = Mount::new(&s, "");
+    // Writes may be acknowledged before the server answers: the failure must then come
+    // from fsync, or from close itself.
+    let by_fsync = fill(&m.p("small/a"), |f| f.sync_all());
+    assert_eq!(by_fsync, libc::ENOSPC, "write or fsync");
+    std::fs::remove_file(m.p("small/a")).unwrap();
+    let by_close = fill(&m.p("small/b"), |f| {
+        let fd = f.into_raw_fd();
+        match unsafe { libc::close(fd) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    });
+    assert_eq!(by_close, libc::ENOSPC, "write or close");
+    std::fs::remove_file(m.p("small/b")).unwrap();
+    // The mount goes on: a file elsewhere is written and read back.
+    std::fs::write(m.p("fine"), b"still fine").unwrap();
+    assert_eq!(std::fs::read(s.served.join("fine")).unwrap(), b"still fine");
+    let log = m.log();
+    assert!(!log.contains("panicked"), "{log}");
+}

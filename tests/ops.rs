@@ -295,3 +295,30 @@ fn mmap_works() {
     drop(f);
     assert_eq!(fs::read(s.served.join("mm")).unwrap()[4096], b'Z');
 }
+
+#[test]
+fn acknowledged_writes_are_seen_at_once_by_stat_and_other_descriptors() {
+    let s = Server::start();
+    let m = Mount::new(&s, "");
+    let p = m.p("wb.bin");
+    let mut w = fs::File::create(&p).unwrap();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    for round in 0..5u8 {
+        // Overwrite the same range again and again: the last write must win.
+        let mut d = data.clone();
+        d[0] = round;
+        w.seek(SeekFrom::Start(0)).unwrap();
+        w.write_all(&d).unwrap();
+        // No flush: another descriptor and stat(2) must still see every acknowledged byte.
+        assert_eq!(fs::metadata(&p).unwrap().len(), data.len() as u64);
+        let mut r = fs::File::open(&p).unwrap();
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).unwrap();
+        assert_eq!(back.len(), d.len());
+        assert!(back == d, "round {round}: reader saw other data");
+    }
+    drop(w);
+    let on_server = fs::read(s.served.join("wb.bin")).unwrap();
+    assert_eq!(on_server[0], 4);
+    assert_eq!(&on_server[1..], &data[1..]);
+}

@@ -347,7 +347,7 @@ impl Remote for FakeRemote {
         Ok(d[start..end].to_vec())
     }
 
-    async fn write(&self, f: FileId, offset: u64, data: &[u8]) -> RemoteResult<()> {
+    async fn write(&self, f: FileId, offset: u64, data: Vec<u8>) -> RemoteResult<()> {
         let path = self.path_of(f)?;
         let mut t = self.tree.lock().map_err(|_| failure())?;
         let n = t.get_mut(&path).ok_or_else(no_such)?;
@@ -355,7 +355,7 @@ impl Remote for FakeRemote {
         if n.data.len() < end {
             n.data.resize(end, 0);
         }
-        n.data[offset as usize..end].copy_from_slice(data);
+        n.data[offset as usize..end].copy_from_slice(&data);
         n.attrs.size = Some(n.data.len() as u64);
         Ok(())
     }
@@ -367,6 +367,10 @@ impl Remote for FakeRemote {
     async fn fsetstat(&self, f: FileId, attrs: &Attrs) -> RemoteResult<()> {
         let p = self.path_of(f)?;
         self.setstat(&p, attrs).await
+    }
+
+    async fn flush(&self, f: FileId) -> RemoteResult<()> {
+        self.path_of(f).map(|_| ())
     }
 
     async fn fsync(&self, f: FileId) -> RemoteResult<()> {

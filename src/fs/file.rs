@@ -2,8 +2,9 @@
 //!
 //! Owns the mapping of kernel open flags to SFTP open modes, setting the requested mode on
 //! new files (the server's umask would cut it), and turning a vague write failure into
-//! ENOSPC when the remote disk is full. It must never acknowledge a write the server has
-//! not confirmed.
+//! ENOSPC when the remote disk is full. Writes may be acknowledged before the server
+//! confirmed them (the session's write-behind); their failures must reach flush, fsync or
+//! close, never be dropped.
 
 use crate::session::{Attrs, FileId, Remote, RemoteError};
 use crate::sftp::OpenMode;
@@ -97,21 +98,37 @@ impl<R: Remote> Fs<R> {
         Ok(data)
     }
 
-    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+    /// Writes `data` (perhaps acknowledged before the server confirmed it: a failure is
+    /// then reported by `flush`, `fsync` or a later write).
+    pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> FsResult<u32> {
         self.touched(fh);
+        let n = data.len();
         match self.remote.write(FileId(fh), offset, data).await {
             Ok(()) => {
-                self.stats.add_written(data.len());
-                Ok(data.len() as u32)
+                self.stats.add_written(n);
+                Ok(n as u32)
             }
-            Err(e) => Err(self.refine_write(e).await),
+            Err(e) => Err(self.refine_write(fh, e).await),
         }
     }
 
-    /// A generic write FAILURE on a full disk is ENOSPC.
-    async fn refine_write(&self, e: RemoteError) -> FsError {
+    /// close(2) of one descriptor: every write through `fh` confirmed, or its failure.
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        match self.remote.flush(FileId(fh)).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.refine_write(fh, e).await),
+        }
+    }
+
+    /// A generic write FAILURE on a full disk is ENOSPC (asked of the file's own
+    /// filesystem: the remote tree may span several).
+    async fn refine_write(&self, fh: u64, e: RemoteError) -> FsError {
         if e.is_vague() && self.remote.capabilities().statvfs {
-            if let Ok(s) = self.remote.statvfs(&self.root_path()).await {
+            let ino = self.open.lock().ok().and_then(|o| o.get(&fh).copied());
+            let path = ino
+                .and_then(|i| self.path_of(i).ok())
+                .unwrap_or_else(|| self.root_path());
+            if let Ok(s) = self.remote.statvfs(&path).await {
                 if s.bavail == 0 || s.bfree == 0 {
                     return FsError::new(libc::ENOSPC, "remote disk is full");
                 }
@@ -121,20 +138,19 @@ impl<R: Remote> Fs<R> {
     }
 
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
-        if !self.remote.capabilities().fsync {
-            // Every write was confirmed by the server already; there is no way to ask it
-            // to flush its own disk.
-            return Ok(());
+        match self.remote.fsync(FileId(fh)).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.refine_write(fh, e).await),
         }
-        Ok(self.remote.fsync(FileId(fh)).await?)
     }
 
     pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let closed = self.remote.close(FileId(fh)).await;
         self.touched(fh);
         if let Ok(mut o) = self.open.lock() {
             o.remove(&fh);
         }
-        Ok(self.remote.close(FileId(fh)).await?)
+        Ok(closed?)
     }
 
     /// Attributes through an open handle (accurate while the file is being written).

@@ -32,7 +32,7 @@ async fn create_write_read_through_handles() {
         entry.attr.perm, 0o640,
         "mode set explicitly despite the server's umask"
     );
-    assert_eq!(fs.write(fh, 3, b"xyz").await.unwrap(), 3);
+    assert_eq!(fs.write(fh, 3, b"xyz".to_vec()).await.unwrap(), 3);
     fs.release(fh).await.unwrap();
     assert_eq!(remote.data("/r/a").unwrap(), b"\0\0\0xyz");
     let ino = fs.lookup(ROOT, "a").await.unwrap().attr.ino.0;

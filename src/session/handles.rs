@@ -13,12 +13,15 @@ use crate::sftp::{Attrs, OpenMode, RemoteHandle, SftpError};
 
 use super::remote::FileId;
 use super::supervisor::Link;
+use super::writeback::WriteBehind;
 
 pub struct OpenFile {
     path: Mutex<String>,
     /// The mode used to reopen: the original one without create/truncate/exclusive.
     reopen: OpenMode,
     remote: tokio::sync::Mutex<Option<(u64, Arc<RemoteHandle>)>>,
+    /// Writes acknowledged but not yet confirmed by the server.
+    pub wb: WriteBehind,
 }
 
 impl OpenFile {
@@ -72,6 +75,7 @@ impl Handles {
                 ..mode
             },
             remote: tokio::sync::Mutex::new(Some((generation, Arc::new(h)))),
+            wb: WriteBehind::default(),
         });
         if let Ok(mut files) = self.files.lock() {
             files.insert(id, file);
@@ -102,6 +106,18 @@ impl Handles {
         }
     }
 
+    /// Open files with writes on their way whose path satisfies `pred`.
+    pub fn writing(&self, pred: impl Fn(&str) -> bool) -> Vec<Arc<OpenFile>> {
+        let Ok(files) = self.files.lock() else {
+            return Vec::new();
+        };
+        files
+            .values()
+            .filter(|f| !f.wb.is_idle() && pred(&f.path()))
+            .cloned()
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.files.lock().map(|f| f.len()).unwrap_or(0)
     }
@@ -118,6 +134,7 @@ mod tests {
             path: Mutex::new(p.into()),
             reopen: OpenMode::default(),
             remote: tokio::sync::Mutex::new(None),
+            wb: WriteBehind::default(),
         };
         h.files.lock().unwrap().insert(1, Arc::new(mk("/a/b")));
         h.files.lock().unwrap().insert(2, Arc::new(mk("/a/bc")));

@@ -10,11 +10,13 @@ pub mod handles;
 pub mod remote;
 pub mod replay;
 pub mod supervisor;
+pub mod writeback;
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures::future::try_join_all;
+use tokio::sync::Semaphore;
 
 use crate::ssh::{SshError, Target};
 
@@ -26,27 +28,59 @@ use replay::{exists_is_done, gone_is_done, renamed_is_done, ReplayStats};
 use supervisor::{Link, LinkState, Supervisor};
 
 pub struct Session {
+    me: Weak<Session>,
     sup: Arc<Supervisor>,
     handles: handles::Handles,
     timeout: Duration,
     pub replay_stats: ReplayStats,
     caps: std::sync::Mutex<Capabilities>,
+    /// Bytes of acknowledged, unconfirmed writes allowed across all files.
+    write_budget: Arc<Semaphore>,
+    /// The budget's size; 0 means every write waits for the server (sync writes).
+    write_behind: usize,
 }
 
 impl Session {
-    /// `timeout` bounds how long one operation waits for a working connection.
-    pub fn new(target: Target, timeout: Duration) -> Arc<Self> {
+    /// `timeout` bounds how long one operation waits for a working connection;
+    /// `write_behind` is how many bytes of writes may be acknowledged before the server
+    /// confirmed them (0: none).
+    pub fn new(target: Target, timeout: Duration, write_behind: usize) -> Arc<Self> {
         // One SFTP request unanswered this long means a stuck connection (keepalives
         // usually notice sooner); it is then replayed on a new one. Generous, because it
         // also bounds slow server operations such as fsync of a large file.
         let request_timeout = Duration::from_secs(60);
-        Arc::new(Session {
+        Arc::new_cyclic(|me| Session {
+            me: me.clone(),
             sup: Supervisor::new(Arc::new(target), request_timeout),
             handles: handles::Handles::default(),
             timeout,
             replay_stats: ReplayStats::default(),
             caps: std::sync::Mutex::new(Capabilities::default()),
+            write_budget: Arc::new(Semaphore::new(write_behind)),
+            write_behind,
         })
+    }
+
+    /// Bytes acknowledged to applications that the server has not confirmed yet.
+    pub fn unconfirmed_bytes(&self) -> usize {
+        self.write_behind
+            .saturating_sub(self.write_budget.available_permits())
+    }
+
+    /// Waits until the writes of every open file whose path satisfies `pred` are answered
+    /// (so a request about that file sees their effect).
+    async fn settle_paths(&self, pred: impl Fn(&str) -> bool) {
+        if self.unconfirmed_bytes() == 0 {
+            return;
+        }
+        for f in self.handles.writing(pred) {
+            f.wb.drain().await;
+        }
+    }
+
+    /// Waits for every unconfirmed write (before the daemon exits).
+    pub async fn drain_all(&self) {
+        self.settle_paths(|_| true).await
     }
 
     /// Connects once, reporting why not (used when the mount must not start without a
@@ -94,13 +128,36 @@ impl Session {
         replay::run(&self.sup, &self.replay_stats, self.timeout, what, op).await
     }
 
-    /// Runs `op` with the remote handle of `f` on a live link (reopening it there).
+    /// The open file behind `f`, once every write to its path is answered.
+    async fn settled(&self, f: FileId) -> RemoteResult<Arc<handles::OpenFile>> {
+        let file = self.handles.get(f).ok_or(RemoteError::BadHandle)?;
+        let path = file.path();
+        self.settle_paths(|p| p == path).await;
+        Ok(file)
+    }
+
+    /// Runs `op` with the remote handle of `f` on a live link (reopening it there), after
+    /// the writes to that file are answered.
     async fn with_handle<T, F, Fut>(&self, what: &str, f: FileId, op: F) -> RemoteResult<T>
     where
         F: Fn(Arc<Link>, Arc<crate::sftp::RemoteHandle>) -> Fut,
         Fut: std::future::Future<Output = Result<T, SftpError>>,
     {
-        let file = self.handles.get(f).ok_or(RemoteError::BadHandle)?;
+        let file = self.settled(f).await?;
+        self.with_file(what, &file, op).await
+    }
+
+    /// Runs `op` with the remote handle of `file` on a live link (reopening it there).
+    async fn with_file<T, F, Fut>(
+        &self,
+        what: &str,
+        file: &Arc<handles::OpenFile>,
+        op: F,
+    ) -> RemoteResult<T>
+    where
+        F: Fn(Arc<Link>, Arc<crate::sftp::RemoteHandle>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, SftpError>>,
+    {
         let stale = std::sync::atomic::AtomicBool::new(false);
         let r = self
             .run(what, |link, _| {
@@ -126,6 +183,29 @@ impl Session {
         }
         r
     }
+
+    /// Sends one write and waits for the server's answer (replaying it as needed).
+    async fn write_now(
+        &self,
+        file: &Arc<handles::OpenFile>,
+        offset: u64,
+        data: &[u8],
+    ) -> RemoteResult<()> {
+        self.with_file("write", file, |l, h| async move {
+            let chunk = l.sftp.max_write as usize;
+            let parts = data.chunks(chunk).enumerate().map(|(i, c)| {
+                let l = &l;
+                let h = &h;
+                async move {
+                    l.sftp
+                        .write(h, offset + (i * chunk) as u64, c.to_vec())
+                        .await
+                }
+            });
+            try_join_all(parts).await.map(|_| ())
+        })
+        .await
+    }
 }
 
 impl Remote for Session {
@@ -141,16 +221,19 @@ impl Remote for Session {
     }
 
     async fn lstat(&self, path: &str) -> RemoteResult<Attrs> {
+        self.settle_paths(|p| p == path).await;
         self.run("lstat", |l, _| async move { l.sftp.lstat(path).await })
             .await
     }
 
     async fn stat(&self, path: &str) -> RemoteResult<Attrs> {
+        self.settle_paths(|p| p == path).await;
         self.run("stat", |l, _| async move { l.sftp.stat(path).await })
             .await
     }
 
     async fn setstat(&self, path: &str, attrs: &Attrs) -> RemoteResult<()> {
+        self.settle_paths(|p| p == path).await;
         self.run("setstat", |l, _| async move {
             l.sftp.setstat(path, attrs).await
         })
@@ -158,6 +241,8 @@ impl Remote for Session {
     }
 
     async fn read_dir(&self, path: &str) -> RemoteResult<Vec<DirEntry>> {
+        self.settle_paths(|p| p.rsplit_once('/').map_or("", |(d, _)| d) == path)
+            .await;
         self.run("readdir", |l, _| async move { l.sftp.read_dir(path).await })
             .await
     }
@@ -248,6 +333,7 @@ impl Remote for Session {
     }
 
     async fn open(&self, path: &str, mode: OpenMode, perm: Option<u32>) -> RemoteResult<FileId> {
+        self.settle_paths(|p| p == path).await;
         let attrs = perm.map(Attrs::with_perm).unwrap_or_default();
         let (generation, h) = self
             .run("open", |l, replay| {
@@ -309,21 +395,37 @@ impl Remote for Session {
         .await
     }
 
-    async fn write(&self, f: FileId, offset: u64, data: &[u8]) -> RemoteResult<()> {
-        self.with_handle("write", f, |l, h| async move {
-            let chunk = l.sftp.max_write as usize;
-            let parts = data.chunks(chunk).enumerate().map(|(i, c)| {
-                let l = &l;
-                let h = &h;
-                async move {
-                    l.sftp
-                        .write(h, offset + (i * chunk) as u64, c.to_vec())
-                        .await
-                }
-            });
-            try_join_all(parts).await.map(|_| ())
-        })
-        .await
+    async fn write(&self, f: FileId, offset: u64, data: Vec<u8>) -> RemoteResult<()> {
+        let file = self.handles.get(f).ok_or(RemoteError::BadHandle)?;
+        let len = data.len();
+        let me = self.me.upgrade();
+        let (Some(me), true) = (me, len <= self.write_behind) else {
+            file.wb.settle().await?;
+            return self.write_now(&file, offset, &data).await;
+        };
+        // The semaphore is never closed; a failure here cannot happen.
+        let permit = self
+            .write_budget
+            .clone()
+            .acquire_many_owned(len as u32)
+            .await
+            .map_err(|_| RemoteError::BadHandle)?;
+        file.wb.begin(offset, len).await?;
+        tokio::spawn(async move {
+            let r = me.write_now(&file, offset, &data).await;
+            if let Err(e) = &r {
+                tracing::warn!(path = %file.path(), offset, error = %e,
+                    "acknowledged write failed; reported at the next flush, fsync or close");
+            }
+            file.wb.end(offset, len, r);
+            drop(permit);
+        });
+        Ok(())
+    }
+
+    async fn flush(&self, f: FileId) -> RemoteResult<()> {
+        let file = self.handles.get(f).ok_or(RemoteError::BadHandle)?;
+        file.wb.settle().await
     }
 
     async fn fstat(&self, f: FileId) -> RemoteResult<Attrs> {
@@ -339,26 +441,33 @@ impl Remote for Session {
     }
 
     async fn fsync(&self, f: FileId) -> RemoteResult<()> {
+        self.flush(f).await?;
+        if !self.capabilities().fsync {
+            // Every write is confirmed now; there is no way to ask the server to flush its
+            // own disk.
+            return Ok(());
+        }
         self.with_handle("fsync", f, |l, h| async move { l.sftp.fsync(&h).await })
             .await
     }
 
     async fn close(&self, f: FileId) -> RemoteResult<()> {
+        // Every write is answered before the handle goes; a failed one is reported here.
+        let written = self.flush(f).await;
         let file = self.handles.remove(f).ok_or(RemoteError::BadHandle)?;
         let Some((generation, h)) = file.take().await else {
-            return Ok(());
+            return written;
         };
         // Only a handle of the live connection needs closing; older ones died with theirs.
-        if let LinkState::Up(l) = self.sup.state() {
-            if l.generation == generation {
-                return match l.sftp.close(&h).await {
-                    // The connection died; the server dropped the handle with it, and every
-                    // write was already confirmed.
-                    Err(e) if e.is_transport() => Ok(()),
-                    other => other.map_err(RemoteError::Sftp),
-                };
-            }
-        }
-        Ok(())
+        let closed = match self.sup.state() {
+            LinkState::Up(l) if l.generation == generation => match l.sftp.close(&h).await {
+                // The connection died; the server dropped the handle with it, and every
+                // write was already answered.
+                Err(e) if e.is_transport() => Ok(()),
+                other => other.map_err(RemoteError::Sftp),
+            },
+            _ => Ok(()),
+        };
+        written.and(closed)
     }
 }

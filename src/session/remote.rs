@@ -109,15 +109,21 @@ pub trait Remote: Send + Sync + 'static {
         offset: u64,
         len: u32,
     ) -> impl Future<Output = RemoteResult<Vec<u8>>> + Send;
-    /// Writes all of `data` at `offset`; returns once the server confirmed every byte.
+    /// Writes all of `data` at `offset`. May return before the server confirmed it
+    /// (write-behind): a failure is then reported by a later write, `flush`, `fsync` or
+    /// `close` of `f`. Requests about the same file wait for its pending writes.
     fn write(
         &self,
         f: FileId,
         offset: u64,
-        data: &[u8],
+        data: Vec<u8>,
     ) -> impl Future<Output = RemoteResult<()>> + Send;
+    /// Waits until every write to `f` is confirmed; reports the first that failed.
+    fn flush(&self, f: FileId) -> impl Future<Output = RemoteResult<()>> + Send;
     fn fstat(&self, f: FileId) -> impl Future<Output = RemoteResult<Attrs>> + Send;
     fn fsetstat(&self, f: FileId, attrs: &Attrs) -> impl Future<Output = RemoteResult<()>> + Send;
+    /// Flushes, then asks the server to sync the file to disk where it can.
     fn fsync(&self, f: FileId) -> impl Future<Output = RemoteResult<()>> + Send;
+    /// Flushes and closes; reports a write that failed.
     fn close(&self, f: FileId) -> impl Future<Output = RemoteResult<()>> + Send;
 }

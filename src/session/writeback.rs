@@ -1,0 +1,161 @@
+//! Write-behind: writes acknowledged to the application before the server confirmed them.
+//!
+//! Owns, per open file, the byte ranges of writes still on their way and the first failure
+//! among them, which the next write, flush, fsync or close of that file reports. The data
+//! of a pending write stays with its task until the server confirmed it, so a reconnect
+//! replays it (the task retries through [`super::replay`]). A write overlapping one in
+//! flight waits for it, so the server applies overlapping writes in the order they were
+//! made. It must never drop a write nor call a refused one confirmed.
+
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+use super::remote::{RemoteError, RemoteResult};
+
+/// Bytes of one file that may be on their way at once.
+pub const PER_FILE_BYTES: usize = 8 << 20;
+
+#[derive(Default)]
+struct State {
+    /// Half-open byte ranges in flight.
+    ranges: Vec<(u64, u64)>,
+    bytes: usize,
+    error: Option<RemoteError>,
+}
+
+/// The pending writes of one open file.
+#[derive(Default)]
+pub struct WriteBehind {
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+impl WriteBehind {
+    /// Waits until `cond` holds for the state, then runs `then` on it (under the lock).
+    async fn wait_for<T>(
+        &self,
+        cond: impl Fn(&State) -> bool,
+        then: impl Fn(&mut State) -> T,
+    ) -> T {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Ok(mut s) = self.state.lock() {
+                if cond(&s) {
+                    return then(&mut s);
+                }
+            } else {
+                // A poisoned lock cannot hold pending writes worth waiting for.
+                return then(&mut State::default());
+            }
+            notified.await;
+        }
+    }
+
+    /// Registers a write of `len` bytes at `offset` once it overlaps no write in flight
+    /// and the file's budget has room. Fails with an earlier write's error instead.
+    pub async fn begin(&self, offset: u64, len: usize) -> RemoteResult<()> {
+        let end = offset + len as u64;
+        let free = |s: &State| {
+            s.error.is_some()
+                || ((s.bytes == 0 || s.bytes + len <= PER_FILE_BYTES)
+                    && !s.ranges.iter().any(|&(a, b)| a < end && offset < b))
+        };
+        self.wait_for(free, |s| match &s.error {
+            Some(e) => Err(e.clone()),
+            None => {
+                s.ranges.push((offset, end));
+                s.bytes += len;
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    /// Records the server's answer to a write registered by [`WriteBehind::begin`].
+    pub fn end(&self, offset: u64, len: usize, result: RemoteResult<()>) {
+        if let Ok(mut s) = self.state.lock() {
+            if let Some(i) = s
+                .ranges
+                .iter()
+                .position(|&r| r == (offset, offset + len as u64))
+            {
+                s.ranges.swap_remove(i);
+            }
+            s.bytes = s.bytes.saturating_sub(len);
+            if let Err(e) = result {
+                s.error.get_or_insert(e);
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until every write of this file got its answer.
+    pub async fn drain(&self) {
+        self.wait_for(|s| s.ranges.is_empty(), |_| ()).await
+    }
+
+    /// Waits for every write, then reports (and forgets) the first that failed.
+    pub async fn settle(&self) -> RemoteResult<()> {
+        self.wait_for(
+            |s| s.ranges.is_empty(),
+            |s| s.error.take().map_or(Ok(()), Err),
+        )
+        .await
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.state
+            .lock()
+            .map(|s| s.ranges.is_empty())
+            .unwrap_or(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sftp::SftpError;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn overlapping_write_waits_for_the_earlier_one() {
+        let wb = Arc::new(WriteBehind::default());
+        wb.begin(0, 100).await.unwrap();
+        wb.begin(100, 100).await.unwrap(); // adjacent: no overlap
+        let w = wb.clone();
+        let later = tokio::spawn(async move { w.begin(50, 10).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!later.is_finished(), "an overlapping write must wait");
+        wb.end(0, 100, Ok(()));
+        later.await.unwrap().unwrap();
+        assert!(!wb.is_idle());
+    }
+
+    #[tokio::test]
+    async fn failure_is_reported_by_settle_once_and_blocks_writes_until_then() {
+        let wb = WriteBehind::default();
+        wb.begin(0, 10).await.unwrap();
+        let err = RemoteError::Sftp(SftpError::Transport("x".into()));
+        wb.end(0, 10, Err(err));
+        assert!(wb.begin(10, 10).await.is_err());
+        assert!(wb.settle().await.is_err());
+        assert!(wb.settle().await.is_ok());
+        wb.begin(10, 10).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn budget_bounds_bytes_in_flight() {
+        let wb = Arc::new(WriteBehind::default());
+        wb.begin(0, PER_FILE_BYTES).await.unwrap();
+        let w = wb.clone();
+        let more = tokio::spawn(async move { w.begin(PER_FILE_BYTES as u64, 1).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!more.is_finished(), "the budget is full");
+        wb.end(0, PER_FILE_BYTES, Ok(()));
+        more.await.unwrap().unwrap();
+    }
+}
