@@ -3,6 +3,7 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 
@@ -233,6 +234,13 @@ fn fill(path: &std::path::Path, finish: impl Fn(std::fs::File) -> std::io::Resul
     finish(f).map_or_else(errno, |()| 0)
 }
 
+fn free_bytes(p: &std::path::Path) -> u64 {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_bavail * st.f_frsize
+}
+
 #[test]
 fn a_full_remote_disk_is_enospc_and_nothing_else_breaks() {
     use std::os::fd::IntoRawFd;
@@ -242,8 +250,19 @@ fn a_full_remote_disk_is_enospc_and_nothing_else_breaks() {
     // Writes may be acknowledged before the server answers: the failure must then come
     // from fsync, or from close itself.
     let by_fsync = fill(&m.p("small/a"), |f| f.sync_all());
-    assert_eq!(by_fsync, libc::ENOSPC, "write or fsync");
+    assert_eq!(
+        by_fsync,
+        libc::ENOSPC,
+        "write or fsync; on server {:?}, log {}",
+        std::fs::metadata(s.served.join("small/a")).map(|m| m.len()),
+        m.log()
+    );
     std::fs::remove_file(m.p("small/a")).unwrap();
+    // The remote handle of `a` is closed behind the application's back: its space comes
+    // back a moment later.
+    wait_until(Duration::from_secs(10), "space of a freed", || {
+        free_bytes(&s.served.join("small")) > 900 << 10
+    });
     let by_close = fill(&m.p("small/b"), |f| {
         let fd = f.into_raw_fd();
         match unsafe { libc::close(fd) } {

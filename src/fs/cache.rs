@@ -1,92 +1,72 @@
 //! Metadata cache: attributes, negative entries and directory listings by remote path,
-//! with TTLs.
+//! with TTLs (whole directories are [`super::listings`]).
 //!
 //! Owns bounded (LRU) caches of what the server said about a path and when, so that a
 //! lookup after a directory listing costs no round trip and a second `ls -l` none at all.
-//! Every change this mount makes invalidates the paths it touches, and with them the
-//! listing of their directory. It must never be the only copy of anything: a miss always
+//! Every change this mount makes is recorded for the paths it touches: invalidated, or
+//! known created or removed. It must never be the only copy of anything: a miss always
 //! falls back to the server.
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
 use crate::sftp::Attrs;
 
-use super::dir::DirEntryOut;
+use super::listings::{dir_key, split, Listing, Listings};
 
 const CAPACITY: usize = 64 * 1024;
-/// Directory listings kept (each up to the size of its directory).
-const LISTINGS: usize = 256;
-
-/// Listings are keyed without a trailing slash, so a child's parent is found by its path.
-fn dir_key(path: &str) -> &str {
-    path.trim_end_matches('/')
-}
-
-/// A directory's entries as listed by the server.
-pub type Listing = Arc<Vec<DirEntryOut>>;
-
-fn parent_key(path: &str) -> Option<&str> {
-    dir_key(path).rsplit_once('/').map(|(p, _)| p)
-}
 
 pub struct MetaCache {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     attrs: Mutex<LruCache<String, (Attrs, Instant)>>,
     missing: Mutex<LruCache<String, Instant>>,
-    listings: Mutex<LruCache<String, (Listing, Instant)>>,
+    /// Whole directories: their names and listings.
+    pub dirs: Listings,
     attr_ttl: Duration,
     negative_ttl: Duration,
-    dir_ttl: Duration,
 }
 
 impl MetaCache {
     pub fn new(attr_ttl: Duration, negative_ttl: Duration, dir_ttl: Duration) -> Self {
         let cap = NonZeroUsize::new(CAPACITY).unwrap_or(NonZeroUsize::MIN);
-        let listings = NonZeroUsize::new(LISTINGS).unwrap_or(NonZeroUsize::MIN);
         MetaCache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             attrs: Mutex::new(LruCache::new(cap)),
             missing: Mutex::new(LruCache::new(cap)),
-            listings: Mutex::new(LruCache::new(listings)),
+            dirs: Listings::new(dir_ttl),
             attr_ttl,
             negative_ttl,
-            dir_ttl,
         }
     }
 
     /// The cached listing of directory `path`, if fresh.
     pub fn listing(&self, path: &str) -> Option<Listing> {
-        let mut l = self.listings.lock().ok()?;
-        match l.get(dir_key(path)) {
-            Some((entries, at)) if at.elapsed() < self.dir_ttl => Some(entries.clone()),
-            Some(_) => {
-                l.pop(dir_key(path));
-                None
-            }
-            None => None,
-        }
+        self.dirs.snapshot(path)
     }
 
-    pub fn put_listing(&self, path: &str, entries: Listing) {
-        if self.dir_ttl.is_zero() {
+    /// A listing of `path` fetched from `started`, with its entries' attributes (unless
+    /// this mount changed the directory meanwhile).
+    pub fn put_listing(&self, path: &str, entries: Listing, started: Instant) {
+        if !self.dirs.put(path, entries.clone(), started) {
             return;
         }
-        if let Ok(mut l) = self.listings.lock() {
-            l.put(dir_key(path).to_string(), (entries, Instant::now()));
+        let dir = dir_key(path);
+        for e in entries.iter() {
+            self.put(&format!("{dir}/{}", e.name), &e.attrs);
         }
     }
 
-    /// `path` changed: the listing of its directory no longer holds.
-    fn drop_parent_listing(&self, path: &str) {
-        if let (Some(parent), Ok(mut l)) = (parent_key(path), self.listings.lock()) {
-            l.pop(parent);
+    /// `path`'s attributes changed: the listing of its directory (which shows them) is
+    /// refetched, its names still hold.
+    fn touched(&self, path: &str) {
+        if let Some((dir, _)) = split(path) {
+            self.dirs.touched(dir);
         }
     }
 
@@ -121,8 +101,14 @@ impl MetaCache {
         }
     }
 
-    /// True if `path` is known not to exist.
+    /// True if `path` is known not to exist (from a negative entry, or absent from the
+    /// known names of its directory).
     pub fn is_missing(&self, path: &str) -> bool {
+        if let Some((dir, name)) = split(path) {
+            if self.dirs.contains(dir, name) == Some(false) {
+                return true;
+            }
+        }
         let Ok(mut m) = self.missing.lock() else {
             return false;
         };
@@ -136,8 +122,11 @@ impl MetaCache {
         }
     }
 
+    /// The server said `path` does not exist.
     pub fn put_missing(&self, path: &str) {
-        self.drop_parent_listing(path);
+        if let Some((dir, name)) = split(path) {
+            self.dirs.changed(dir, name, false);
+        }
         if self.negative_ttl.is_zero() {
             return;
         }
@@ -149,9 +138,36 @@ impl MetaCache {
         }
     }
 
-    /// Forgets everything about `path` (and the listing of its directory).
+    /// This mount created `path` (attributes if known).
+    pub fn created(&self, path: &str, attrs: Option<&Attrs>) {
+        self.invalidate(path);
+        if let Some(a) = attrs {
+            self.put(path, a);
+        }
+        if let Some((dir, name)) = split(path) {
+            self.dirs.changed(dir, name, true);
+        }
+    }
+
+    /// This mount removed `path`.
+    pub fn removed(&self, path: &str) {
+        self.put_missing(path);
+        if let Ok(mut c) = self.attrs.lock() {
+            c.pop(path);
+        }
+    }
+
+    /// A change of `path` failed in a way that may leave its directory other than known.
+    pub fn unsure(&self, path: &str) {
+        self.invalidate(path);
+        if let Some((dir, _)) = split(path) {
+            self.dirs.forget(dir);
+        }
+    }
+
+    /// Forgets the attributes of `path` (its directory's listing is refetched).
     pub fn invalidate(&self, path: &str) {
-        self.drop_parent_listing(path);
+        self.touched(path);
         if let Ok(mut c) = self.attrs.lock() {
             c.pop(path);
         }
@@ -163,17 +179,8 @@ impl MetaCache {
     /// Forgets `path` and everything below it (after a rename or rmdir of a directory).
     pub fn invalidate_tree(&self, path: &str) {
         self.invalidate(path);
+        self.dirs.forget_tree(path);
         let prefix = format!("{}/", path.trim_end_matches('/'));
-        if let Ok(mut l) = self.listings.lock() {
-            let stale: Vec<String> = l
-                .iter()
-                .filter(|(k, _)| *k == dir_key(path) || k.starts_with(&prefix))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in stale {
-                l.pop(&k);
-            }
-        }
         if let Ok(mut c) = self.attrs.lock() {
             let stale: Vec<String> = c
                 .iter()
@@ -204,6 +211,7 @@ impl MetaCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn ttl_and_invalidation() {
@@ -244,11 +252,15 @@ mod tests {
             Duration::ZERO,
             Duration::from_secs(60),
         );
-        c.put_listing("/r/d/", Arc::new(Vec::new()));
-        c.put_listing("/r/d/sub", Arc::new(Vec::new()));
+        let t = Instant::now();
+        c.put_listing("/r/d/", Arc::new(Vec::new()), t);
+        c.put_listing("/r/d/sub", Arc::new(Vec::new()), t);
         assert!(c.listing("/r/d").is_some());
         c.invalidate("/r/d/new");
         assert!(c.listing("/r/d").is_none());
+        assert!(c.is_missing("/r/d/other"), "names still known");
+        c.unsure("/r/d/new");
+        assert!(!c.is_missing("/r/d/other"));
         assert!(c.listing("/r/d/sub").is_some());
         c.invalidate_tree("/r/d/sub");
         assert!(c.listing("/r/d/sub").is_none());

@@ -1,12 +1,14 @@
 //! Directory operations: listings, and creating, removing and renaming names.
 //!
 //! Owns directory handles (a listing fetched once at opendir and served by offset),
+//! listing a directory in the background when a lookup in it missed,
 //! filtering of unsafe names from the server, and the errno recovery for vague failures of
 //! mkdir/rmdir/unlink/rename. It must never hand the kernel a name with `/`, `.` or `..`
 //! from the server.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use fuser::FileType;
 
@@ -24,7 +26,7 @@ pub struct DirEntryOut {
 }
 
 /// A directory listing held open by the kernel.
-pub struct Listing {
+pub struct OpenDir {
     pub parent: u64,
     pub entries: Arc<Vec<DirEntryOut>>,
 }
@@ -38,37 +40,79 @@ fn safe_name(name: &str) -> bool {
         && name.len() <= super::NAME_MAX
 }
 
-impl<R: Remote> Fs<R> {
-    /// Lists `path` on the server, keeping only names that are safe to show.
-    async fn fetch_listing(&self, path: &str) -> FsResult<Vec<DirEntryOut>> {
-        let list = self.remote.read_dir(path).await?;
-        let prefix = if path.ends_with('/') {
-            path.to_string()
-        } else {
-            format!("{path}/")
-        };
-        let mut entries = Vec::with_capacity(list.len());
-        for e in list {
-            if !safe_name(&e.name) {
-                if e.name != "." && e.name != ".." {
-                    tracing::warn!(dir = %path, name = ?e.name, "skipping unsafe name from server");
-                }
-                continue;
+/// Directories larger than this are not listed just because a name in them was looked up.
+const PREFETCH_MAX: usize = 4096;
+/// Background listings at once.
+const PREFETCH_PARALLEL: usize = 16;
+
+/// Lists `path` on the server (`None`: more than `max` entries), keeping only names that
+/// are safe to show.
+async fn list<R: Remote>(
+    remote: &R,
+    follow_symlinks: bool,
+    path: &str,
+    max: usize,
+) -> FsResult<Option<Vec<DirEntryOut>>> {
+    let Some(list) = remote.read_dir(path, max).await? else {
+        return Ok(None);
+    };
+    let prefix = if path.ends_with('/') {
+        path.to_string()
+    } else {
+        format!("{path}/")
+    };
+    let mut entries = Vec::with_capacity(list.len());
+    for e in list {
+        if !safe_name(&e.name) {
+            if e.name != "." && e.name != ".." {
+                tracing::warn!(dir = %path, name = ?e.name, "skipping unsafe name from server");
             }
-            let mut attrs = e.attrs;
-            if self.cfg.follow_symlinks && attrs.kind() == Kind::Symlink {
-                if let Ok(t) = self.remote.stat(&format!("{prefix}{}", e.name)).await {
-                    attrs = t;
-                }
-            }
-            self.cache.put(&format!("{prefix}{}", e.name), &attrs);
-            entries.push(DirEntryOut {
-                kind: file_type(attrs.mode.unwrap_or(0)),
-                name: e.name,
-                attrs,
-            });
+            continue;
         }
-        Ok(entries)
+        let mut attrs = e.attrs;
+        if follow_symlinks && attrs.kind() == Kind::Symlink {
+            if let Ok(t) = remote.stat(&format!("{prefix}{}", e.name)).await {
+                attrs = t;
+            }
+        }
+        entries.push(DirEntryOut {
+            kind: file_type(attrs.mode.unwrap_or(0)),
+            name: e.name,
+            attrs,
+        });
+    }
+    Ok(Some(entries))
+}
+
+impl<R: Remote> Fs<R> {
+    /// A lookup missed in `dir`, whose names are not known: list it in the background, so
+    /// the lookups that usually follow (rm, cp, a scan of the tree) need no round trip.
+    pub(super) fn prefetch(&self, dir: &str) {
+        if self.cfg.dir_ttl.is_zero() || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let started = match self.prefetching.lock() {
+            Ok(mut p) => p.len() < PREFETCH_PARALLEL && p.insert(dir.to_string()),
+            Err(_) => false,
+        };
+        if !started {
+            return;
+        }
+        let (remote, cache, busy) = (
+            self.remote.clone(),
+            self.cache.clone(),
+            self.prefetching.clone(),
+        );
+        let (follow, dir) = (self.cfg.follow_symlinks, dir.to_string());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            if let Ok(Some(entries)) = list(&*remote, follow, &dir, PREFETCH_MAX).await {
+                cache.put_listing(&dir, Arc::new(entries), started);
+            }
+            if let Ok(mut p) = busy.lock() {
+                p.remove(&dir);
+            }
+        });
     }
 
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
@@ -76,8 +120,12 @@ impl<R: Remote> Fs<R> {
         let entries = match self.cache.listing(&path) {
             Some(cached) => cached,
             None => {
-                let fresh = Arc::new(self.fetch_listing(&path).await?);
-                self.cache.put_listing(&path, fresh.clone());
+                let started = Instant::now();
+                let fresh = list(&*self.remote, self.cfg.follow_symlinks, &path, usize::MAX)
+                    .await?
+                    .unwrap_or_default();
+                let fresh = Arc::new(fresh);
+                self.cache.put_listing(&path, fresh.clone(), started);
                 fresh
             }
         };
@@ -92,12 +140,12 @@ impl<R: Remote> Fs<R> {
         };
         let fh = self.next_dir.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut d) = self.dirs.lock() {
-            d.insert(fh, Arc::new(Listing { parent, entries }));
+            d.insert(fh, Arc::new(OpenDir { parent, entries }));
         }
         Ok(fh)
     }
 
-    pub fn listing(&self, fh: u64) -> FsResult<Arc<Listing>> {
+    pub fn listing(&self, fh: u64) -> FsResult<Arc<OpenDir>> {
         self.dirs
             .lock()
             .ok()
@@ -136,27 +184,36 @@ impl<R: Remote> Fs<R> {
         let path = self.child_path(parent, name)?;
         let perm = mode & 0o7777;
         self.cache.invalidate(&path);
-        if let Err(e) = self.remote.mkdir(&path, perm).await {
+        // The lstat goes out right behind the mkdir: one round trip for both (servers
+        // answer in order; if one did not, the lstat is simply sent again).
+        let (made, seen) = tokio::join!(self.remote.mkdir(&path, perm), self.remote.lstat(&path));
+        if let Err(e) = made {
+            self.cache.unsure(&path);
             return Err(self.refine(e, &path, Op::Create).await);
         }
-        let mut attrs = self.remote.lstat(&path).await?;
+        let mut attrs = match seen {
+            Ok(a) if a.kind() == Kind::Dir => a,
+            _ => self.remote.lstat(&path).await?,
+        };
         // The server applies its own umask to MKDIR: set the mode that was asked for.
         if attrs.mode.map(|m| m & 0o7777) != Some(perm) {
             self.remote.setstat(&path, &Attrs::with_perm(perm)).await?;
             attrs.mode = Some(libc::S_IFDIR | perm);
         }
-        self.cache.put(&path, &attrs);
+        self.cache.created(&path, Some(&attrs));
+        // Nothing is in it yet: lookups of new names inside cost no round trip.
+        self.cache.dirs.put_empty(&path);
         self.entry(parent, name, &attrs)
     }
 
     pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
         let r = self.remote.remove(&path).await;
-        self.cache.invalidate(&path);
         if let Err(e) = r {
+            self.cache.unsure(&path);
             return Err(self.refine(e, &path, Op::Unlink).await);
         }
-        self.cache.put_missing(&path);
+        self.cache.removed(&path);
         self.with_inodes(|t| t.unlink(parent, name))?;
         Ok(())
     }
@@ -166,9 +223,10 @@ impl<R: Remote> Fs<R> {
         let r = self.remote.rmdir(&path).await;
         self.cache.invalidate_tree(&path);
         if let Err(e) = r {
+            self.cache.unsure(&path);
             return Err(self.refine(e, &path, Op::Rmdir).await);
         }
-        self.cache.put_missing(&path);
+        self.cache.removed(&path);
         self.with_inodes(|t| t.unlink(parent, name))?;
         Ok(())
     }
@@ -176,11 +234,17 @@ impl<R: Remote> Fs<R> {
     pub async fn symlink(&self, parent: u64, name: &str, target: &str) -> FsResult<Entry> {
         let path = self.child_path(parent, name)?;
         self.cache.invalidate(&path);
-        if let Err(e) = self.remote.symlink(target, &path).await {
+        let (made, seen) =
+            tokio::join!(self.remote.symlink(target, &path), self.remote.lstat(&path));
+        if let Err(e) = made {
+            self.cache.unsure(&path);
             return Err(self.refine(e, &path, Op::Create).await);
         }
-        let attrs = self.remote.lstat(&path).await?;
-        self.cache.put(&path, &attrs);
+        let attrs = match seen {
+            Ok(a) if a.kind() == Kind::Symlink => a,
+            _ => self.remote.lstat(&path).await?,
+        };
+        self.cache.created(&path, Some(&attrs));
         self.entry(parent, name, &attrs)
     }
 
@@ -195,10 +259,12 @@ impl<R: Remote> Fs<R> {
         let to = self.child_path(new_parent, new_name)?;
         self.cache.invalidate(&to);
         if let Err(e) = self.remote.hardlink(&from, &to).await {
+            self.cache.unsure(&to);
             return Err(self.refine(e, &to, Op::Create).await);
         }
         self.cache.invalidate(&from);
         let attrs = self.remote.lstat(&to).await?;
+        self.cache.created(&to, Some(&attrs));
         self.entry(new_parent, new_name, &attrs)
     }
 
@@ -228,9 +294,12 @@ impl<R: Remote> Fs<R> {
         self.cache.invalidate_tree(&from);
         self.cache.invalidate_tree(&to);
         if let Err(e) = r {
+            self.cache.unsure(&from);
+            self.cache.unsure(&to);
             return Err(self.refine_rename(e, &from, &to).await);
         }
-        self.cache.put_missing(&from);
+        self.cache.removed(&from);
+        self.cache.created(&to, None);
         self.with_inodes(|t| t.rename(parent, name, new_parent, new_name))?;
         Ok(())
     }

@@ -193,7 +193,7 @@ impl Remote for FakeRemote {
         Ok(())
     }
 
-    async fn read_dir(&self, path: &str) -> RemoteResult<Vec<DirEntry>> {
+    async fn read_dir(&self, path: &str, max: usize) -> RemoteResult<Option<Vec<DirEntry>>> {
         if self.node(path)?.attrs.kind() != Kind::Dir {
             return Err(failure());
         }
@@ -219,7 +219,7 @@ impl Remote for FakeRemote {
                 attrs: Attrs::with_perm(0o644),
             });
         }
-        Ok(out)
+        Ok((out.len() <= max).then_some(out))
     }
 
     async fn readlink(&self, path: &str) -> RemoteResult<String> {

@@ -6,7 +6,7 @@
 //! confirmed them (the session's write-behind); their failures must reach flush, fsync or
 //! close, never be dropped.
 
-use crate::session::{Attrs, FileId, Remote, RemoteError};
+use crate::session::{Attrs, FileId, Kind, Remote, RemoteError};
 use crate::sftp::OpenMode;
 
 use super::error::{FsError, FsResult};
@@ -54,16 +54,30 @@ impl<R: Remote> Fs<R> {
             ..open
         };
         self.cache.invalidate(&path);
-        let fid = match self.remote.open(&path, open, Some(perm)).await {
+        // The lstat goes out right behind the open: one round trip for both. Servers
+        // answer in order; a reply that cannot be after this open (not a file, or not
+        // empty after O_TRUNC) is asked again through the handle.
+        let (opened, seen) = tokio::join!(
+            self.remote.open(&path, open, Some(perm)),
+            self.remote.lstat(&path)
+        );
+        let fid = match opened {
             Ok(f) => f,
             Err(e) if e.is_vague() => {
+                self.cache.unsure(&path);
                 let exists = self.remote.lstat(&path).await.is_ok();
                 let errno = if exists { libc::EEXIST } else { e.errno() };
                 return Err(FsError::new(errno, e.to_string()));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                self.cache.unsure(&path);
+                return Err(e.into());
+            }
         };
-        let mut attrs = self.remote.fstat(fid).await?;
+        let mut attrs = match seen {
+            Ok(a) if a.kind() == Kind::File && (!open.truncate || a.size == Some(0)) => a,
+            _ => self.remote.fstat(fid).await?,
+        };
         // The server applies its umask to OPEN: set the mode that was asked for, on a file
         // this call created (O_CREAT on an existing file must not change its mode; a
         // non-empty file certainly existed).
@@ -72,7 +86,7 @@ impl<R: Remote> Fs<R> {
             self.remote.fsetstat(fid, &Attrs::with_perm(perm)).await?;
             attrs.mode = Some(libc::S_IFREG | perm);
         }
-        self.cache.put(&path, &attrs);
+        self.cache.created(&path, Some(&attrs));
         let entry = self.entry(parent, name, &attrs)?;
         self.track(fid.0, entry.attr.ino.0);
         Ok((entry, fid.0))
@@ -129,7 +143,10 @@ impl<R: Remote> Fs<R> {
                 .and_then(|i| self.path_of(i).ok())
                 .unwrap_or_else(|| self.root_path());
             if let Ok(s) = self.remote.statvfs(&path).await {
-                if s.bavail == 0 || s.bfree == 0 {
+                // Nearly full counts: the failed write itself may have needed up to a
+                // request's worth, and other space may come and go meanwhile.
+                let avail = s.bavail.saturating_mul(s.frsize.max(1));
+                if avail < 2 << 20 || s.bfree == 0 {
                     return FsError::new(libc::ENOSPC, "remote disk is full");
                 }
             }

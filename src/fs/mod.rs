@@ -13,6 +13,7 @@ pub mod error;
 mod file;
 pub mod idmap;
 pub mod inode;
+mod listings;
 pub mod stats;
 mod symlink;
 
@@ -21,7 +22,7 @@ mod fake;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,7 +32,7 @@ use fuser::{FileAttr, FileType, INodeNo};
 use crate::session::{Attrs, Kind, Remote};
 
 use cache::MetaCache;
-pub use dir::Listing;
+pub use dir::OpenDir;
 pub use error::{FsError, FsResult};
 use idmap::IdMap;
 use inode::Inodes;
@@ -113,9 +114,11 @@ pub struct Fs<R: Remote> {
     /// The absolute remote path of the root, once known (for transform_symlinks).
     abs_root: RwLock<Option<String>>,
     inodes: Mutex<Inodes>,
-    pub cache: MetaCache,
+    pub cache: Arc<MetaCache>,
+    /// Directories being listed in the background.
+    prefetching: Arc<Mutex<HashSet<String>>>,
     pub stats: stats::FsStats,
-    dirs: Mutex<HashMap<u64, Arc<Listing>>>,
+    dirs: Mutex<HashMap<u64, Arc<OpenDir>>>,
     next_dir: AtomicU64,
     /// The root's attributes as last seen, served while disconnected (so `umount`, `ls -d`
     /// and `stat` of the mountpoint do not wait for the link).
@@ -128,7 +131,8 @@ impl<R: Remote> Fs<R> {
     pub fn new(remote: Arc<R>, cfg: FsConfig) -> Self {
         Fs {
             idmap: RwLock::new(cfg.idmap.clone()),
-            cache: MetaCache::new(cfg.attr_ttl, cfg.negative_ttl, cfg.dir_ttl),
+            cache: Arc::new(MetaCache::new(cfg.attr_ttl, cfg.negative_ttl, cfg.dir_ttl)),
+            prefetching: Arc::default(),
             stats: stats::FsStats::default(),
             remote,
             cfg,
@@ -299,6 +303,11 @@ impl<R: Remote> Fs<R> {
 
     pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Entry> {
         let path = self.child_path(parent, name)?;
+        if let Some((dir, name)) = listings::split(&path) {
+            if self.cache.dirs.contains(dir, name).is_none() && self.cache.get(&path).is_none() {
+                self.prefetch(dir);
+            }
+        }
         let attrs = self.fetch_attrs(&path).await?;
         self.entry(parent, name, &attrs)
     }

@@ -295,3 +295,59 @@ async fn disable_hardlink_refuses_link() {
     assert_eq!(fs.link(a, ROOT, "b").await.unwrap_err().errno, libc::EPERM);
     assert!(!remote.exists("/r/b"));
 }
+
+#[tokio::test]
+async fn names_in_a_directory_this_mount_made_need_no_round_trip() {
+    use std::sync::atomic::Ordering;
+    let (remote, fs) = fs();
+    let d = fs.mkdir(ROOT, "new", 0o755).await.unwrap().attr.ino.0;
+    let before = remote.calls.load(Ordering::Relaxed);
+    let e = fs.lookup(d, "file").await.unwrap_err();
+    assert_eq!(e.errno, libc::ENOENT);
+    assert_eq!(
+        remote.calls.load(Ordering::Relaxed),
+        before,
+        "answered from what is known"
+    );
+    // A name created there is found, and a removed one is gone again.
+    let (_, fh) = fs.create(d, "file", 0o644, libc::O_WRONLY).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert!(fs.lookup(d, "file").await.is_ok());
+    fs.unlink(d, "file").await.unwrap();
+    let before = remote.calls.load(Ordering::Relaxed);
+    assert_eq!(fs.lookup(d, "file").await.unwrap_err().errno, libc::ENOENT);
+    assert_eq!(remote.calls.load(Ordering::Relaxed), before);
+}
+
+#[tokio::test]
+async fn a_lookup_miss_lists_the_directory_for_the_next_lookups() {
+    use std::sync::atomic::Ordering;
+    let (remote, fs) = fs();
+    remote.put_dir("/r/d");
+    for i in 0..50 {
+        remote.put_file(&format!("/r/d/f{i}"), b"x");
+    }
+    let d = fs.lookup(ROOT, "d").await.unwrap().attr.ino.0;
+    fs.lookup(d, "f0").await.unwrap();
+    // The listing runs in the background: wait for it (bounded), then look up the rest.
+    for _ in 0..200 {
+        if fs.cache.dirs.contains("/r/d", "f1").is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = remote.calls.load(Ordering::Relaxed);
+    for i in 1..50 {
+        fs.lookup(d, &format!("f{i}")).await.unwrap();
+    }
+    assert_eq!(fs.lookup(d, "nope").await.unwrap_err().errno, libc::ENOENT);
+    assert_eq!(
+        remote.calls.load(Ordering::Relaxed),
+        before,
+        "served by the listing"
+    );
+    // Someone else's file appears only after the TTL or a change through the mount;
+    // a change of the directory by this mount keeps what is known exact.
+    fs.unlink(d, "f3").await.unwrap();
+    assert_eq!(fs.lookup(d, "f3").await.unwrap_err().errno, libc::ENOENT);
+}

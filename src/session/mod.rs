@@ -240,11 +240,14 @@ impl Remote for Session {
         .await
     }
 
-    async fn read_dir(&self, path: &str) -> RemoteResult<Vec<DirEntry>> {
+    async fn read_dir(&self, path: &str, max: usize) -> RemoteResult<Option<Vec<DirEntry>>> {
         self.settle_paths(|p| p.rsplit_once('/').map_or("", |(d, _)| d) == path)
             .await;
-        self.run("readdir", |l, _| async move { l.sftp.read_dir(path).await })
-            .await
+        self.run(
+            "readdir",
+            |l, _| async move { l.sftp.read_dir(path, max).await },
+        )
+        .await
     }
 
     async fn readlink(&self, path: &str) -> RemoteResult<String> {
@@ -459,15 +462,13 @@ impl Remote for Session {
             return written;
         };
         // Only a handle of the live connection needs closing; older ones died with theirs.
-        let closed = match self.sup.state() {
-            LinkState::Up(l) if l.generation == generation => match l.sftp.close(&h).await {
-                // The connection died; the server dropped the handle with it, and every
-                // write was already answered.
-                Err(e) if e.is_transport() => Ok(()),
-                other => other.map_err(RemoteError::Sftp),
-            },
-            _ => Ok(()),
-        };
-        written.and(closed)
+        // The answer is not waited for: every write is answered already, and the kernel
+        // has nobody to give a close error to.
+        if let LinkState::Up(l) = self.sup.state() {
+            if l.generation == generation {
+                l.sftp.close_nowait(&h);
+            }
+        }
+        written
     }
 }

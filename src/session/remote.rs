@@ -79,7 +79,12 @@ pub trait Remote: Send + Sync + 'static {
     fn lstat(&self, path: &str) -> impl Future<Output = RemoteResult<Attrs>> + Send;
     fn stat(&self, path: &str) -> impl Future<Output = RemoteResult<Attrs>> + Send;
     fn setstat(&self, path: &str, attrs: &Attrs) -> impl Future<Output = RemoteResult<()>> + Send;
-    fn read_dir(&self, path: &str) -> impl Future<Output = RemoteResult<Vec<DirEntry>>> + Send;
+    /// Lists a directory; `None` when it holds more than `max` entries.
+    fn read_dir(
+        &self,
+        path: &str,
+        max: usize,
+    ) -> impl Future<Output = RemoteResult<Option<Vec<DirEntry>>>> + Send;
     fn readlink(&self, path: &str) -> impl Future<Output = RemoteResult<String>> + Send;
     fn realpath(&self, path: &str) -> impl Future<Output = RemoteResult<String>> + Send;
     fn mkdir(&self, path: &str, perm: u32) -> impl Future<Output = RemoteResult<()>> + Send;
@@ -110,15 +115,15 @@ pub trait Remote: Send + Sync + 'static {
         len: u32,
     ) -> impl Future<Output = RemoteResult<Vec<u8>>> + Send;
     /// Writes all of `data` at `offset`. May return before the server confirmed it
-    /// (write-behind): a failure is then reported by a later write, `flush`, `fsync` or
-    /// `close` of `f`. Requests about the same file wait for its pending writes.
+    /// (write-behind): a failure is then reported by every later write, `flush`, `fsync`
+    /// and `close` of `f`. Requests about the same file wait for its pending writes.
     fn write(
         &self,
         f: FileId,
         offset: u64,
         data: Vec<u8>,
     ) -> impl Future<Output = RemoteResult<()>> + Send;
-    /// Waits until every write to `f` is confirmed; reports the first that failed.
+    /// Waits until every write to `f` is confirmed; reports the first that ever failed.
     fn flush(&self, f: FileId) -> impl Future<Output = RemoteResult<()>> + Send;
     fn fstat(&self, f: FileId) -> impl Future<Output = RemoteResult<Attrs>> + Send;
     fn fsetstat(&self, f: FileId, attrs: &Attrs) -> impl Future<Output = RemoteResult<()>> + Send;

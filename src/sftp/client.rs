@@ -204,9 +204,12 @@ impl SftpClient {
         })
     }
 
-    pub async fn close(&self, h: &RemoteHandle) -> R<()> {
-        self.raw.close(h.id.as_str()).await?;
-        Ok(())
+    /// Sends CLOSE without waiting for the answer (it is then ignored). Requests sent
+    /// later are processed after it, so nothing can use the handle by mistake.
+    pub fn close_nowait(&self, h: &RemoteHandle) {
+        use futures::FutureExt;
+        // The first poll sends the request; dropping the future forgets the reply.
+        let _ = self.raw.close(h.id.as_str()).now_or_never();
     }
 
     /// Reads up to `len` bytes (capped at `max_read`); an empty result means end of file.
@@ -233,10 +236,12 @@ impl SftpClient {
     }
 
     /// Lists a whole directory: OPENDIR, READDIRs pipelined (the server answers them in
-    /// order, each with the next batch, then EOF), CLOSE. One round trip per
-    /// `READDIR_DEPTH` batches instead of one per batch.
-    pub async fn read_dir(&self, path: &str) -> R<Vec<DirEntry>> {
+    /// order, each with the next batch, then EOF), CLOSE (not waited for). One round trip
+    /// per `READDIR_DEPTH` batches instead of one per batch. `None` when the directory
+    /// holds more than `max` entries (listing stops there).
+    pub async fn read_dir(&self, path: &str, max: usize) -> R<Option<Vec<DirEntry>>> {
         use futures::stream::{FuturesOrdered, StreamExt};
+        use futures::FutureExt;
         const READDIR_DEPTH: usize = 8;
         let permit = self.handle_permit()?;
         let handle = self.raw.opendir(path).await?.handle;
@@ -254,6 +259,9 @@ impl SftpClient {
                         name: f.filename,
                         attrs: f.attrs.into(),
                     }));
+                    if out.len() > max {
+                        break;
+                    }
                     if more {
                         pending.push_back(self.raw.readdir(handle.as_str()));
                     }
@@ -271,11 +279,11 @@ impl SftpClient {
                 }
             }
         }
-        let closed = self.raw.close(handle.as_str()).await;
+        drop(pending);
+        let _ = self.raw.close(handle.as_str()).now_or_never();
         drop(permit);
         result?;
-        closed?;
-        Ok(out)
+        Ok((out.len() <= max).then_some(out))
     }
 
     pub async fn remove(&self, path: &str) -> R<()> {

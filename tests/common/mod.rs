@@ -273,7 +273,10 @@ impl Mount {
             cmd.arg("-o").arg(opts);
         }
         let mut child = cmd
-            .env("MASTOFS_LOG", "mastofs=info")
+            .env(
+                "MASTOFS_LOG",
+                std::env::var("TEST_MASTOFS_LOG").unwrap_or("mastofs=info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr_path).expect("log"))
