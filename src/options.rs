@@ -14,7 +14,7 @@
 //! | `reconnect` | accepted; mastofs always reconnects |
 //! | `delay_connect` | mount at once, connect in the background |
 //! | `timeout=SECS` | how long an operation waits for a connection before EIO (default 180) |
-//! | `attr_timeout=`, `entry_timeout=`, `negative_timeout=`, `dir_timeout=` | cache TTLs in seconds (defaults 20, 20, 0, 20); every change made through this mount invalidates what it touches |
+//! | `attr_timeout=`, `entry_timeout=`, `negative_timeout=`, `dir_timeout=` | cache TTLs in seconds (defaults 20, 20, 0, 20); every change made through this mount invalidates what it touches; a directory this mount made is taken to hold only what it put there for `dir_timeout` |
 //! | `cache=yes\|no`, `cache_timeout=`, `cache_stat_timeout=` | sshfs cache options, mapped onto the TTLs (`cache_dir_timeout=` = `dir_timeout=`; `cache_link_timeout=` accepted) |
 //! | `status_socket=PATH` | status socket (default `/run/mastofs/<systemd-escaped mountpoint>.sock`, mode 0660) |
 //! | `status_group=GROUP` | group that may read the status socket |

@@ -8,6 +8,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::time::Duration;
 
 use common::*;
 
@@ -321,4 +322,22 @@ fn acknowledged_writes_are_seen_at_once_by_stat_and_other_descriptors() {
     let on_server = fs::read(s.served.join("wb.bin")).unwrap();
     assert_eq!(on_server[0], 4);
     assert_eq!(&on_server[1..], &data[1..]);
+}
+
+#[test]
+fn a_file_another_client_creates_is_visible_at_once() {
+    let s = Server::start();
+    let m = Mount::new(&s, "dir_timeout=1");
+    fs::create_dir(m.p("mine")).unwrap();
+    assert_eq!(fs::read_dir(m.path()).unwrap().count(), 1);
+    fs::write(s.served.join("theirs"), b"t").unwrap();
+    // A listing proves no absence (negative_timeout=0): the new name is asked for.
+    assert_eq!(fs::read(m.p("theirs")).unwrap(), b"t");
+    // A directory this mount made is trusted to stay as it left it for dir_timeout.
+    fs::write(s.served.join("mine/theirs"), b"u").unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "file visible after dir_timeout",
+        || fs::read(m.p("mine/theirs")).is_ok_and(|d| d == b"u"),
+    );
 }

@@ -105,7 +105,7 @@ impl MetaCache {
     /// known names of its directory).
     pub fn is_missing(&self, path: &str) -> bool {
         if let Some((dir, name)) = split(path) {
-            if self.dirs.contains(dir, name) == Some(false) {
+            if self.dirs.absent(dir, name, self.negative_ttl) {
                 return true;
             }
         }
@@ -258,9 +258,11 @@ mod tests {
         assert!(c.listing("/r/d").is_some());
         c.invalidate("/r/d/new");
         assert!(c.listing("/r/d").is_none());
-        assert!(c.is_missing("/r/d/other"), "names still known");
-        c.unsure("/r/d/new");
-        assert!(!c.is_missing("/r/d/other"));
+        c.dirs.put_empty("/r/made");
+        c.invalidate("/r/made/new");
+        assert!(c.is_missing("/r/made/other"), "names still known");
+        c.unsure("/r/made/new");
+        assert!(!c.is_missing("/r/made/other"));
         assert!(c.listing("/r/d/sub").is_some());
         c.invalidate_tree("/r/d/sub");
         assert!(c.listing("/r/d/sub").is_none());

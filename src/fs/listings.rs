@@ -2,8 +2,10 @@
 //!
 //! Owns, per remote directory, the set of names it holds (from a listing, or empty for a
 //! directory this mount just made) kept exact by this mount's own changes, and the last
-//! listing as handed to readdir. A name absent from a fresh set does not exist: lookups of
-//! new names (every create, every mkdir -p) cost no round trip. A listing fetched while
+//! listing as handed to readdir. A name absent from the set of a directory this mount made
+//! does not exist: lookups of new names there (every mkdir -p, every upload into a new
+//! directory) cost no round trip. In a listed directory, absence is believed only as long
+//! as negative entries are (another client may have added the name since). A listing fetched while
 //! this mount changed the directory is refused, so a stale set never hides a new name.
 //! Memory is bounded by a total name count. It must never answer past its TTL.
 
@@ -36,6 +38,8 @@ pub fn split(path: &str) -> Option<(&str, &str)> {
 
 struct Dir {
     names: HashSet<String>,
+    /// Made by this mount (empty then): nobody else knows the directory yet.
+    made_here: bool,
     /// The listing readdir serves; dropped when a name changes (re-listed on next use).
     snapshot: Option<Listing>,
     at: Instant,
@@ -96,16 +100,25 @@ impl Listings {
         self.with_dir(dir, |d| d.names.contains(name))
     }
 
+    /// Whether `name` is known not to be in `dir`: the directory was made by this mount,
+    /// or listed less than `negative_ttl` ago.
+    pub fn absent(&self, dir: &str, name: &str, negative_ttl: Duration) -> bool {
+        self.with_dir(dir, |d| {
+            !d.names.contains(name) && (d.made_here || d.at.elapsed() < negative_ttl)
+        })
+        .unwrap_or(false)
+    }
+
     /// Records a listing of `dir` fetched from `started`, unless this mount changed the
     /// directory since (it would hide or resurrect a name). Returns whether it was kept.
     pub fn put(&self, dir: &str, listing: Listing, started: Instant) -> bool {
         let names = listing.iter().map(|e| e.name.clone()).collect();
-        self.insert(dir, names, Some(listing), started)
+        self.insert(dir, names, Some(listing), false, started)
     }
 
     /// A directory this mount just created: known to be empty.
     pub fn put_empty(&self, dir: &str) {
-        let _ = self.insert(dir, HashSet::new(), None, Instant::now());
+        let _ = self.insert(dir, HashSet::new(), None, true, Instant::now());
     }
 
     /// Whether a listing was at least fetched within the TTL (set kept or refused).
@@ -118,6 +131,7 @@ impl Listings {
         dir: &str,
         names: HashSet<String>,
         snapshot: Option<Listing>,
+        made_here: bool,
         started: Instant,
     ) -> bool {
         if !self.fresh(started) || names.len() > NAMES / 4 {
@@ -138,6 +152,7 @@ impl Listings {
             key.to_string(),
             Dir {
                 names,
+                made_here,
                 snapshot,
                 at: started,
             },
@@ -261,8 +276,17 @@ mod tests {
         assert_eq!(l.contains("/r", "b"), Some(true));
         assert_eq!(l.contains("/r", "a"), Some(false));
         assert!(l.snapshot("/r").is_none(), "readdir must re-list");
+        assert!(
+            !l.absent("/r", "c", Duration::ZERO),
+            "a listing alone proves no absence"
+        );
+        assert!(l.absent("/r", "c", Duration::from_secs(5)));
         l.put_empty("/r/new");
         assert_eq!(l.contains("/r/new", "x"), Some(false));
+        assert!(
+            l.absent("/r/new", "x", Duration::ZERO),
+            "made here: nobody else knows it"
+        );
         l.forget_tree("/r");
         assert_eq!(l.contains("/r/new", "x"), None);
         assert_eq!(l.contains("/r", "b"), None);
