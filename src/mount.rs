@@ -185,7 +185,12 @@ pub fn run(cfg: MountConfig, target: Target, ready: &mut Ready) -> Result<(), St
         .thread_name("mastofs")
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))?;
-    let session = Session::new(target, cfg.timeout, cfg.write_behind);
+    let session = Session::new(
+        target,
+        cfg.timeout,
+        cfg.write_behind,
+        cfg.max_conns as usize,
+    );
     let fs = Arc::new(Fs::new(session.clone(), cfg.fs.clone()));
 
     if cfg.delay_connect {

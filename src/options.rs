@@ -19,7 +19,7 @@
 //! | `status_socket=PATH` | status socket (default `/run/mastofs/<systemd-escaped mountpoint>.sock`, mode 0660) |
 //! | `status_group=GROUP` | group that may read the status socket |
 //! | `metrics_listen=ADDR:PORT` | also serve `/metrics` (and `/health`, `/status`) over TCP |
-//! | `max_conns=N` | upper bound of SSH connections (1..=10; one is used today) |
+//! | `max_conns=N` | SSH connections to use (1..=10, default 1): requests are spread over them by path, and consecutive MiB of one file's writes too (a far server's per-channel window caps one connection's upload) |
 //! | `write_behind=MIB` | MiB of writes acknowledged before the server confirmed them, across all files (default 64; failures reach flush/fsync/close; data is kept and replayed until confirmed) |
 //! | `sshfs_sync`, `sync_write` | every write waits for the server (= `write_behind=0`) |
 //! | `disable_hardlink` | refuse link(2) with EPERM even where the server could |

@@ -404,3 +404,36 @@ fn find_and_a_large_reader_finish_correctly_through_repeated_cuts() {
     }
     assert!(cuts >= 2, "the workload finished before the link was cut");
 }
+
+#[test]
+fn max_conns_spreads_work_and_every_connection_recovers() {
+    let (s, p, m) = setup("max_conns=3");
+    wait_until(Duration::from_secs(30), "three connections", || {
+        p.connections() == 3
+    });
+    let src = s.dir.path().join("src.bin");
+    fs::write(&src, pattern(64 << 20, 5)).unwrap();
+    let mut cp = Command::new("cp")
+        .arg(&src)
+        .arg(m.p("dst.bin"))
+        .spawn()
+        .unwrap();
+    let dst = s.served.join("dst.bin");
+    for mib in [16u64, 40] {
+        wait_until(Duration::from_secs(120), "copy progress", || {
+            file_len(&dst) >= mib << 20
+        });
+        p.cut();
+    }
+    let st = cp.wait().unwrap();
+    assert!(st.success(), "cp failed: {st:?}\n{}", m.log());
+    assert!(
+        fs::read(&src).unwrap() == fs::read(&dst).unwrap(),
+        "content differs after replays over several connections"
+    );
+    // Reading back through the mount, and every connection comes back.
+    assert!(fs::read(m.p("dst.bin")).unwrap() == fs::read(&src).unwrap());
+    wait_until(Duration::from_secs(60), "three connections again", || {
+        p.connections() == 3
+    });
+}

@@ -1,13 +1,15 @@
 //! Logical file handles that outlive connections.
 //!
-//! Owns the table from [`FileId`] to the open file's path and mode, and for each the remote
-//! handle on the current connection. A handle opened on an older connection is reopened by
-//! path (never with O_TRUNC/O_EXCL/O_CREAT again) the first time it is used on a new one.
-//! It must never retry requests; it only answers "which remote handle, on this link".
+//! Owns the table from [`FileId`] to the open file's path and mode, and for each its remote
+//! handles, one per connection it was used on (with `max_conns`, writes of one file are
+//! spread over connections). A file is opened by path on a connection the first time it is
+//! used there (never with O_TRUNC/O_EXCL/O_CREAT again); handles of dead connections are
+//! dropped. It must never retry requests; it only answers "which remote handle, on this
+//! link".
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::sftp::{Attrs, OpenMode, RemoteHandle, SftpError};
 
@@ -15,11 +17,18 @@ use super::remote::FileId;
 use super::supervisor::Link;
 use super::writeback::WriteBehind;
 
+/// The file's handle on one connection.
+pub struct Remote {
+    link: Weak<Link>,
+    generation: u64,
+    handle: Arc<RemoteHandle>,
+}
+
 pub struct OpenFile {
     path: Mutex<String>,
     /// The mode used to reopen: the original one without create/truncate/exclusive.
     reopen: OpenMode,
-    remote: tokio::sync::Mutex<Option<(u64, Arc<RemoteHandle>)>>,
+    remote: tokio::sync::Mutex<Vec<Remote>>,
     /// Writes acknowledged but not yet confirmed by the server.
     pub wb: WriteBehind,
 }
@@ -29,31 +38,42 @@ impl OpenFile {
         self.path.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
-    /// The remote handle valid on `link`, reopening the file there if needed.
+    /// The remote handle valid on `link`, opening the file there if needed.
     /// `Ok(None)` means the file is gone from the server.
-    pub async fn on(&self, link: &Link) -> Result<Option<Arc<RemoteHandle>>, SftpError> {
-        let mut slot = self.remote.lock().await;
-        if let Some((generation, h)) = slot.as_ref() {
-            if *generation == link.generation {
-                return Ok(Some(h.clone()));
-            }
+    pub async fn on(&self, link: &Arc<Link>) -> Result<Option<Arc<RemoteHandle>>, SftpError> {
+        let mut slots = self.remote.lock().await;
+        if let Some(r) = slots.iter().find(|r| r.generation == link.generation) {
+            return Ok(Some(r.handle.clone()));
         }
+        // Handles of connections that died went with them.
+        let before = slots.len();
+        slots.retain(|r| r.link.upgrade().is_some_and(|l| !l.is_dead()));
         let path = self.path();
         match link.sftp.open(&path, self.reopen, &Attrs::default()).await {
             Ok(h) => {
-                tracing::info!(%path, generation = link.generation, "reopened file");
-                let h = Arc::new(h);
-                *slot = Some((link.generation, h.clone()));
-                Ok(Some(h))
+                if slots.len() < before {
+                    tracing::info!(%path, generation = link.generation, "reopened file");
+                }
+                let handle = Arc::new(h);
+                slots.push(Remote {
+                    link: Arc::downgrade(link),
+                    generation: link.generation,
+                    handle: handle.clone(),
+                });
+                Ok(Some(handle))
             }
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    /// Takes the remote handle out, with the generation it belongs to.
-    pub async fn take(&self) -> Option<(u64, Arc<RemoteHandle>)> {
-        self.remote.lock().await.take()
+    /// Closes every remote handle whose connection still lives (answers not awaited).
+    pub async fn close_all(&self) {
+        for r in self.remote.lock().await.drain(..) {
+            if let Some(l) = r.link.upgrade().filter(|l| !l.is_dead()) {
+                l.sftp.close_nowait(&r.handle);
+            }
+        }
     }
 }
 
@@ -64,7 +84,7 @@ pub struct Handles {
 }
 
 impl Handles {
-    pub fn insert(&self, path: &str, mode: OpenMode, generation: u64, h: RemoteHandle) -> FileId {
+    pub fn insert(&self, path: &str, mode: OpenMode, link: &Arc<Link>, h: RemoteHandle) -> FileId {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let file = Arc::new(OpenFile {
             path: Mutex::new(path.to_string()),
@@ -74,7 +94,11 @@ impl Handles {
                 exclusive: false,
                 ..mode
             },
-            remote: tokio::sync::Mutex::new(Some((generation, Arc::new(h)))),
+            remote: tokio::sync::Mutex::new(vec![Remote {
+                link: Arc::downgrade(link),
+                generation: link.generation,
+                handle: Arc::new(h),
+            }]),
             wb: WriteBehind::default(),
         });
         if let Ok(mut files) = self.files.lock() {
@@ -133,7 +157,7 @@ mod tests {
         let mk = |p: &str| OpenFile {
             path: Mutex::new(p.into()),
             reopen: OpenMode::default(),
-            remote: tokio::sync::Mutex::new(None),
+            remote: tokio::sync::Mutex::new(Vec::new()),
             wb: WriteBehind::default(),
         };
         h.files.lock().unwrap().insert(1, Arc::new(mk("/a/b")));

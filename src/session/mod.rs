@@ -29,7 +29,9 @@ use supervisor::{Link, LinkState, Supervisor};
 
 pub struct Session {
     me: Weak<Session>,
-    sup: Arc<Supervisor>,
+    /// One supervisor per connection (`max_conns`); the first is the primary, whose state
+    /// and counters the status socket reports.
+    sups: Vec<Arc<Supervisor>>,
     handles: handles::Handles,
     timeout: Duration,
     pub replay_stats: ReplayStats,
@@ -43,15 +45,20 @@ pub struct Session {
 impl Session {
     /// `timeout` bounds how long one operation waits for a working connection;
     /// `write_behind` is how many bytes of writes may be acknowledged before the server
-    /// confirmed them (0: none).
-    pub fn new(target: Target, timeout: Duration, write_behind: usize) -> Arc<Self> {
+    /// confirmed them (0: none); `conns` how many connections carry requests.
+    pub fn new(target: Target, timeout: Duration, write_behind: usize, conns: usize) -> Arc<Self> {
         // One SFTP request unanswered this long means a stuck connection (keepalives
         // usually notice sooner); it is then replayed on a new one. Generous, because it
         // also bounds slow server operations such as fsync of a large file.
         let request_timeout = Duration::from_secs(60);
         Arc::new_cyclic(|me| Session {
             me: me.clone(),
-            sup: Supervisor::new(Arc::new(target), request_timeout),
+            sups: {
+                let target = Arc::new(target);
+                (0..conns.max(1))
+                    .map(|_| Supervisor::new(target.clone(), request_timeout))
+                    .collect()
+            },
             handles: handles::Handles::default(),
             timeout,
             replay_stats: ReplayStats::default(),
@@ -86,7 +93,7 @@ impl Session {
     /// Connects once, reporting why not (used when the mount must not start without a
     /// server). Returns the link for [`Session::start`].
     pub async fn connect_first(&self) -> Result<Arc<Link>, SshError> {
-        let link = self.sup.connect_once().await?;
+        let link = self.primary().connect_once().await?;
         self.learn_caps(&link);
         Ok(link)
     }
@@ -102,30 +109,61 @@ impl Session {
         }
     }
 
-    /// Starts the supervisor (and so reconnecting) in the background.
+    /// Starts the supervisors (and so connecting and reconnecting) in the background.
     pub fn start(self: &Arc<Self>, first: Option<Arc<Link>>) {
-        let sup = self.sup.clone();
-        tokio::spawn(sup.run(first));
+        let mut first = first;
+        for sup in &self.sups {
+            tokio::spawn(sup.clone().run(first.take()));
+        }
     }
 
     pub fn state(&self) -> LinkState {
-        self.sup.state()
+        self.primary().state()
     }
 
+    /// The primary connection's supervisor (status reporting).
     pub fn supervisor(&self) -> &Supervisor {
-        &self.sup
+        self.primary()
+    }
+
+    fn primary(&self) -> &Supervisor {
+        // `new` makes at least one.
+        &self.sups[0]
+    }
+
+    /// The connection for requests about `key` (a path) and `stripe` (a part of the
+    /// file): always the same one for the same pair, so requests sent back to back stay in
+    /// order; a live one while that is down.
+    fn sup_for(&self, key: &str, stripe: u64) -> &Supervisor {
+        use std::hash::{Hash, Hasher};
+        let n = self.sups.len();
+        if n == 1 {
+            return self.primary();
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        let i = (h.finish().wrapping_add(stripe) % n as u64) as usize;
+        if self.sups[i].is_up() {
+            return &self.sups[i];
+        }
+        self.sups
+            .iter()
+            .find(|s| s.is_up())
+            .map_or(self.primary(), |s| s)
     }
 
     pub fn open_files(&self) -> usize {
         self.handles.len()
     }
 
-    async fn run<T, F, Fut>(&self, what: &str, op: F) -> RemoteResult<T>
+    /// Runs `op` through replay on the connection for `key` (see [`Session::sup_for`]).
+    async fn run<T, F, Fut>(&self, what: &str, key: (&str, u64), op: F) -> RemoteResult<T>
     where
         F: Fn(Arc<Link>, bool) -> Fut,
         Fut: std::future::Future<Output = Result<T, SftpError>>,
     {
-        replay::run(&self.sup, &self.replay_stats, self.timeout, what, op).await
+        let sup = self.sup_for(key.0, key.1);
+        replay::run(sup, &self.replay_stats, self.timeout, what, op).await
     }
 
     /// The open file behind `f`, once every write to its path is answered.
@@ -144,14 +182,16 @@ impl Session {
         Fut: std::future::Future<Output = Result<T, SftpError>>,
     {
         let file = self.settled(f).await?;
-        self.with_file(what, &file, op).await
+        self.with_file(what, &file, 0, op).await
     }
 
-    /// Runs `op` with the remote handle of `file` on a live link (reopening it there).
+    /// Runs `op` with the remote handle of `file` on a live link (opening it there), on
+    /// the connection for the file's `stripe`.
     async fn with_file<T, F, Fut>(
         &self,
         what: &str,
         file: &Arc<handles::OpenFile>,
+        stripe: u64,
         op: F,
     ) -> RemoteResult<T>
     where
@@ -159,8 +199,9 @@ impl Session {
         Fut: std::future::Future<Output = Result<T, SftpError>>,
     {
         let stale = std::sync::atomic::AtomicBool::new(false);
+        let path = file.path();
         let r = self
-            .run(what, |link, _| {
+            .run(what, (&path, stripe), |link, _| {
                 let file = file.clone();
                 let stale = &stale;
                 let op = &op;
@@ -191,7 +232,9 @@ impl Session {
         offset: u64,
         data: &[u8],
     ) -> RemoteResult<()> {
-        self.with_file("write", file, |l, h| async move {
+        // Consecutive megabytes of a file go out on different connections (max_conns):
+        // one connection's window would cap a far server's upload speed.
+        self.with_file("write", file, offset >> 20, |l, h| async move {
             let chunk = l.sftp.max_write as usize;
             let parts = data.chunks(chunk).enumerate().map(|(i, c)| {
                 let l = &l;
@@ -210,11 +253,11 @@ impl Session {
 
 impl Remote for Session {
     fn is_connected(&self) -> bool {
-        matches!(self.sup.state(), LinkState::Up(_))
+        self.primary().is_up()
     }
 
     fn capabilities(&self) -> Capabilities {
-        if let LinkState::Up(l) = self.sup.state() {
+        if let LinkState::Up(l) = self.primary().state() {
             self.learn_caps(&l);
         }
         self.caps.lock().map(|c| *c).unwrap_or_default()
@@ -222,19 +265,25 @@ impl Remote for Session {
 
     async fn lstat(&self, path: &str) -> RemoteResult<Attrs> {
         self.settle_paths(|p| p == path).await;
-        self.run("lstat", |l, _| async move { l.sftp.lstat(path).await })
-            .await
+        self.run("lstat", (path, 0), |l, _| async move {
+            l.sftp.lstat(path).await
+        })
+        .await
     }
 
     async fn stat(&self, path: &str) -> RemoteResult<Attrs> {
         self.settle_paths(|p| p == path).await;
-        self.run("stat", |l, _| async move { l.sftp.stat(path).await })
-            .await
+        self.run(
+            "stat",
+            (path, 0),
+            |l, _| async move { l.sftp.stat(path).await },
+        )
+        .await
     }
 
     async fn setstat(&self, path: &str, attrs: &Attrs) -> RemoteResult<()> {
         self.settle_paths(|p| p == path).await;
-        self.run("setstat", |l, _| async move {
+        self.run("setstat", (path, 0), |l, _| async move {
             l.sftp.setstat(path, attrs).await
         })
         .await
@@ -243,31 +292,28 @@ impl Remote for Session {
     async fn read_dir(&self, path: &str, max: usize) -> RemoteResult<Option<Vec<DirEntry>>> {
         self.settle_paths(|p| p.rsplit_once('/').map_or("", |(d, _)| d) == path)
             .await;
-        self.run(
-            "readdir",
-            |l, _| async move { l.sftp.read_dir(path, max).await },
-        )
+        self.run("readdir", (path, 0), |l, _| async move {
+            l.sftp.read_dir(path, max).await
+        })
         .await
     }
 
     async fn readlink(&self, path: &str) -> RemoteResult<String> {
-        self.run(
-            "readlink",
-            |l, _| async move { l.sftp.readlink(path).await },
-        )
+        self.run("readlink", (path, 0), |l, _| async move {
+            l.sftp.readlink(path).await
+        })
         .await
     }
 
     async fn realpath(&self, path: &str) -> RemoteResult<String> {
-        self.run(
-            "realpath",
-            |l, _| async move { l.sftp.realpath(path).await },
-        )
+        self.run("realpath", (path, 0), |l, _| async move {
+            l.sftp.realpath(path).await
+        })
         .await
     }
 
     async fn mkdir(&self, path: &str, perm: u32) -> RemoteResult<()> {
-        self.run("mkdir", |l, replay| async move {
+        self.run("mkdir", (path, 0), |l, replay| async move {
             let r = l.sftp.mkdir(path, &Attrs::with_perm(perm)).await;
             exists_is_done(&l, replay, path, Kind::Dir, r).await
         })
@@ -275,21 +321,21 @@ impl Remote for Session {
     }
 
     async fn rmdir(&self, path: &str) -> RemoteResult<()> {
-        self.run("rmdir", |l, replay| async move {
+        self.run("rmdir", (path, 0), |l, replay| async move {
             gone_is_done(replay, l.sftp.rmdir(path).await)
         })
         .await
     }
 
     async fn remove(&self, path: &str) -> RemoteResult<()> {
-        self.run("remove", |l, replay| async move {
+        self.run("remove", (path, 0), |l, replay| async move {
             gone_is_done(replay, l.sftp.remove(path).await)
         })
         .await
     }
 
     async fn rename(&self, from: &str, to: &str, mode: RenameMode) -> RemoteResult<()> {
-        self.run("rename", |l, replay| async move {
+        self.run("rename", (from, 0), |l, replay| async move {
             let r = match mode {
                 // Plain SFTP rename refuses an existing target on OpenSSH, which is
                 // exactly RENAME_NOREPLACE; the caller checked the target beforehand for
@@ -315,7 +361,7 @@ impl Remote for Session {
     }
 
     async fn symlink(&self, target: &str, link: &str) -> RemoteResult<()> {
-        self.run("symlink", |l, replay| async move {
+        self.run("symlink", (link, 0), |l, replay| async move {
             let r = l.sftp.symlink(target, link).await;
             exists_is_done(&l, replay, link, Kind::Symlink, r).await
         })
@@ -323,7 +369,7 @@ impl Remote for Session {
     }
 
     async fn hardlink(&self, from: &str, to: &str) -> RemoteResult<()> {
-        self.run("link", |l, replay| async move {
+        self.run("link", (to, 0), |l, replay| async move {
             let r = l.sftp.hardlink(from, to).await;
             exists_is_done(&l, replay, to, Kind::File, r).await
         })
@@ -331,15 +377,17 @@ impl Remote for Session {
     }
 
     async fn statvfs(&self, path: &str) -> RemoteResult<StatVfs> {
-        self.run("statvfs", |l, _| async move { l.sftp.statvfs(path).await })
-            .await
+        self.run("statvfs", (path, 0), |l, _| async move {
+            l.sftp.statvfs(path).await
+        })
+        .await
     }
 
     async fn open(&self, path: &str, mode: OpenMode, perm: Option<u32>) -> RemoteResult<FileId> {
         self.settle_paths(|p| p == path).await;
         let attrs = perm.map(Attrs::with_perm).unwrap_or_default();
-        let (generation, h) = self
-            .run("open", |l, replay| {
+        let (link, h) = self
+            .run("open", (path, 0), |l, replay| {
                 let attrs = &attrs;
                 async move {
                     // A replayed exclusive create that finds the file: the first attempt
@@ -354,11 +402,11 @@ impl Remote for Session {
                         mode
                     };
                     let h = l.sftp.open(path, m, attrs).await?;
-                    Ok((l.generation, h))
+                    Ok((l, h))
                 }
             })
             .await?;
-        Ok(self.handles.insert(path, mode, generation, h))
+        Ok(self.handles.insert(path, mode, &link, h))
     }
 
     async fn read(&self, f: FileId, offset: u64, len: u32) -> RemoteResult<Vec<u8>> {
@@ -458,17 +506,7 @@ impl Remote for Session {
         // Every write is answered before the handle goes; a failed one is reported here.
         let written = self.flush(f).await;
         let file = self.handles.remove(f).ok_or(RemoteError::BadHandle)?;
-        let Some((generation, h)) = file.take().await else {
-            return written;
-        };
-        // Only a handle of the live connection needs closing; older ones died with theirs.
-        // The answer is not waited for: every write is answered already, and the kernel
-        // has nobody to give a close error to.
-        if let LinkState::Up(l) = self.sup.state() {
-            if l.generation == generation {
-                l.sftp.close_nowait(&h);
-            }
-        }
+        file.close_all().await;
         written
     }
 }

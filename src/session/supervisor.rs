@@ -15,8 +15,10 @@ use tokio::sync::{watch, Notify};
 use crate::sftp::{SftpClient, SftpError};
 use crate::ssh::{self, SshError, Target};
 
-/// One working SSH connection with its SFTP session. `generation` grows by one with every
-/// new connection, so handles know whether they belong to it.
+/// Numbers every connection of the process, so a handle knows which one it belongs to.
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// One working SSH connection with its SFTP session. `generation` is unique to it.
 pub struct Link {
     pub generation: u64,
     pub sftp: SftpClient,
@@ -25,7 +27,7 @@ pub struct Link {
 }
 
 impl Link {
-    fn is_dead(&self) -> bool {
+    pub fn is_dead(&self) -> bool {
         *self.dead.borrow()
     }
 
@@ -73,7 +75,6 @@ pub struct Supervisor {
     request_timeout: Duration,
     state: watch::Sender<LinkState>,
     wake: Notify,
-    next_generation: AtomicU64,
     pub stats: LinkStats,
 }
 
@@ -89,7 +90,6 @@ impl Supervisor {
             request_timeout,
             state,
             wake: Notify::new(),
-            next_generation: AtomicU64::new(1),
             stats: LinkStats::default(),
         })
     }
@@ -105,7 +105,7 @@ impl Supervisor {
                 reason: e.to_string(),
             })?;
         Ok(Arc::new(Link {
-            generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
+            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
             sftp,
             ssh: conn,
             dead: watch::Sender::new(false),
@@ -115,6 +115,11 @@ impl Supervisor {
     /// Current state (for status reporting).
     pub fn state(&self) -> LinkState {
         self.state.borrow().clone()
+    }
+
+    /// Whether a request sent now would go out at once.
+    pub fn is_up(&self) -> bool {
+        matches!(&*self.state.borrow(), LinkState::Up(l) if !l.is_dead())
     }
 
     /// Waits for a working link until `deadline`.
