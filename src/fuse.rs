@@ -90,16 +90,26 @@ impl<R: Remote> FuseFs<R> {
         });
     }
 
+    /// Replies to open/opendir with the handle and whether the kernel may keep what it
+    /// cached from earlier opens (the file or listing is unchanged since).
     fn reply_open<Fut>(
         &self,
         name: &'static str,
         reply: ReplyOpen,
+        flags: FopenFlags,
         op: impl FnOnce(Arc<Fs<R>>) -> Fut,
     ) where
-        Fut: Future<Output = FsResult<u64>> + Send + 'static,
+        Fut: Future<Output = FsResult<(u64, bool)>> + Send + 'static,
     {
         self.run(name, op, move |r| match r {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok((fh, keep)) => {
+                let keep = if keep {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(fh), flags | keep)
+            }
             Err(e) => reply.error(e),
         });
     }
@@ -349,7 +359,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         });
     }
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.reply_open("open", reply, move |fs| async move {
+        self.reply_open("open", reply, FopenFlags::empty(), move |fs| async move {
             fs.open(ino.0, flags.0).await
         });
     }
@@ -446,7 +456,11 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         );
     }
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.reply_open("opendir", reply, move |fs| async move {
+        // The kernel caches what readdir returned (FOPEN_CACHE_DIR) and keeps that copy
+        // while the listing behind it is unchanged (it also drops it when the directory's
+        // mtime moves or this mount changes it).
+        let flags = FopenFlags::FOPEN_CACHE_DIR;
+        self.reply_open("opendir", reply, flags, move |fs| async move {
             fs.opendir(ino.0).await
         });
     }

@@ -115,9 +115,13 @@ impl<R: Remote> Fs<R> {
         });
     }
 
-    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+    /// Opens a directory: its handle, and whether the listing is the same one handed out
+    /// before (so the kernel may keep its own cached copy of it).
+    pub async fn opendir(&self, ino: u64) -> FsResult<(u64, bool)> {
         let path = self.path_of(ino)?;
-        let entries = match self.cache.listing(&path) {
+        let cached = self.cache.listing(&path);
+        let reused = cached.is_some();
+        let entries = match cached {
             Some(cached) => cached,
             None => {
                 let started = Instant::now();
@@ -142,7 +146,7 @@ impl<R: Remote> Fs<R> {
         if let Ok(mut d) = self.dirs.lock() {
             d.insert(fh, Arc::new(OpenDir { parent, entries }));
         }
-        Ok(fh)
+        Ok((fh, reused))
     }
 
     pub fn listing(&self, fh: u64) -> FsResult<Arc<OpenDir>> {

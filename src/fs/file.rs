@@ -23,7 +23,10 @@ fn open_mode(flags: i32) -> OpenMode {
 }
 
 impl<R: Remote> Fs<R> {
-    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
+    /// Opens a file: its handle, and whether the kernel may keep the pages it cached from
+    /// earlier opens (the file's mtime and size, known fresh, are those seen then; with
+    /// FUSE_AUTO_INVAL_DATA the kernel also drops them when a later getattr differs).
+    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<(u64, bool)> {
         let path = self.path_of(ino)?;
         let mode = open_mode(flags);
         if mode.truncate {
@@ -31,7 +34,12 @@ impl<R: Remote> Fs<R> {
         }
         let fid = self.remote.open(&path, mode, None).await?;
         self.track(fid.0, ino);
-        Ok(fid.0)
+        let now = self.cache.get(&path).map(|a| (a.mtime, a.size));
+        let keep = match (&now, self.page_cache.lock()) {
+            (Some(now), Ok(mut seen)) => seen.put(ino, *now).as_ref() == Some(now),
+            _ => false,
+        };
+        Ok((fid.0, keep && !mode.truncate))
     }
 
     pub async fn create(
@@ -162,8 +170,9 @@ impl<R: Remote> Fs<R> {
     }
 
     pub async fn release(&self, fh: u64) -> FsResult<()> {
+        // Every write already dropped the file's cached attributes (and getattr waits for
+        // pending writes), so closing changes nothing the cache holds.
         let closed = self.remote.close(FileId(fh)).await;
-        self.touched(fh);
         if let Ok(mut o) = self.open.lock() {
             o.remove(&fh);
         }

@@ -40,6 +40,9 @@ use inode::Inodes;
 /// Longest file name the kernel may send us (as ext4).
 pub const NAME_MAX: usize = 255;
 
+/// A file's mtime and size: what tells whether pages cached from it still hold.
+type Version = (Option<u32>, Option<u64>);
+
 /// Filesystem settings derived from the mount options.
 #[derive(Debug, Clone)]
 pub struct FsConfig {
@@ -123,6 +126,8 @@ pub struct Fs<R: Remote> {
     /// The root's attributes as last seen, served while disconnected (so `umount`, `ls -d`
     /// and `stat` of the mountpoint do not wait for the link).
     root_attrs: Mutex<Option<Attrs>>,
+    /// Inode -> mtime and size when last opened (whether the kernel's pages still hold).
+    page_cache: Mutex<lru::LruCache<u64, Version>>,
     /// Open file handle -> its inode (to invalidate cached attributes on write).
     open: Mutex<HashMap<u64, u64>>,
 }
@@ -141,6 +146,9 @@ impl<R: Remote> Fs<R> {
             dirs: Mutex::new(HashMap::new()),
             next_dir: AtomicU64::new(1),
             open: Mutex::new(HashMap::new()),
+            page_cache: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(65_536).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
             root_attrs: Mutex::new(None),
         }
     }

@@ -36,7 +36,7 @@ async fn create_write_read_through_handles() {
     fs.release(fh).await.unwrap();
     assert_eq!(remote.data("/r/a").unwrap(), b"\0\0\0xyz");
     let ino = fs.lookup(ROOT, "a").await.unwrap().attr.ino.0;
-    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let (fh, _) = fs.open(ino, libc::O_RDONLY).await.unwrap();
     assert_eq!(fs.read(fh, 3, 10).await.unwrap(), b"xyz");
     fs.release(fh).await.unwrap();
 }
@@ -86,7 +86,7 @@ async fn server_names_that_could_escape_are_never_listed() {
     let (remote, fs) = fs();
     remote.put_file("/r/ok", b"");
     *remote.junk_names.lock().unwrap() = vec!["..".into(), ".".into(), "a/b".into(), "".into()];
-    let fh = fs.opendir(ROOT).await.unwrap();
+    let (fh, _) = fs.opendir(ROOT).await.unwrap();
     let names: Vec<String> = fs
         .listing(fh)
         .unwrap()
@@ -267,11 +267,11 @@ async fn listings_are_reused_until_this_mount_changes_the_directory() {
             .map(|e| e.name.clone())
             .collect()
     };
-    let fh = fs.opendir(ROOT).await.unwrap();
+    let (fh, _) = fs.opendir(ROOT).await.unwrap();
     assert_eq!(names(&fs, fh), ["a"]);
     fs.releasedir(fh);
     let calls = remote.calls.load(std::sync::atomic::Ordering::Relaxed);
-    let fh = fs.opendir(ROOT).await.unwrap();
+    let (fh, _) = fs.opendir(ROOT).await.unwrap();
     assert_eq!(
         remote.calls.load(std::sync::atomic::Ordering::Relaxed),
         calls,
@@ -280,7 +280,7 @@ async fn listings_are_reused_until_this_mount_changes_the_directory() {
     fs.releasedir(fh);
     let (_, f) = fs.create(ROOT, "b", 0o644, libc::O_WRONLY).await.unwrap();
     fs.release(f).await.unwrap();
-    let fh = fs.opendir(ROOT).await.unwrap();
+    let (fh, _) = fs.opendir(ROOT).await.unwrap();
     assert_eq!(names(&fs, fh), ["a", "b"]);
 }
 
@@ -351,4 +351,23 @@ async fn a_lookup_miss_lists_the_directory_for_the_next_lookups() {
     fs.lookup(d, "late").await.unwrap();
     fs.unlink(d, "f3").await.unwrap();
     assert_eq!(fs.lookup(d, "f3").await.unwrap_err().errno, libc::ENOENT);
+}
+
+#[tokio::test]
+async fn kernel_pages_are_kept_only_for_an_unchanged_file() {
+    let (remote, fs) = fs();
+    remote.put_file("/r/m.png", b"media");
+    let ino = fs.lookup(ROOT, "m.png").await.unwrap().attr.ino.0;
+    let (fh, keep) = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    assert!(!keep, "first open: nothing cached yet");
+    fs.release(fh).await.unwrap();
+    let (fh, keep) = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    assert!(keep, "same mtime and size: the kernel's pages still hold");
+    fs.release(fh).await.unwrap();
+    // Changed on the server (size differs): once the attributes are refreshed, not kept.
+    remote.put_file("/r/m.png", b"other media");
+    fs.cache.invalidate("/r/m.png");
+    fs.lookup(ROOT, "m.png").await.unwrap();
+    let (_, keep) = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    assert!(!keep);
 }

@@ -422,12 +422,15 @@ impl Remote for Session {
             });
             let parts = try_join_all(parts).await?;
             let mut out = Vec::with_capacity(len as usize);
-            for (asked, data) in parts {
-                let got = data.len() as u32;
-                out.extend_from_slice(&data);
-                if got < asked {
-                    // Short: either end of file or a server that returns less than asked.
-                    // Read on from here until EOF or the request is filled.
+            for (i, (asked, data)) in parts.iter().enumerate() {
+                out.extend_from_slice(data);
+                if (data.len() as u32) < *asked {
+                    // Short: the end of the file if a later part came back empty (no
+                    // round trip more), else a server that returns less than asked:
+                    // read on from here until EOF or the request is filled.
+                    if parts[i + 1..].iter().any(|(_, d)| d.is_empty()) {
+                        break;
+                    }
                     while (out.len() as u32) < len {
                         let more = l
                             .sftp

@@ -236,18 +236,21 @@ impl SftpClient {
     }
 
     /// Lists a whole directory: OPENDIR, READDIRs pipelined (the server answers them in
-    /// order, each with the next batch, then EOF), CLOSE (not waited for). One round trip
-    /// per `READDIR_DEPTH` batches instead of one per batch. `None` when the directory
-    /// holds more than `max` entries (listing stops there).
+    /// order, each with the next batch, then EOF), CLOSE (not waited for). Two READDIRs
+    /// go out first (most directories are small); every batch that comes back doubles how
+    /// many are in flight, up to `READDIR_DEPTH`, so a big listing takes a few round trips
+    /// instead of one per batch. `None` when the directory holds more than `max` entries
+    /// (listing stops there).
     pub async fn read_dir(&self, path: &str, max: usize) -> R<Option<Vec<DirEntry>>> {
         use futures::stream::{FuturesOrdered, StreamExt};
         use futures::FutureExt;
-        const READDIR_DEPTH: usize = 8;
+        const READDIR_DEPTH: usize = 64;
         let permit = self.handle_permit()?;
         let handle = self.raw.opendir(path).await?.handle;
         let mut out = Vec::new();
         let mut pending = FuturesOrdered::new();
-        for _ in 0..READDIR_DEPTH {
+        let mut depth = 2;
+        for _ in 0..depth {
             pending.push_back(self.raw.readdir(handle.as_str()));
         }
         let mut result = Ok(());
@@ -262,7 +265,8 @@ impl SftpClient {
                     if out.len() > max {
                         break;
                     }
-                    if more {
+                    depth = (depth * 2).min(READDIR_DEPTH);
+                    while more && pending.len() < depth {
                         pending.push_back(self.raw.readdir(handle.as_str()));
                     }
                 }
