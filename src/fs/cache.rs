@@ -16,7 +16,7 @@ use lru::LruCache;
 
 use crate::sftp::Attrs;
 
-use super::listings::{dir_key, split, Listing, Listings};
+use super::listings::{split, Fetch, Listing, Listings};
 
 const CAPACITY: usize = 64 * 1024;
 
@@ -50,14 +50,19 @@ impl MetaCache {
         self.dirs.snapshot(path)
     }
 
-    /// A listing of `path` fetched from `started`, with its entries' attributes (unless
-    /// this mount changed the directory meanwhile).
-    pub fn put_listing(&self, path: &str, entries: Listing, started: Instant) {
-        if !self.dirs.put(path, entries.clone(), started) {
+    /// Announces a listing of `path` about to be fetched (see [`Listings::begin`]).
+    pub fn begin_listing(&self, path: &str) -> Fetch<'_> {
+        self.dirs.begin(path)
+    }
+
+    /// A fetched listing, with its entries' attributes (except those this mount changed
+    /// while it was on its way).
+    pub fn put_listing(&self, fetch: Fetch<'_>, entries: Listing) {
+        let dir = fetch.dir().to_string();
+        let Some(stale) = self.dirs.put(fetch, entries.clone()) else {
             return;
-        }
-        let dir = dir_key(path);
-        for e in entries.iter() {
+        };
+        for e in entries.iter().filter(|e| !stale.contains(&e.name)) {
             self.put(&format!("{dir}/{}", e.name), &e.attrs);
         }
     }
@@ -65,8 +70,8 @@ impl MetaCache {
     /// `path`'s attributes changed: the listing of its directory (which shows them) is
     /// refetched, its names still hold.
     fn touched(&self, path: &str) {
-        if let Some((dir, _)) = split(path) {
-            self.dirs.touched(dir);
+        if let Some((dir, name)) = split(path) {
+            self.dirs.touched(dir, name);
         }
     }
 
@@ -252,9 +257,8 @@ mod tests {
             Duration::ZERO,
             Duration::from_secs(60),
         );
-        let t = Instant::now();
-        c.put_listing("/r/d/", Arc::new(Vec::new()), t);
-        c.put_listing("/r/d/sub", Arc::new(Vec::new()), t);
+        c.put_listing(c.begin_listing("/r/d/"), Arc::new(Vec::new()));
+        c.put_listing(c.begin_listing("/r/d/sub"), Arc::new(Vec::new()));
         assert!(c.listing("/r/d").is_some());
         c.invalidate("/r/d/new");
         assert!(c.listing("/r/d").is_none());

@@ -8,7 +8,6 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
 use fuser::FileType;
 
@@ -105,10 +104,11 @@ impl<R: Remote> Fs<R> {
         );
         let (follow, dir) = (self.cfg.follow_symlinks, dir.to_string());
         tokio::spawn(async move {
-            let started = Instant::now();
+            let fetch = cache.begin_listing(&dir);
             if let Ok(Some(entries)) = list(&*remote, follow, &dir, PREFETCH_MAX).await {
-                cache.put_listing(&dir, Arc::new(entries), started);
+                cache.put_listing(fetch, Arc::new(entries));
             }
+
             if let Ok(mut p) = busy.lock() {
                 p.remove(&dir);
             }
@@ -124,12 +124,12 @@ impl<R: Remote> Fs<R> {
         let entries = match cached {
             Some(cached) => cached,
             None => {
-                let started = Instant::now();
+                let fetch = self.cache.begin_listing(&path);
                 let fresh = list(&*self.remote, self.cfg.follow_symlinks, &path, usize::MAX)
                     .await?
                     .unwrap_or_default();
                 let fresh = Arc::new(fresh);
-                self.cache.put_listing(&path, fresh.clone(), started);
+                self.cache.put_listing(fetch, fresh.clone());
                 fresh
             }
         };

@@ -5,11 +5,12 @@
 //! listing as handed to readdir. A name absent from the set of a directory this mount made
 //! does not exist: lookups of new names there (every mkdir -p, every upload into a new
 //! directory) cost no round trip. In a listed directory, absence is believed only as long
-//! as negative entries are (another client may have added the name since). A listing fetched while
-//! this mount changed the directory is refused, so a stale set never hides a new name.
-//! Memory is bounded by a total name count. It must never answer past its TTL.
+//! as negative entries are (another client may have added the name since). Changes this
+//! mount makes while a listing is being fetched are logged and applied to it when it
+//! arrives, so a listing never hides or resurrects a name. Memory is bounded by a total
+//! name count. It must never answer past its TTL.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,23 +41,79 @@ struct Dir {
     names: HashSet<String>,
     /// Made by this mount (empty then): nobody else knows the directory yet.
     made_here: bool,
-    /// The listing readdir serves; dropped when a name changes (re-listed on next use).
+    /// The listing readdir serves; dropped when an entry changes (re-listed on next use).
     snapshot: Option<Listing>,
     at: Instant,
+}
+
+/// A change this mount made to a directory while a listing of it was on its way.
+enum Change {
+    Added(String),
+    Removed(String),
+    /// Attributes changed: the listing's copy of them is stale.
+    Touched(String),
+    /// The directory itself went or moved: the listing is worthless.
+    Gone,
+}
+
+#[derive(Default)]
+struct Fetching {
+    /// Listings of this directory on their way.
+    users: usize,
+    log: Vec<Change>,
 }
 
 struct Inner {
     dirs: LruCache<String, Dir>,
     names: usize,
-    /// When this mount last changed a directory (to refuse listings fetched across it).
-    changed: LruCache<String, Instant>,
-    /// When a `changed` record was last evicted: a listing older than that is refused.
-    forgot_changes: Option<Instant>,
+    fetching: HashMap<String, Fetching>,
+}
+
+impl Inner {
+    fn log(&mut self, key: &str, change: impl FnOnce() -> Change) {
+        if let Some(f) = self.fetching.get_mut(key) {
+            f.log.push(change());
+        }
+    }
+
+    fn pop(&mut self, key: &str) {
+        if let Some(d) = self.dirs.pop(key) {
+            self.names -= d.names.len();
+        }
+    }
 }
 
 pub struct Listings {
     inner: Mutex<Inner>,
     ttl: Duration,
+}
+
+/// A listing on its way; hand it to [`Listings::put`] (dropping it gives the slot up).
+pub struct Fetch<'a> {
+    listings: &'a Listings,
+    dir: String,
+    from: usize,
+    started: Instant,
+}
+
+impl Fetch<'_> {
+    /// The directory being listed (as a key: no trailing slash).
+    pub fn dir(&self) -> &str {
+        &self.dir
+    }
+}
+
+impl Drop for Fetch<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut g) = self.listings.inner.lock() {
+            if let Some(f) = g.fetching.get_mut(&self.dir) {
+                f.users -= 1;
+                if f.users == 0 {
+                    g.fetching.remove(&self.dir);
+                }
+            }
+        }
+    }
 }
 
 impl Listings {
@@ -66,8 +123,7 @@ impl Listings {
             inner: Mutex::new(Inner {
                 dirs: LruCache::new(dirs),
                 names: 0,
-                changed: LruCache::new(dirs),
-                forgot_changes: None,
+                fetching: HashMap::new(),
             }),
             ttl,
         }
@@ -76,14 +132,11 @@ impl Listings {
     /// Runs `f` on the fresh record of `dir`, if any (a stale one is dropped).
     fn with_dir<T>(&self, dir: &str, f: impl FnOnce(&mut Dir) -> T) -> Option<T> {
         let mut g = self.inner.lock().ok()?;
-        let inner = &mut *g;
         let key = dir_key(dir);
-        match inner.dirs.get_mut(key) {
+        match g.dirs.get_mut(key) {
             Some(d) if d.at.elapsed() < self.ttl => Some(f(d)),
             Some(_) => {
-                if let Some(d) = inner.dirs.pop(key) {
-                    inner.names -= d.names.len();
-                }
+                g.pop(key);
                 None
             }
             None => None,
@@ -109,64 +162,77 @@ impl Listings {
         .unwrap_or(false)
     }
 
-    /// Records a listing of `dir` fetched from `started`, unless this mount changed the
-    /// directory since (it would hide or resurrect a name). Returns whether it was kept.
-    pub fn put(&self, dir: &str, listing: Listing, started: Instant) -> bool {
-        let names = listing.iter().map(|e| e.name.clone()).collect();
-        self.insert(dir, names, Some(listing), false, started)
+    /// Announces a listing of `dir` about to be fetched: changes from now on are logged.
+    pub fn begin(&self, dir: &str) -> Fetch<'_> {
+        let key = dir_key(dir).to_string();
+        let from = match self.inner.lock() {
+            Ok(mut g) => {
+                let f = g.fetching.entry(key.clone()).or_default();
+                f.users += 1;
+                f.log.len()
+            }
+            Err(_) => 0,
+        };
+        Fetch {
+            listings: self,
+            dir: key,
+            from,
+            started: Instant::now(),
+        }
+    }
+
+    /// Records a fetched listing with the changes made since it was begun applied. Returns
+    /// the names whose listed attributes are stale (changed meanwhile), or `None` when the
+    /// listing was not kept.
+    pub fn put(&self, fetch: Fetch<'_>, listing: Listing) -> Option<HashSet<String>> {
+        if fetch.started.elapsed() >= self.ttl {
+            return None;
+        }
+        let mut g = self.inner.lock().ok()?;
+        let inner = &mut *g;
+        let log = inner.fetching.get(&fetch.dir).map(|f| &f.log[fetch.from..]);
+        let mut names: HashSet<String> = listing.iter().map(|e| e.name.clone()).collect();
+        let mut stale = HashSet::new();
+        for change in log.into_iter().flatten() {
+            match change {
+                Change::Added(n) => {
+                    names.insert(n.clone());
+                    stale.insert(n.clone());
+                }
+                Change::Removed(n) => {
+                    names.remove(n);
+                    stale.insert(n.clone());
+                }
+                Change::Touched(n) => {
+                    stale.insert(n.clone());
+                }
+                Change::Gone => return None,
+            }
+        }
+        let snapshot = stale.is_empty().then_some(listing);
+        let dir = Dir {
+            names,
+            made_here: false,
+            snapshot,
+            at: fetch.started,
+        };
+        insert(inner, &fetch.dir, dir).then_some(stale)
     }
 
     /// A directory this mount just created: known to be empty.
     pub fn put_empty(&self, dir: &str) {
-        let _ = self.insert(dir, HashSet::new(), None, true, Instant::now());
-    }
-
-    /// Whether a listing was at least fetched within the TTL (set kept or refused).
-    fn fresh(&self, started: Instant) -> bool {
-        started.elapsed() < self.ttl
-    }
-
-    fn insert(
-        &self,
-        dir: &str,
-        names: HashSet<String>,
-        snapshot: Option<Listing>,
-        made_here: bool,
-        started: Instant,
-    ) -> bool {
-        if !self.fresh(started) || names.len() > NAMES / 4 {
-            return false;
+        if self.ttl.is_zero() {
+            return;
         }
-        let Ok(mut g) = self.inner.lock() else {
-            return false;
-        };
-        let inner = &mut *g;
-        let key = dir_key(dir);
-        let changed_since = inner.changed.peek(key).is_some_and(|t| *t >= started)
-            || inner.forgot_changes.is_some_and(|t| t >= started);
-        if changed_since {
-            return false;
+        if let Ok(mut g) = self.inner.lock() {
+            let dir_rec = Dir {
+                names: HashSet::new(),
+                made_here: true,
+                snapshot: None,
+                at: Instant::now(),
+            };
+            insert(&mut g, dir_key(dir), dir_rec);
         }
-        inner.names += names.len();
-        let old = inner.dirs.push(
-            key.to_string(),
-            Dir {
-                names,
-                made_here,
-                snapshot,
-                at: started,
-            },
-        );
-        if let Some((_, d)) = old {
-            inner.names -= d.names.len();
-        }
-        while inner.names > NAMES {
-            match inner.dirs.pop_lru() {
-                Some((_, d)) => inner.names -= d.names.len(),
-                None => break,
-            }
-        }
-        true
     }
 
     /// This mount added (`present`) or removed a name of `dir`.
@@ -174,8 +240,14 @@ impl Listings {
         let Ok(mut g) = self.inner.lock() else { return };
         let inner = &mut *g;
         let key = dir_key(dir);
-        inner.mark_changed(key);
-        if let Some(d) = inner.dirs.get_mut(key) {
+        inner.log(key, || {
+            if present {
+                Change::Added(name.to_string())
+            } else {
+                Change::Removed(name.to_string())
+            }
+        });
+        if let Some(d) = inner.dirs.peek_mut(key) {
             d.snapshot = None;
             let delta = if present {
                 d.names.insert(name.to_string())
@@ -194,12 +266,11 @@ impl Listings {
 
     /// An entry of `dir` changed its attributes: the listing (which shows them) is
     /// refetched on next use; the names still hold.
-    pub fn touched(&self, dir: &str) {
+    pub fn touched(&self, dir: &str, name: &str) {
         let Ok(mut g) = self.inner.lock() else { return };
-        let inner = &mut *g;
         let key = dir_key(dir);
-        inner.mark_changed(key);
-        if let Some(d) = inner.dirs.peek_mut(key) {
+        g.log(key, || Change::Touched(name.to_string()));
+        if let Some(d) = g.dirs.peek_mut(key) {
             d.snapshot = None;
         }
     }
@@ -207,12 +278,9 @@ impl Listings {
     /// Forgets what is known of `dir` alone.
     pub fn forget(&self, dir: &str) {
         let Ok(mut g) = self.inner.lock() else { return };
-        let inner = &mut *g;
         let key = dir_key(dir);
-        inner.mark_changed(key);
-        if let Some(d) = inner.dirs.pop(key) {
-            inner.names -= d.names.len();
-        }
+        g.log(key, || Change::Gone);
+        g.pop(key);
     }
 
     /// Forgets `dir` and every directory below it.
@@ -221,30 +289,42 @@ impl Listings {
         let inner = &mut *g;
         let key = dir_key(dir);
         let prefix = format!("{key}/");
+        let below = |k: &str| k == key || k.starts_with(&prefix);
+        for f in inner
+            .fetching
+            .iter_mut()
+            .filter_map(|(k, f)| below(k).then_some(f))
+        {
+            f.log.push(Change::Gone);
+        }
         let stale: Vec<String> = inner
             .dirs
             .iter()
-            .filter(|(k, _)| *k == key || k.starts_with(&prefix))
+            .filter(|(k, _)| below(k))
             .map(|(k, _)| k.clone())
             .collect();
         for k in stale {
-            if let Some(d) = inner.dirs.pop(&k) {
-                inner.names -= d.names.len();
-            }
+            inner.pop(&k);
         }
-        inner.mark_changed(key);
     }
 }
 
-impl Inner {
-    fn mark_changed(&mut self, key: &str) {
-        // `push` returns the old value of this key, or the entry it evicted.
-        if let Some((evicted, _)) = self.changed.push(key.to_string(), Instant::now()) {
-            if evicted != key {
-                self.forgot_changes = Some(Instant::now());
-            }
+/// Keeps `dir` under `key`, evicting the least used directories beyond the name budget.
+fn insert(inner: &mut Inner, key: &str, dir: Dir) -> bool {
+    if dir.names.len() > NAMES / 4 {
+        return false;
+    }
+    inner.names += dir.names.len();
+    if let Some((_, old)) = inner.dirs.push(key.to_string(), dir) {
+        inner.names -= old.names.len();
+    }
+    while inner.names > NAMES {
+        match inner.dirs.pop_lru() {
+            Some((_, d)) => inner.names -= d.names.len(),
+            None => break,
         }
     }
+    true
 }
 
 #[cfg(test)]
@@ -263,11 +343,16 @@ mod tests {
         Listings::new(Duration::from_secs(60))
     }
 
+    fn put(l: &Listings, dir: &str, names: &[&str]) -> Option<HashSet<String>> {
+        let f = l.begin(dir);
+        l.put(f, Arc::new(names.iter().map(|n| entry(n)).collect()))
+    }
+
     #[test]
     fn names_follow_this_mounts_changes() {
         let l = listings();
         assert_eq!(l.contains("/r", "a"), None);
-        l.put("/r/", Arc::new(vec![entry("a")]), Instant::now());
+        put(&l, "/r/", &["a"]).unwrap();
         assert_eq!(l.contains("/r", "a"), Some(true));
         assert_eq!(l.contains("/r", "b"), Some(false));
         assert!(l.snapshot("/r").is_some());
@@ -293,20 +378,35 @@ mod tests {
     }
 
     #[test]
-    fn a_listing_fetched_across_a_change_is_refused() {
+    fn changes_during_a_fetch_are_applied_to_it() {
         let l = listings();
-        let started = Instant::now();
+        let f = l.begin("/r");
         l.changed("/r", "new", true);
-        l.put("/r", Arc::new(vec![entry("old")]), started);
-        assert_eq!(l.contains("/r", "new"), None);
-        l.put("/r", Arc::new(vec![entry("old")]), Instant::now());
-        assert_eq!(l.contains("/r", "old"), Some(true));
+        l.changed("/r", "old", false);
+        l.touched("/r", "kept");
+        // The server's answer may predate or include the changes: either way they hold.
+        let listed = ["old", "kept", "other"].iter().map(|n| entry(n)).collect();
+        let stale = l.put(f, Arc::new(listed)).unwrap();
+        assert_eq!(l.contains("/r", "new"), Some(true));
+        assert_eq!(l.contains("/r", "old"), Some(false));
+        assert_eq!(l.contains("/r", "other"), Some(true));
+        assert!(stale.contains("kept") && stale.contains("new") && !stale.contains("other"));
+        assert!(
+            l.snapshot("/r").is_none(),
+            "the listing itself is not served"
+        );
+        // A directory removed or renamed meanwhile: nothing is kept.
+        let f = l.begin("/r/sub");
+        l.forget_tree("/r");
+        assert!(l.put(f, Arc::new(Vec::new())).is_none());
+        assert!(l.inner.lock().unwrap().fetching.is_empty(), "log released");
     }
 
     #[test]
     fn zero_ttl_knows_nothing() {
         let l = Listings::new(Duration::ZERO);
         l.put_empty("/r");
+        assert!(put(&l, "/q", &[]).is_none());
         assert_eq!(l.contains("/r", "x"), None);
     }
 }
