@@ -64,8 +64,9 @@ class Rig:
         os.makedirs(mnt, exist_ok=True)
         sub = os.path.join(self.served, name)
         os.makedirs(sub, exist_ok=True)
-        if kind == "mastofs":
-            sh(f"{self.args.bin} demo:{sub} {mnt} -F {self.ssh_config} -o ServerAliveInterval=15")
+        if kind.startswith("mastofs"):
+            extra = ",max_conns=4" if kind == "mastofs4" else ""
+            sh(f"{self.args.bin} demo:{sub} {mnt} -F {self.ssh_config} -o ServerAliveInterval=15{extra}")
             pid = int(subprocess.check_output(["pgrep", "-f", f"{self.args.bin} demo:{sub} "]).split()[0])
         else:
             extra = ",max_conns=4" if kind == "sshfs4" else ""
@@ -175,7 +176,7 @@ def main():
     nlat = 20 if q else 200
 
     rig = Rig(args)
-    tools = ["mastofs", "sshfs", "sshfs4"]
+    tools = ["mastofs", "mastofs4", "sshfs", "sshfs4"]
     try:
         for t in tools:
             rig.mount(t, t)
@@ -315,7 +316,7 @@ def main():
 
         for t in tools:
             gb = moved[t] / 1e9
-            record("daemon CPU per GB moved", t, (cpu_seconds(rig.pids[t]) - cpu0[t]) / gb if gb else 0, "s/GB", False)
+            record("client CPU per GB moved", t, (cpu_seconds(rig.pids[t]) - cpu0[t]) / gb if gb else 0, "s/GB", False)
             record("peak RSS", t, sum(peak_rss_mib(p) for p in [rig.pids[t]] + children(rig.pids[t])), "MiB", False)
 
         # OpenSSH's own ceilings on the same link.
@@ -330,14 +331,18 @@ def main():
 
         link = f"{args.rtt_ms:g} ms RTT proxy" if args.rtt_ms else "loopback"
         print(f"\nmastofs vs sshfs on {link}{' (QUICK: sizes too small to mean anything)' if q else ''}")
-        print(f"{'workload':34} {'mastofs':>12} {'sshfs':>12} {'sshfs mc=4':>12} {'ratio':>7}  unit")
+        print(f"{'workload':30} {'mastofs':>10} {'sshfs':>10} {'ratio':>7}   {'mastofs mc=4':>12} {'sshfs mc=4':>10} {'ratio':>7}  unit")
+
+        def ratio(a, b, higher):
+            return (a / b if higher else b / a) if a and b else float("nan")
+
         for name, row in results.items():
             m, unit, higher = row["mastofs"]
-            s_ = row["sshfs"][0]
-            s4 = row["sshfs4"][0]
-            ratio = (m / s_ if higher else s_ / m) if m and s_ else float("nan")
-            print(f"{name:34} {m:12.3f} {s_:12.3f} {s4:12.3f} {ratio:6.2f}x  {unit}")
-        print("(ratio > 1 means mastofs is better)")
+            m4, s_, s4 = row["mastofs4"][0], row["sshfs"][0], row["sshfs4"][0]
+            print(f"{name:30} {m:10.3f} {s_:10.3f} {ratio(m, s_, higher):6.2f}x   "
+                  f"{m4:12.3f} {s4:10.3f} {ratio(m4, s4, higher):6.2f}x  {unit}")
+        print("(ratio > 1 means mastofs is better; mc=4: max_conns=4 on both; "
+              "client CPU and RSS include sshfs's ssh processes)")
         for k, v in ceil.items():
             print(f"ceiling: {k:28} {v:10.1f} MB/s")
         r = results["seq read (cold)"]["mastofs"][0]

@@ -57,9 +57,16 @@ impl<R: Remote> FuseFs<R> {
     {
         let fs = self.fs.clone();
         let fut = op(fs.clone());
-        self.spawn(
-            async move { reply(fs.stats.track(name, fut.await).map_err(|e| errno(name, e))) },
-        );
+        self.spawn(async move {
+            let start = std::time::Instant::now();
+            let r = fs.stats.track(name, fut.await).map_err(|e| errno(name, e));
+            tracing::trace!(
+                op = name,
+                us = start.elapsed().as_micros() as u64,
+                "kernel request"
+            );
+            reply(r)
+        });
     }
 
     fn reply_entry<Fut>(
@@ -161,6 +168,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
             Err(e) => return reply.error(e),
         };
         self.spawn(async move {
+            tracing::trace!(op = "lookup", %name, "kernel request");
             match fs.stats.track("lookup", fs.lookup(parent.0, &name).await) {
                 Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
                 Err(e) if e.errno == libc::ENOENT && !neg.is_zero() => {

@@ -75,7 +75,20 @@ impl MetaCache {
         }
     }
 
+    /// Fresh cached attributes of `path` (counted as a hit or miss).
     pub fn get(&self, path: &str) -> Option<Attrs> {
+        let found = self.peek(path);
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Fresh cached attributes of `path`, for a hint (not counted).
+    pub fn peek(&self, path: &str) -> Option<Attrs> {
         let mut c = self.attrs.lock().ok()?;
         let found = match c.get(path) {
             Some((a, at)) if at.elapsed() < self.attr_ttl => Some(a.clone()),
@@ -85,12 +98,6 @@ impl MetaCache {
             }
             None => None,
         };
-        let counter = if found.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
         found
     }
 

@@ -14,6 +14,7 @@ use fuser::FileType;
 use crate::session::{Attrs, Kind, Remote, RenameMode};
 
 use super::error::{FsError, FsResult};
+use super::listings::{dir_key, split};
 use super::{file_type, inode, Entry, Fs};
 
 /// One listed name.
@@ -41,8 +42,8 @@ fn safe_name(name: &str) -> bool {
 
 /// Directories larger than this are not listed just because a name in them was looked up.
 const PREFETCH_MAX: usize = 4096;
-/// Background listings at once.
-const PREFETCH_PARALLEL: usize = 16;
+/// Sibling directories listed ahead when a walk enters one of them.
+const WALK_AHEAD: usize = 64;
 
 /// Lists `path` on the server (`None`: more than `max` entries), keeping only names that
 /// are safe to show.
@@ -84,42 +85,52 @@ async fn list<R: Remote>(
 }
 
 impl<R: Remote> Fs<R> {
-    /// A lookup missed in `dir`, whose names are not known: list it in the background, so
-    /// the lookups that usually follow (rm, cp, a scan of the tree) need no round trip.
+    /// Lists `dir` in the background (a lookup missed in it, or a walk is about to enter
+    /// it), so the requests that usually follow need no round trip.
     pub(super) fn prefetch(&self, dir: &str) {
-        if self.cfg.dir_ttl.is_zero() || tokio::runtime::Handle::try_current().is_err() {
+        if self.cfg.dir_ttl.is_zero() {
             return;
         }
-        let started = match self.prefetching.lock() {
-            Ok(mut p) => p.len() < PREFETCH_PARALLEL && p.insert(dir.to_string()),
-            Err(_) => false,
-        };
-        if !started {
-            return;
-        }
-        let (remote, cache, busy) = (
-            self.remote.clone(),
-            self.cache.clone(),
-            self.prefetching.clone(),
-        );
-        let (follow, dir) = (self.cfg.follow_symlinks, dir.to_string());
-        tokio::spawn(async move {
-            let fetch = cache.begin_listing(&dir);
-            if let Ok(Some(entries)) = list(&*remote, follow, &dir, PREFETCH_MAX).await {
+        let (remote, cache) = (self.remote.clone(), self.cache.clone());
+        let (follow, owned) = (self.cfg.follow_symlinks, dir.to_string());
+        self.prefetcher.spawn(dir, async move {
+            let fetch = cache.begin_listing(&owned);
+            if let Ok(Some(entries)) = list(&*remote, follow, &owned, PREFETCH_MAX).await {
                 cache.put_listing(fetch, Arc::new(entries));
             }
-
-            if let Ok(mut p) = busy.lock() {
-                p.remove(&dir);
-            }
         });
+    }
+
+    /// A directory of a listed one is being opened: a walk is likely, so its sibling
+    /// directories are listed ahead of it.
+    fn walk_ahead(&self, path: &str) {
+        let Some((parent, _)) = split(path) else {
+            return;
+        };
+        let Some(siblings) = self.cache.listing(parent) else {
+            return;
+        };
+        for e in siblings
+            .iter()
+            .filter(|e| e.kind == FileType::Directory)
+            .take(WALK_AHEAD)
+        {
+            let p = format!("{parent}/{}", e.name);
+            if p != path && self.cache.listing(&p).is_none() {
+                self.prefetch(&p);
+            }
+        }
     }
 
     /// Opens a directory: its handle, and whether the listing is the same one handed out
     /// before (so the kernel may keep its own cached copy of it).
     pub async fn opendir(&self, ino: u64) -> FsResult<(u64, bool)> {
         let path = self.path_of(ino)?;
+        self.prefetcher.wait(dir_key(&path)).await;
         let cached = self.cache.listing(&path);
+        if cached.is_none() {
+            self.walk_ahead(dir_key(&path));
+        }
         let reused = cached.is_some();
         let entries = match cached {
             Some(cached) => cached,

@@ -340,7 +340,13 @@ impl Remote for FakeRemote {
         Ok(FileId(id))
     }
 
-    async fn read(&self, f: FileId, offset: u64, len: u32) -> RemoteResult<Vec<u8>> {
+    async fn read(
+        &self,
+        f: FileId,
+        offset: u64,
+        len: u32,
+        _size: Option<u64>,
+    ) -> RemoteResult<Vec<u8>> {
         let d = self.node(&self.path_of(f)?)?.data;
         let start = (offset as usize).min(d.len());
         let end = (start + len as usize).min(d.len());

@@ -34,7 +34,7 @@ impl<R: Remote> Fs<R> {
         }
         let fid = self.remote.open(&path, mode, None).await?;
         self.track(fid.0, ino);
-        let now = self.cache.get(&path).map(|a| (a.mtime, a.size));
+        let now = self.cache.peek(&path).map(|a| (a.mtime, a.size));
         let keep = match (&now, self.page_cache.lock()) {
             (Some(now), Ok(mut seen)) => seen.put(ino, *now).as_ref() == Some(now),
             _ => false,
@@ -106,16 +106,22 @@ impl<R: Remote> Fs<R> {
         }
     }
 
+    /// The remote path of the file behind `fh`.
+    fn open_path(&self, fh: u64) -> Option<String> {
+        let ino = self.open.lock().ok()?.get(&fh).copied()?;
+        self.path_of(ino).ok()
+    }
+
     /// Drops cached attributes of the file behind `fh` (its size or times changed).
     fn touched(&self, fh: u64) {
-        let ino = self.open.lock().ok().and_then(|o| o.get(&fh).copied());
-        if let Some(path) = ino.and_then(|i| self.path_of(i).ok()) {
+        if let Some(path) = self.open_path(fh) {
             self.cache.invalidate(&path);
         }
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let data = self.remote.read(FileId(fh), offset, size).await?;
+        let known = self.open_path(fh).and_then(|p| self.cache.peek(&p)?.size);
+        let data = self.remote.read(FileId(fh), offset, size, known).await?;
         self.stats.add_read(data.len());
         Ok(data)
     }
@@ -146,10 +152,7 @@ impl<R: Remote> Fs<R> {
     /// filesystem: the remote tree may span several).
     async fn refine_write(&self, fh: u64, e: RemoteError) -> FsError {
         if e.is_vague() && self.remote.capabilities().statvfs {
-            let ino = self.open.lock().ok().and_then(|o| o.get(&fh).copied());
-            let path = ino
-                .and_then(|i| self.path_of(i).ok())
-                .unwrap_or_else(|| self.root_path());
+            let path = self.open_path(fh).unwrap_or_else(|| self.root_path());
             if let Ok(s) = self.remote.statvfs(&path).await {
                 // Nearly full counts: the failed write itself may have needed up to a
                 // request's worth, and other space may come and go meanwhile.

@@ -14,6 +14,7 @@ mod file;
 pub mod idmap;
 pub mod inode;
 mod listings;
+mod prefetch;
 pub mod stats;
 mod symlink;
 
@@ -22,7 +23,7 @@ mod fake;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -119,7 +120,7 @@ pub struct Fs<R: Remote> {
     inodes: Mutex<Inodes>,
     pub cache: Arc<MetaCache>,
     /// Directories being listed in the background.
-    prefetching: Arc<Mutex<HashSet<String>>>,
+    prefetcher: Arc<prefetch::Prefetcher>,
     pub stats: stats::FsStats,
     dirs: Mutex<HashMap<u64, Arc<OpenDir>>>,
     next_dir: AtomicU64,
@@ -137,7 +138,7 @@ impl<R: Remote> Fs<R> {
         Fs {
             idmap: RwLock::new(cfg.idmap.clone()),
             cache: Arc::new(MetaCache::new(cfg.attr_ttl, cfg.negative_ttl, cfg.dir_ttl)),
-            prefetching: Arc::default(),
+            prefetcher: Arc::default(),
             stats: stats::FsStats::default(),
             remote,
             cfg,

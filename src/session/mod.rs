@@ -409,7 +409,13 @@ impl Remote for Session {
         Ok(self.handles.insert(path, mode, &link, h))
     }
 
-    async fn read(&self, f: FileId, offset: u64, len: u32) -> RemoteResult<Vec<u8>> {
+    async fn read(
+        &self,
+        f: FileId,
+        offset: u64,
+        len: u32,
+        size: Option<u64>,
+    ) -> RemoteResult<Vec<u8>> {
         self.with_handle("read", f, |l, h| async move {
             let chunk = l.sftp.max_read;
             // Pipeline: every chunk of the request in flight at once.
@@ -425,10 +431,11 @@ impl Remote for Session {
             for (i, (asked, data)) in parts.iter().enumerate() {
                 out.extend_from_slice(data);
                 if (data.len() as u32) < *asked {
-                    // Short: the end of the file if a later part came back empty (no
-                    // round trip more), else a server that returns less than asked:
-                    // read on from here until EOF or the request is filled.
-                    if parts[i + 1..].iter().any(|(_, d)| d.is_empty()) {
+                    // Short: the end of the file if a later part came back empty or the
+                    // known size ends here (no round trip more), else a server that
+                    // returns less than asked: read on until EOF or the request is filled.
+                    let end = offset + out.len() as u64;
+                    if size == Some(end) || parts[i + 1..].iter().any(|(_, d)| d.is_empty()) {
                         break;
                     }
                     while (out.len() as u32) < len {

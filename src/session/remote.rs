@@ -107,12 +107,14 @@ pub trait Remote: Send + Sync + 'static {
         mode: OpenMode,
         perm: Option<u32>,
     ) -> impl Future<Output = RemoteResult<FileId>> + Send;
-    /// Reads up to `len` bytes; fewer only at end of file.
+    /// Reads up to `len` bytes; fewer only at end of file. `size` is the file's size as
+    /// last known: a short answer ending exactly there needs no second look for EOF.
     fn read(
         &self,
         f: FileId,
         offset: u64,
         len: u32,
+        size: Option<u64>,
     ) -> impl Future<Output = RemoteResult<Vec<u8>>> + Send;
     /// Writes all of `data` at `offset`. May return before the server confirmed it
     /// (write-behind): a failure is then reported by every later write, `flush`, `fsync`

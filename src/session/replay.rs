@@ -107,6 +107,11 @@ where
                 replay = true;
             }
             other => {
+                tracing::trace!(
+                    op = what,
+                    us = sent.elapsed().as_micros() as u64,
+                    "answered"
+                );
                 stats.record_latency(sent.elapsed());
                 return other.map_err(RemoteError::Sftp);
             }

@@ -254,7 +254,6 @@ impl SftpClient {
             pending.push_back(self.raw.readdir(handle.as_str()));
         }
         let mut result = Ok(());
-        let mut more = true;
         while let Some(r) = pending.next().await {
             match r {
                 Ok(name) => {
@@ -266,20 +265,19 @@ impl SftpClient {
                         break;
                     }
                     depth = (depth * 2).min(READDIR_DEPTH);
-                    while more && pending.len() < depth {
+                    while pending.len() < depth {
                         pending.push_back(self.raw.readdir(handle.as_str()));
                     }
                 }
+                // Answers come in order: everything after the first EOF is EOF too.
                 Err(russh_sftp::client::error::Error::Status(s))
                     if s.status_code == StatusCode::Eof =>
                 {
-                    more = false
+                    break
                 }
                 Err(e) => {
-                    more = false;
-                    if result.is_ok() {
-                        result = Err(SftpError::from(e));
-                    }
+                    result = Err(SftpError::from(e));
+                    break;
                 }
             }
         }
