@@ -20,7 +20,7 @@
 //! | `status_group=GROUP` | group that may read the status socket |
 //! | `metrics_listen=ADDR:PORT` | also serve `/metrics` (and `/health`, `/status`) over TCP |
 //! | `max_conns=N` | SSH connections to use (1..=10, default 1): requests are spread over them by path, and consecutive MiB of one file's writes too (a far server's per-channel window caps one connection's upload) |
-//! | `write_behind=MIB` | MiB of writes acknowledged before the server confirmed them, across all files (default 64; failures reach flush/fsync/close; data is kept and replayed until confirmed) |
+//! | `write_behind=MIB` | MiB of writes acknowledged before the server confirmed them, across all files (default 32; failures reach flush/fsync/close; data is kept and replayed until confirmed) |
 //! | `sshfs_sync`, `sync_write` | every write waits for the server (= `write_behind=0`) |
 //! | `disable_hardlink` | refuse link(2) with EPERM even where the server could |
 //! | `ssh_config=FILE` | ssh_config to read instead of ~/.ssh/config (as `-F`; usable in fstab) |
@@ -400,7 +400,7 @@ impl MountConfig {
             delay_connect: false,
             timeout: Duration::from_secs(180),
             max_conns: 1,
-            write_behind: 64 << 20,
+            write_behind: 32 << 20,
             allow_other: false,
             allow_root: false,
             default_permissions: false,

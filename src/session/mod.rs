@@ -427,29 +427,33 @@ impl Remote for Session {
                 async move { l.sftp.read(h, off, n).await.map(|d| (n, d)) }
             });
             let parts = try_join_all(parts).await?;
-            let mut out = Vec::with_capacity(len as usize);
-            for (i, (asked, data)) in parts.iter().enumerate() {
-                out.extend_from_slice(data);
-                if (data.len() as u32) < *asked {
-                    // Short: the end of the file if a later part came back empty or the
-                    // known size ends here (no round trip more), else a server that
-                    // returns less than asked: read on until EOF or the request is filled.
-                    let end = offset + out.len() as u64;
-                    if size == Some(end) || parts[i + 1..].iter().any(|(_, d)| d.is_empty()) {
-                        break;
-                    }
-                    while (out.len() as u32) < len {
-                        let more = l
-                            .sftp
-                            .read(&h, offset + out.len() as u64, len - out.len() as u32)
-                            .await?;
-                        if more.is_empty() {
-                            break;
-                        }
-                        out.extend_from_slice(&more);
-                    }
+            // The data ends at the first short part. That is the end of the file if a
+            // later part came back empty or the known size ends there (no round trip
+            // more); else the server returned less than asked: read on until EOF or full.
+            let short = parts
+                .iter()
+                .position(|(asked, d)| (d.len() as u32) < *asked);
+            let keep = short.map_or(parts.len(), |i| i + 1);
+            let got: u64 = parts[..keep].iter().map(|(_, d)| d.len() as u64).sum();
+            let eof_known = short.is_none_or(|i| {
+                size == Some(offset + got) || parts[i + 1..].iter().any(|(_, d)| d.is_empty())
+            });
+            let mut data = parts.into_iter().take(keep).map(|(_, d)| d);
+            // The first part becomes the reply buffer: one copy less.
+            let mut out = data.next().unwrap_or_default();
+            out.reserve((len as usize).saturating_sub(out.len()));
+            for d in data {
+                out.extend_from_slice(&d);
+            }
+            while !eof_known && (out.len() as u32) < len {
+                let more = l
+                    .sftp
+                    .read(&h, offset + out.len() as u64, len - out.len() as u32)
+                    .await?;
+                if more.is_empty() {
                     break;
                 }
+                out.extend_from_slice(&more);
             }
             Ok(out)
         })

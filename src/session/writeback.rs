@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use super::remote::{RemoteError, RemoteResult};
 
 /// Bytes of one file that may be on their way at once.
-pub const PER_FILE_BYTES: usize = 16 << 20;
+pub const PER_FILE_BYTES: usize = 8 << 20;
 
 #[derive(Default)]
 struct State {
