@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark: mastofs vs sshfs on the same local sshd, same run, interleaved.
 
-Usage: scripts/bench.py [--quick] [--rtt-ms N] [--files N] [--big-mib N] [--bin PATH]
+Usage: scripts/bench.py [--quick] [--rtt-ms N] [--files N] [--big-mib N] [--deletes N] [--bin PATH]
 
 Starts a throw-away sshd (scripts/demo-server.sh), optionally behind the project's latency
-proxy (examples/faultproxy.rs) adding N ms of round trip, mounts mastofs, sshfs
-(reconnect,ServerAliveInterval=15) and sshfs with max_conns=4 on it, runs each workload on
+proxy (examples/faultproxy.rs) adding N ms of round trip, mounts mastofs and sshfs
+(reconnect,ServerAliveInterval=15), each also with max_conns=4, runs each workload on
 each mount in turn, and prints one table with the figures and the mastofs/sshfs ratios,
 plus OpenSSH's own ceilings on the same link (sftp get, ssh cat with aes128-gcm).
 --quick uses tiny sizes: it proves the script works (CI), not speed. At 13 ms, sshfs
-creates about 4 small files a second: --files 500 --big-mib 256 keeps such a run short.
+creates about 9 small files and deletes about 24 a second:
+--files 150 --big-mib 256 --deletes 2000 keeps such a run short.
 """
 import argparse
 import os
@@ -163,6 +164,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--files", type=int, default=5000, help="small files created/read (default 5000)")
     ap.add_argument("--big-mib", type=int, default=1024, help="size of the large files (default 1024)")
+    ap.add_argument("--deletes", type=int, default=10000, help="files deleted (default 10000)")
     ap.add_argument("--rtt-ms", type=float, default=0)
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/mastofs"))
     ap.add_argument("--proxy", default=os.path.join(ROOT, "target/release/examples/faultproxy"))
@@ -171,7 +173,7 @@ def main():
     big = (16 << 20) if q else (args.big_mib << 20)
     nsmall = 100 if q else args.files
     nlist = 500 if q else 10000
-    ndel = 500 if q else min(10000, 2 * nsmall)
+    ndel = 500 if q else args.deletes
     nwal = 2 if q else 20
     nlat = 20 if q else 200
 
