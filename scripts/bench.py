@@ -211,6 +211,9 @@ def main():
 
         def each(fn):
             for t in tools:
+                # Dirty pages of the previous workload are written back first, so that
+                # disk I/O does not land in the next measurement.
+                os.sync()
                 fn(t, rig.mounts[t])
 
         def seq_write(t, m):
