@@ -84,6 +84,9 @@ fn connected_endpoints_counters_and_permissions() {
     assert!(v["bytes_written"].as_u64().unwrap() >= 300_000, "{v}");
     assert!(v["connected_since"].is_string());
     assert_eq!(v["reconnects"], 0);
+    assert_eq!(v["connections"], 1);
+    assert_eq!(v["connections_up"], 1);
+    assert!(v["unconfirmed_write_bytes"].is_u64(), "{v}");
 
     let (code, text) = get(&grp, "/metrics");
     assert_eq!(code, 200);

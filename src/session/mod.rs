@@ -126,6 +126,15 @@ impl Session {
         self.primary()
     }
 
+    /// Connections configured (`max_conns`) and up right now.
+    pub fn connections(&self) -> usize {
+        self.sups.len()
+    }
+
+    pub fn connections_up(&self) -> usize {
+        self.sups.iter().filter(|s| s.is_up()).count()
+    }
+
     fn primary(&self) -> &Supervisor {
         // `new` makes at least one.
         &self.sups[0]

@@ -36,7 +36,7 @@ fn summary(v: &serde_json::Value) -> String {
     let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_string();
     let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
     let mut out = format!(
-        "{}: {} ({}:{})\n  reconnects {}, replays {}, give-ups {}, in flight {}, waiting {}, open files {}\n",
+        "{}: {} ({}:{})\n  reconnects {}, replays {}, give-ups {}, in flight {}, waiting {}, open files {}\n  connections {}/{}, unconfirmed writes {} KiB\n",
         s("mountpoint"),
         s("state").to_uppercase(),
         s("host"),
@@ -47,6 +47,9 @@ fn summary(v: &serde_json::Value) -> String {
         n("requests_in_flight"),
         n("requests_waiting"),
         n("open_files"),
+        n("connections_up"),
+        n("connections"),
+        n("unconfirmed_write_bytes") / 1024,
     );
     if let Some(rtt) = v.get("rtt_ms_smoothed").and_then(|x| x.as_f64()) {
         out.push_str(&format!("  round trip {rtt:.1} ms\n"));

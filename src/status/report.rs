@@ -43,6 +43,11 @@ pub struct Snapshot {
     pub attr_cache_entries: u64,
     pub attr_cache_hit_rate: Option<f64>,
     pub open_files: u64,
+    /// Bytes acknowledged to applications and not yet confirmed by the server.
+    pub unconfirmed_write_bytes: u64,
+    /// Connections up, of those configured (`max_conns`).
+    pub connections_up: u64,
+    pub connections: u64,
     pub inodes: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
@@ -169,6 +174,18 @@ impl Snapshot {
             &one(self.open_files.to_string()),
         );
         metric(
+            "unconfirmed_write_bytes",
+            "gauge",
+            "bytes written by applications, not yet confirmed by the server",
+            &one(self.unconfirmed_write_bytes.to_string()),
+        );
+        metric(
+            "connections_up",
+            "gauge",
+            "SSH connections up (of max_conns)",
+            &one(self.connections_up.to_string()),
+        );
+        metric(
             "cache_entries",
             "gauge",
             "entries in the attribute cache",
@@ -288,9 +305,11 @@ mod tests {
             ops: vec![("lookup", 0, 3), ("lookup", libc::ENOENT, 1)],
             latency_buckets: vec![1; LATENCY_BUCKETS.len()],
             latency_count: 1,
+            unconfirmed_write_bytes: 4096,
             ..Default::default()
         };
         let m = s.metrics();
+        assert!(m.contains("mastofs_unconfirmed_write_bytes{mountpoint=\"/mnt/a \\\"b\\\"\"} 4096"));
         assert!(m.contains("# TYPE mastofs_up gauge"));
         assert!(m.contains("mastofs_up{mountpoint=\"/mnt/a \\\"b\\\"\"} 0"));
         assert!(m.contains("mastofs_operations_total{mountpoint=\"/mnt/a \\\"b\\\"\",op=\"lookup\",errno=\"ENOENT\"} 1"));
