@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use russh_sftp::protocol::StatusCode;
 
-use crate::session::{
+use crate::session::remote::{
     Attrs, Capabilities, DirEntry, FileId, Kind, OpenMode, Remote, RemoteError, RemoteResult,
     RenameMode, SftpError, StatVfs,
 };

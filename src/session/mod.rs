@@ -1,12 +1,15 @@
 //! The logical session: remote operations that survive connection loss.
 //!
-//! Owns [`Session`], the real [`Remote`]: every request goes through [`replay::run`]
-//! (wait for a link, resend after a transport error, reconcile non-idempotent outcomes),
-//! file handles are logical ([`handles`]) and reopened on new connections, and the
-//! [`supervisor`] keeps a connection up. It must never know about inodes, caches or the
-//! kernel, and never import the filesystem layer.
+//! Owns [`Session`], the real [`Remote`] (its operations are in `ops`): every request
+//! goes through [`replay::run`] (wait for a link, resend after a transport error, reconcile
+//! non-idempotent outcomes) on the connection chosen for its path (`max_conns`), file
+//! handles are logical ([`handles`]) and reopened on new connections, writes may be
+//! acknowledged early ([`writeback`]), and one [`supervisor`] per connection keeps it up.
+//! It must never know about inodes, caches or the kernel, and never import the filesystem
+//! layer.
 
 pub mod handles;
+mod ops;
 pub mod remote;
 pub mod replay;
 pub mod supervisor;
@@ -21,10 +24,9 @@ use tokio::sync::Semaphore;
 use crate::ssh::{SshError, Target};
 
 pub use remote::{
-    Attrs, Capabilities, DirEntry, FileId, Kind, OpenMode, Remote, RemoteError, RemoteResult,
-    RenameMode, SftpError, StatVfs,
+    Attrs, Capabilities, FileId, Kind, Remote, RemoteError, RemoteResult, RenameMode, SftpError,
 };
-use replay::{exists_is_done, gone_is_done, renamed_is_done, ReplayStats};
+use replay::ReplayStats;
 use supervisor::{Link, LinkState, Supervisor};
 
 pub struct Session {
@@ -76,7 +78,7 @@ impl Session {
 
     /// Waits until the writes of every open file whose path satisfies `pred` are answered
     /// (so a request about that file sees their effect).
-    async fn settle_paths(&self, pred: impl Fn(&str) -> bool) {
+    pub(super) async fn settle_paths(&self, pred: impl Fn(&str) -> bool) {
         if self.unconfirmed_bytes() == 0 {
             return;
         }
@@ -98,7 +100,7 @@ impl Session {
         Ok(link)
     }
 
-    fn learn_caps(&self, link: &Link) {
+    pub(super) fn learn_caps(&self, link: &Link) {
         let e = &link.sftp.extensions;
         if let Ok(mut c) = self.caps.lock() {
             *c = Capabilities {
@@ -135,7 +137,7 @@ impl Session {
         self.sups.iter().filter(|s| s.is_up()).count()
     }
 
-    fn primary(&self) -> &Supervisor {
+    pub(super) fn primary(&self) -> &Supervisor {
         // `new` makes at least one.
         &self.sups[0]
     }
@@ -166,7 +168,12 @@ impl Session {
     }
 
     /// Runs `op` through replay on the connection for `key` (see [`Session::sup_for`]).
-    async fn run<T, F, Fut>(&self, what: &str, key: (&str, u64), op: F) -> RemoteResult<T>
+    pub(super) async fn run<T, F, Fut>(
+        &self,
+        what: &str,
+        key: (&str, u64),
+        op: F,
+    ) -> RemoteResult<T>
     where
         F: Fn(Arc<Link>, bool) -> Fut,
         Fut: std::future::Future<Output = Result<T, SftpError>>,
@@ -176,7 +183,7 @@ impl Session {
     }
 
     /// The open file behind `f`, once every write to its path is answered.
-    async fn settled(&self, f: FileId) -> RemoteResult<Arc<handles::OpenFile>> {
+    pub(super) async fn settled(&self, f: FileId) -> RemoteResult<Arc<handles::OpenFile>> {
         let file = self.handles.get(f).ok_or(RemoteError::BadHandle)?;
         let path = file.path();
         self.settle_paths(|p| p == path).await;
@@ -185,7 +192,12 @@ impl Session {
 
     /// Runs `op` with the remote handle of `f` on a live link (reopening it there), after
     /// the writes to that file are answered.
-    async fn with_handle<T, F, Fut>(&self, what: &str, f: FileId, op: F) -> RemoteResult<T>
+    pub(super) async fn with_handle<T, F, Fut>(
+        &self,
+        what: &str,
+        f: FileId,
+        op: F,
+    ) -> RemoteResult<T>
     where
         F: Fn(Arc<Link>, Arc<crate::sftp::RemoteHandle>) -> Fut,
         Fut: std::future::Future<Output = Result<T, SftpError>>,
@@ -196,7 +208,7 @@ impl Session {
 
     /// Runs `op` with the remote handle of `file` on a live link (opening it there), on
     /// the connection for the file's `stripe`.
-    async fn with_file<T, F, Fut>(
+    pub(super) async fn with_file<T, F, Fut>(
         &self,
         what: &str,
         file: &Arc<handles::OpenFile>,
@@ -235,7 +247,7 @@ impl Session {
     }
 
     /// Sends one write and waits for the server's answer (replaying it as needed).
-    async fn write_now(
+    pub(super) async fn write_now(
         &self,
         file: &Arc<handles::OpenFile>,
         offset: u64,
@@ -257,279 +269,5 @@ impl Session {
             try_join_all(parts).await.map(|_| ())
         })
         .await
-    }
-}
-
-impl Remote for Session {
-    fn is_connected(&self) -> bool {
-        self.primary().is_up()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        if let LinkState::Up(l) = self.primary().state() {
-            self.learn_caps(&l);
-        }
-        self.caps.lock().map(|c| *c).unwrap_or_default()
-    }
-
-    async fn lstat(&self, path: &str) -> RemoteResult<Attrs> {
-        self.settle_paths(|p| p == path).await;
-        self.run("lstat", (path, 0), |l, _| async move {
-            l.sftp.lstat(path).await
-        })
-        .await
-    }
-
-    async fn stat(&self, path: &str) -> RemoteResult<Attrs> {
-        self.settle_paths(|p| p == path).await;
-        self.run(
-            "stat",
-            (path, 0),
-            |l, _| async move { l.sftp.stat(path).await },
-        )
-        .await
-    }
-
-    async fn setstat(&self, path: &str, attrs: &Attrs) -> RemoteResult<()> {
-        self.settle_paths(|p| p == path).await;
-        self.run("setstat", (path, 0), |l, _| async move {
-            l.sftp.setstat(path, attrs).await
-        })
-        .await
-    }
-
-    async fn read_dir(&self, path: &str, max: usize) -> RemoteResult<Option<Vec<DirEntry>>> {
-        self.settle_paths(|p| p.rsplit_once('/').map_or("", |(d, _)| d) == path)
-            .await;
-        self.run("readdir", (path, 0), |l, _| async move {
-            l.sftp.read_dir(path, max).await
-        })
-        .await
-    }
-
-    async fn readlink(&self, path: &str) -> RemoteResult<String> {
-        self.run("readlink", (path, 0), |l, _| async move {
-            l.sftp.readlink(path).await
-        })
-        .await
-    }
-
-    async fn realpath(&self, path: &str) -> RemoteResult<String> {
-        self.run("realpath", (path, 0), |l, _| async move {
-            l.sftp.realpath(path).await
-        })
-        .await
-    }
-
-    async fn mkdir(&self, path: &str, perm: u32) -> RemoteResult<()> {
-        self.run("mkdir", (path, 0), |l, replay| async move {
-            let r = l.sftp.mkdir(path, &Attrs::with_perm(perm)).await;
-            exists_is_done(&l, replay, path, Kind::Dir, r).await
-        })
-        .await
-    }
-
-    async fn rmdir(&self, path: &str) -> RemoteResult<()> {
-        self.run("rmdir", (path, 0), |l, replay| async move {
-            gone_is_done(replay, l.sftp.rmdir(path).await)
-        })
-        .await
-    }
-
-    async fn remove(&self, path: &str) -> RemoteResult<()> {
-        self.run("remove", (path, 0), |l, replay| async move {
-            gone_is_done(replay, l.sftp.remove(path).await)
-        })
-        .await
-    }
-
-    async fn rename(&self, from: &str, to: &str, mode: RenameMode) -> RemoteResult<()> {
-        self.run("rename", (from, 0), |l, replay| async move {
-            let r = match mode {
-                // Plain SFTP rename refuses an existing target on OpenSSH, which is
-                // exactly RENAME_NOREPLACE; the caller checked the target beforehand for
-                // servers that replace.
-                RenameMode::NoReplace => l.sftp.rename(from, to).await,
-                RenameMode::Replace if l.sftp.extensions.posix_rename => {
-                    l.sftp.posix_rename(from, to).await
-                }
-                RenameMode::Replace => match l.sftp.rename(from, to).await {
-                    // No atomic replace on this server: remove the target, then rename.
-                    Err(e) if !e.is_transport() && l.sftp.lstat(to).await.is_ok() => {
-                        l.sftp.remove(to).await.map_err(|_| e)?;
-                        l.sftp.rename(from, to).await
-                    }
-                    other => other,
-                },
-            };
-            renamed_is_done(&l, replay, from, to, r).await
-        })
-        .await?;
-        self.handles.renamed(from, to);
-        Ok(())
-    }
-
-    async fn symlink(&self, target: &str, link: &str) -> RemoteResult<()> {
-        self.run("symlink", (link, 0), |l, replay| async move {
-            let r = l.sftp.symlink(target, link).await;
-            exists_is_done(&l, replay, link, Kind::Symlink, r).await
-        })
-        .await
-    }
-
-    async fn hardlink(&self, from: &str, to: &str) -> RemoteResult<()> {
-        self.run("link", (to, 0), |l, replay| async move {
-            let r = l.sftp.hardlink(from, to).await;
-            exists_is_done(&l, replay, to, Kind::File, r).await
-        })
-        .await
-    }
-
-    async fn statvfs(&self, path: &str) -> RemoteResult<StatVfs> {
-        self.run("statvfs", (path, 0), |l, _| async move {
-            l.sftp.statvfs(path).await
-        })
-        .await
-    }
-
-    async fn open(&self, path: &str, mode: OpenMode, perm: Option<u32>) -> RemoteResult<FileId> {
-        self.settle_paths(|p| p == path).await;
-        let attrs = perm.map(Attrs::with_perm).unwrap_or_default();
-        let (link, h) = self
-            .run("open", (path, 0), |l, replay| {
-                let attrs = &attrs;
-                async move {
-                    // A replayed exclusive create that finds the file: the first attempt
-                    // made it. Open it without O_EXCL/O_TRUNC.
-                    let m = if replay && mode.exclusive {
-                        OpenMode {
-                            exclusive: false,
-                            truncate: false,
-                            ..mode
-                        }
-                    } else {
-                        mode
-                    };
-                    let h = l.sftp.open(path, m, attrs).await?;
-                    Ok((l, h))
-                }
-            })
-            .await?;
-        Ok(self.handles.insert(path, mode, &link, h))
-    }
-
-    async fn read(
-        &self,
-        f: FileId,
-        offset: u64,
-        len: u32,
-        size: Option<u64>,
-    ) -> RemoteResult<Vec<u8>> {
-        self.with_handle("read", f, |l, h| async move {
-            let chunk = l.sftp.max_read;
-            // Pipeline: every chunk of the request in flight at once.
-            let parts = (0..len.div_ceil(chunk)).map(|i| {
-                let off = offset + (i * chunk) as u64;
-                let n = chunk.min(len - i * chunk);
-                let l = &l;
-                let h = &h;
-                async move { l.sftp.read(h, off, n).await.map(|d| (n, d)) }
-            });
-            let parts = try_join_all(parts).await?;
-            // The data ends at the first short part. That is the end of the file if a
-            // later part came back empty or the known size ends there (no round trip
-            // more); else the server returned less than asked: read on until EOF or full.
-            let short = parts
-                .iter()
-                .position(|(asked, d)| (d.len() as u32) < *asked);
-            let keep = short.map_or(parts.len(), |i| i + 1);
-            let got: u64 = parts[..keep].iter().map(|(_, d)| d.len() as u64).sum();
-            let eof_known = short.is_none_or(|i| {
-                size == Some(offset + got) || parts[i + 1..].iter().any(|(_, d)| d.is_empty())
-            });
-            let mut data = parts.into_iter().take(keep).map(|(_, d)| d);
-            // The first part becomes the reply buffer: one copy less.
-            let mut out = data.next().unwrap_or_default();
-            out.reserve((len as usize).saturating_sub(out.len()));
-            for d in data {
-                out.extend_from_slice(&d);
-            }
-            while !eof_known && (out.len() as u32) < len {
-                let more = l
-                    .sftp
-                    .read(&h, offset + out.len() as u64, len - out.len() as u32)
-                    .await?;
-                if more.is_empty() {
-                    break;
-                }
-                out.extend_from_slice(&more);
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn write(&self, f: FileId, offset: u64, data: Vec<u8>) -> RemoteResult<()> {
-        let file = self.handles.get(f).ok_or(RemoteError::BadHandle)?;
-        let len = data.len();
-        let me = self.me.upgrade();
-        let (Some(me), true) = (me, len <= self.write_behind) else {
-            file.wb.settle().await?;
-            return self.write_now(&file, offset, &data).await;
-        };
-        // The semaphore is never closed; a failure here cannot happen.
-        let permit = self
-            .write_budget
-            .clone()
-            .acquire_many_owned(len as u32)
-            .await
-            .map_err(|_| RemoteError::BadHandle)?;
-        file.wb.begin(offset, len).await?;
-        tokio::spawn(async move {
-            let r = me.write_now(&file, offset, &data).await;
-            if let Err(e) = &r {
-                tracing::warn!(path = %file.path(), offset, error = %e,
-                    "acknowledged write failed; reported at the next flush, fsync or close");
-            }
-            file.wb.end(offset, len, r);
-            drop(permit);
-        });
-        Ok(())
-    }
-
-    async fn flush(&self, f: FileId) -> RemoteResult<()> {
-        let file = self.handles.get(f).ok_or(RemoteError::BadHandle)?;
-        file.wb.settle().await
-    }
-
-    async fn fstat(&self, f: FileId) -> RemoteResult<Attrs> {
-        self.with_handle("fstat", f, |l, h| async move { l.sftp.fstat(&h).await })
-            .await
-    }
-
-    async fn fsetstat(&self, f: FileId, attrs: &Attrs) -> RemoteResult<()> {
-        self.with_handle("fsetstat", f, |l, h| async move {
-            l.sftp.fsetstat(&h, attrs).await
-        })
-        .await
-    }
-
-    async fn fsync(&self, f: FileId) -> RemoteResult<()> {
-        self.flush(f).await?;
-        if !self.capabilities().fsync {
-            // Every write is confirmed now; there is no way to ask the server to flush its
-            // own disk.
-            return Ok(());
-        }
-        self.with_handle("fsync", f, |l, h| async move { l.sftp.fsync(&h).await })
-            .await
-    }
-
-    async fn close(&self, f: FileId) -> RemoteResult<()> {
-        // Every write is answered before the handle goes; a failed one is reported here.
-        let written = self.flush(f).await;
-        let file = self.handles.remove(f).ok_or(RemoteError::BadHandle)?;
-        file.close_all().await;
-        written
     }
 }

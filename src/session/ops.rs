@@ -1,0 +1,291 @@
+//! The remote operations of a [`Session`]: each one a request through replay, on the
+//! connection for its path, after the pending writes it must see.
+//!
+//! Owns how every [`Remote`] method maps onto SFTP requests: splitting reads and writes
+//! into pipelined requests, write-behind, reconciling replayed non-idempotent requests, and
+//! closing handles. It must never reconnect or choose connections itself (that is
+//! [`super::supervisor`] and [`Session::sup_for`]).
+
+use futures::future::try_join_all;
+
+use super::remote::{
+    Attrs, Capabilities, DirEntry, FileId, Kind, OpenMode, Remote, RemoteError, RemoteResult,
+    RenameMode, StatVfs,
+};
+use super::replay::{exists_is_done, gone_is_done, renamed_is_done};
+use super::supervisor::LinkState;
+use super::Session;
+
+impl Remote for Session {
+    fn is_connected(&self) -> bool {
+        self.primary().is_up()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        if let LinkState::Up(l) = self.primary().state() {
+            self.learn_caps(&l);
+        }
+        self.caps.lock().map(|c| *c).unwrap_or_default()
+    }
+
+    async fn lstat(&self, path: &str) -> RemoteResult<Attrs> {
+        self.settle_paths(|p| p == path).await;
+        self.run("lstat", (path, 0), |l, _| async move {
+            l.sftp.lstat(path).await
+        })
+        .await
+    }
+
+    async fn stat(&self, path: &str) -> RemoteResult<Attrs> {
+        self.settle_paths(|p| p == path).await;
+        self.run(
+            "stat",
+            (path, 0),
+            |l, _| async move { l.sftp.stat(path).await },
+        )
+        .await
+    }
+
+    async fn setstat(&self, path: &str, attrs: &Attrs) -> RemoteResult<()> {
+        self.settle_paths(|p| p == path).await;
+        self.run("setstat", (path, 0), |l, _| async move {
+            l.sftp.setstat(path, attrs).await
+        })
+        .await
+    }
+
+    async fn read_dir(&self, path: &str, max: usize) -> RemoteResult<Option<Vec<DirEntry>>> {
+        self.settle_paths(|p| p.rsplit_once('/').map_or("", |(d, _)| d) == path)
+            .await;
+        self.run("readdir", (path, 0), |l, _| async move {
+            l.sftp.read_dir(path, max).await
+        })
+        .await
+    }
+
+    async fn readlink(&self, path: &str) -> RemoteResult<String> {
+        self.run("readlink", (path, 0), |l, _| async move {
+            l.sftp.readlink(path).await
+        })
+        .await
+    }
+
+    async fn realpath(&self, path: &str) -> RemoteResult<String> {
+        self.run("realpath", (path, 0), |l, _| async move {
+            l.sftp.realpath(path).await
+        })
+        .await
+    }
+
+    async fn mkdir(&self, path: &str, perm: u32) -> RemoteResult<()> {
+        self.run("mkdir", (path, 0), |l, replay| async move {
+            let r = l.sftp.mkdir(path, &Attrs::with_perm(perm)).await;
+            exists_is_done(&l, replay, path, Kind::Dir, r).await
+        })
+        .await
+    }
+
+    async fn rmdir(&self, path: &str) -> RemoteResult<()> {
+        self.run("rmdir", (path, 0), |l, replay| async move {
+            gone_is_done(replay, l.sftp.rmdir(path).await)
+        })
+        .await
+    }
+
+    async fn remove(&self, path: &str) -> RemoteResult<()> {
+        self.run("remove", (path, 0), |l, replay| async move {
+            gone_is_done(replay, l.sftp.remove(path).await)
+        })
+        .await
+    }
+
+    async fn rename(&self, from: &str, to: &str, mode: RenameMode) -> RemoteResult<()> {
+        self.run("rename", (from, 0), |l, replay| async move {
+            let r = match mode {
+                // Plain SFTP rename refuses an existing target on OpenSSH, which is
+                // exactly RENAME_NOREPLACE; the caller checked the target beforehand for
+                // servers that replace.
+                RenameMode::NoReplace => l.sftp.rename(from, to).await,
+                RenameMode::Replace if l.sftp.extensions.posix_rename => {
+                    l.sftp.posix_rename(from, to).await
+                }
+                RenameMode::Replace => match l.sftp.rename(from, to).await {
+                    // No atomic replace on this server: remove the target, then rename.
+                    Err(e) if !e.is_transport() && l.sftp.lstat(to).await.is_ok() => {
+                        l.sftp.remove(to).await.map_err(|_| e)?;
+                        l.sftp.rename(from, to).await
+                    }
+                    other => other,
+                },
+            };
+            renamed_is_done(&l, replay, from, to, r).await
+        })
+        .await?;
+        self.handles.renamed(from, to);
+        Ok(())
+    }
+
+    async fn symlink(&self, target: &str, link: &str) -> RemoteResult<()> {
+        self.run("symlink", (link, 0), |l, replay| async move {
+            let r = l.sftp.symlink(target, link).await;
+            exists_is_done(&l, replay, link, Kind::Symlink, r).await
+        })
+        .await
+    }
+
+    async fn hardlink(&self, from: &str, to: &str) -> RemoteResult<()> {
+        self.run("link", (to, 0), |l, replay| async move {
+            let r = l.sftp.hardlink(from, to).await;
+            exists_is_done(&l, replay, to, Kind::File, r).await
+        })
+        .await
+    }
+
+    async fn statvfs(&self, path: &str) -> RemoteResult<StatVfs> {
+        self.run("statvfs", (path, 0), |l, _| async move {
+            l.sftp.statvfs(path).await
+        })
+        .await
+    }
+
+    async fn open(&self, path: &str, mode: OpenMode, perm: Option<u32>) -> RemoteResult<FileId> {
+        self.settle_paths(|p| p == path).await;
+        let attrs = perm.map(Attrs::with_perm).unwrap_or_default();
+        let (link, h) = self
+            .run("open", (path, 0), |l, replay| {
+                let attrs = &attrs;
+                async move {
+                    // A replayed exclusive create that finds the file: the first attempt
+                    // made it. Open it without O_EXCL/O_TRUNC.
+                    let m = if replay && mode.exclusive {
+                        OpenMode {
+                            exclusive: false,
+                            truncate: false,
+                            ..mode
+                        }
+                    } else {
+                        mode
+                    };
+                    let h = l.sftp.open(path, m, attrs).await?;
+                    Ok((l, h))
+                }
+            })
+            .await?;
+        Ok(self.handles.insert(path, mode, &link, h))
+    }
+
+    async fn read(
+        &self,
+        f: FileId,
+        offset: u64,
+        len: u32,
+        size: Option<u64>,
+    ) -> RemoteResult<Vec<u8>> {
+        self.with_handle("read", f, |l, h| async move {
+            let chunk = l.sftp.max_read;
+            // Pipeline: every chunk of the request in flight at once.
+            let parts = (0..len.div_ceil(chunk)).map(|i| {
+                let off = offset + (i * chunk) as u64;
+                let n = chunk.min(len - i * chunk);
+                let l = &l;
+                let h = &h;
+                async move { l.sftp.read(h, off, n).await.map(|d| (n, d)) }
+            });
+            let parts = try_join_all(parts).await?;
+            // The data ends at the first short part. That is the end of the file if a
+            // later part came back empty or the known size ends there (no round trip
+            // more); else the server returned less than asked: read on until EOF or full.
+            let short = parts
+                .iter()
+                .position(|(asked, d)| (d.len() as u32) < *asked);
+            let keep = short.map_or(parts.len(), |i| i + 1);
+            let got: u64 = parts[..keep].iter().map(|(_, d)| d.len() as u64).sum();
+            let eof_known = short.is_none_or(|i| {
+                size == Some(offset + got) || parts[i + 1..].iter().any(|(_, d)| d.is_empty())
+            });
+            let mut data = parts.into_iter().take(keep).map(|(_, d)| d);
+            // The first part becomes the reply buffer: one copy less.
+            let mut out = data.next().unwrap_or_default();
+            out.reserve((len as usize).saturating_sub(out.len()));
+            for d in data {
+                out.extend_from_slice(&d);
+            }
+            while !eof_known && (out.len() as u32) < len {
+                let more = l
+                    .sftp
+                    .read(&h, offset + out.len() as u64, len - out.len() as u32)
+                    .await?;
+                if more.is_empty() {
+                    break;
+                }
+                out.extend_from_slice(&more);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn write(&self, f: FileId, offset: u64, data: Vec<u8>) -> RemoteResult<()> {
+        let file = self.handles.get(f).ok_or(RemoteError::BadHandle)?;
+        let len = data.len();
+        let me = self.me.upgrade();
+        let (Some(me), true) = (me, len <= self.write_behind) else {
+            file.wb.settle().await?;
+            return self.write_now(&file, offset, &data).await;
+        };
+        // The semaphore is never closed; a failure here cannot happen.
+        let permit = self
+            .write_budget
+            .clone()
+            .acquire_many_owned(len as u32)
+            .await
+            .map_err(|_| RemoteError::BadHandle)?;
+        file.wb.begin(offset, len).await?;
+        tokio::spawn(async move {
+            let r = me.write_now(&file, offset, &data).await;
+            if let Err(e) = &r {
+                tracing::warn!(path = %file.path(), offset, error = %e,
+                    "acknowledged write failed; reported at the next flush, fsync or close");
+            }
+            file.wb.end(offset, len, r);
+            drop(permit);
+        });
+        Ok(())
+    }
+
+    async fn flush(&self, f: FileId) -> RemoteResult<()> {
+        let file = self.handles.get(f).ok_or(RemoteError::BadHandle)?;
+        file.wb.settle().await
+    }
+
+    async fn fstat(&self, f: FileId) -> RemoteResult<Attrs> {
+        self.with_handle("fstat", f, |l, h| async move { l.sftp.fstat(&h).await })
+            .await
+    }
+
+    async fn fsetstat(&self, f: FileId, attrs: &Attrs) -> RemoteResult<()> {
+        self.with_handle("fsetstat", f, |l, h| async move {
+            l.sftp.fsetstat(&h, attrs).await
+        })
+        .await
+    }
+
+    async fn fsync(&self, f: FileId) -> RemoteResult<()> {
+        self.flush(f).await?;
+        if !self.capabilities().fsync {
+            // Every write is confirmed now; there is no way to ask the server to flush its
+            // own disk.
+            return Ok(());
+        }
+        self.with_handle("fsync", f, |l, h| async move { l.sftp.fsync(&h).await })
+            .await
+    }
+
+    async fn close(&self, f: FileId) -> RemoteResult<()> {
+        // Every write is answered before the handle goes; a failed one is reported here.
+        let written = self.flush(f).await;
+        let file = self.handles.remove(f).ok_or(RemoteError::BadHandle)?;
+        file.close_all().await;
+        written
+    }
+}
