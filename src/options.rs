@@ -486,6 +486,10 @@ mod tests {
             .contains("no-such-user-xyz"));
         assert!(parse("umask=999").unwrap_err().contains("octal"));
         assert!(parse("max_conns=50").is_err());
+        assert_eq!(parse("max_conns=4").unwrap().max_conns, 4);
+        assert_eq!(parse("sshfs_sync").unwrap().write_behind, 0);
+        assert_eq!(parse("write_behind=8").unwrap().write_behind, 8 << 20);
+        assert!(parse("write_behind=5000").is_err());
         assert!(parse("timeout").unwrap_err().contains("needs a value"));
     }
 

@@ -341,3 +341,19 @@ fn a_file_another_client_creates_is_visible_at_once() {
         || fs::read(m.p("mine/theirs")).is_ok_and(|d| d == b"u"),
     );
 }
+
+#[test]
+fn kernel_cached_pages_follow_a_change_on_the_server() {
+    let s = Server::start();
+    let m = Mount::new(&s, "attr_timeout=1,entry_timeout=1");
+    fs::write(s.served.join("f"), b"first version").unwrap();
+    // Twice: the second open may keep the kernel's pages (unchanged file).
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"first version");
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"first version");
+    fs::write(s.served.join("f"), b"second, longer version").unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "new content through the mount",
+        || fs::read(m.p("f")).is_ok_and(|d| d == b"second, longer version"),
+    );
+}
