@@ -180,7 +180,12 @@ fn kernel_mount(cfg: &MountConfig) -> Result<std::os::fd::OwnedFd, String> {
 /// Mounts and serves until unmounted. Errors are one line for the operator.
 pub fn run(cfg: MountConfig, target: Target, ready: &mut Ready) -> Result<(), String> {
     let (target_host, target_port) = (target.host.clone(), target.port);
+    // Half the cores: the kernel's FUSE copies, the request loop thread and the machine's
+    // own work need the rest (on 2 cores one worker created files ~10 % faster with ~15 %
+    // less CPU than two, and read as fast).
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads((cores / 2).max(1))
         .enable_all()
         .thread_name("mastofs")
         .build()
