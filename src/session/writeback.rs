@@ -119,20 +119,20 @@ impl WriteBehind {
 mod tests {
     use super::*;
     use crate::sftp::SftpError;
-    use std::sync::Arc;
-    use std::time::Duration;
+    use futures::FutureExt;
 
     #[tokio::test]
     async fn overlapping_write_waits_for_the_earlier_one() {
-        let wb = Arc::new(WriteBehind::default());
+        let wb = WriteBehind::default();
         wb.begin(0, 100).await.unwrap();
         wb.begin(100, 100).await.unwrap(); // adjacent: no overlap
-        let w = wb.clone();
-        let later = tokio::spawn(async move { w.begin(50, 10).await });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!later.is_finished(), "an overlapping write must wait");
+        let mut later = Box::pin(wb.begin(50, 10));
+        assert!(
+            (&mut later).now_or_never().is_none(),
+            "an overlapping write must wait"
+        );
         wb.end(0, 100, Ok(()));
-        later.await.unwrap().unwrap();
+        later.await.unwrap();
         assert!(!wb.is_idle());
     }
 
@@ -152,13 +152,13 @@ mod tests {
 
     #[tokio::test]
     async fn budget_bounds_bytes_in_flight() {
-        let wb = Arc::new(WriteBehind::default());
+        let wb = WriteBehind::default();
         wb.begin(0, PER_FILE_BYTES).await.unwrap();
-        let w = wb.clone();
-        let more = tokio::spawn(async move { w.begin(PER_FILE_BYTES as u64, 1).await });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!more.is_finished(), "the budget is full");
+        let mut more = Box::pin(wb.begin(PER_FILE_BYTES as u64, 1));
+        assert!((&mut more).now_or_never().is_none(), "the budget is full");
+        let mut settle = Box::pin(wb.settle());
+        assert!((&mut settle).now_or_never().is_none(), "a write is pending");
         wb.end(0, PER_FILE_BYTES, Ok(()));
-        more.await.unwrap().unwrap();
+        more.await.unwrap();
     }
 }
