@@ -312,8 +312,9 @@ impl<R: Remote> Fs<R> {
 
     pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Entry> {
         let path = self.child_path(parent, name)?;
+        // A miss in a directory whose names are not known: list it in the background.
         if let Some((dir, name)) = listings::split(&path) {
-            if self.cache.dirs.contains(dir, name).is_none() && self.cache.get(&path).is_none() {
+            if self.cache.dirs.contains(dir, name).is_none() && self.cache.peek(&path).is_none() {
                 self.prefetch(dir);
             }
         }
