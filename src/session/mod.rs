@@ -178,8 +178,8 @@ impl Session {
         F: Fn(Arc<Link>, bool) -> Fut,
         Fut: std::future::Future<Output = Result<T, SftpError>>,
     {
-        let sup = self.sup_for(key.0, key.1);
-        replay::run(sup, &self.replay_stats, self.timeout, what, op).await
+        let pick = || self.sup_for(key.0, key.1);
+        replay::run(pick, &self.replay_stats, self.timeout, what, op).await
     }
 
     /// The open file behind `f`, once every write to its path is answered.

@@ -50,20 +50,24 @@ impl ReplayStats {
 
 /// Runs `op` on a live link until it gets an answer from the server or `timeout` passes.
 /// `op` gets the link and whether this is a replay (a previous attempt's fate is unknown).
-pub async fn run<T, F, Fut>(
-    sup: &Supervisor,
+/// `pick` names the connection for each attempt (another one may be up when the first
+/// attempt's has died).
+pub async fn run<'s, T, P, F, Fut>(
+    pick: P,
     stats: &ReplayStats,
     timeout: Duration,
     what: &str,
     op: F,
 ) -> RemoteResult<T>
 where
+    P: Fn() -> &'s Supervisor,
     F: Fn(Arc<Link>, bool) -> Fut,
     Fut: Future<Output = Result<T, SftpError>>,
 {
     let deadline = Instant::now() + timeout;
     let mut replay = false;
     loop {
+        let sup = pick();
         stats.waiting.fetch_add(1, Ordering::Relaxed);
         let link = sup.current(deadline).await;
         stats.waiting.fetch_sub(1, Ordering::Relaxed);
