@@ -17,10 +17,11 @@ use super::remote::FileId;
 use super::supervisor::Link;
 use super::writeback::WriteBehind;
 
-/// The file's handle on one connection.
+/// The file's handle on one SFTP session (channel) of one connection.
 pub struct Remote {
     link: Weak<Link>,
     generation: u64,
+    channel: usize,
     handle: Arc<RemoteHandle>,
 }
 
@@ -38,18 +39,24 @@ impl OpenFile {
         self.path.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
-    /// The remote handle valid on `link`, opening the file there if needed.
-    /// `Ok(None)` means the file is gone from the server.
-    pub async fn on(&self, link: &Arc<Link>) -> Result<Option<Arc<RemoteHandle>>, SftpError> {
+    /// The remote handle valid on SFTP session `channel` of `link`, opening the file there
+    /// if needed. `Ok(None)` means the file is gone from the server.
+    pub async fn on(
+        &self,
+        link: &Arc<Link>,
+        channel: usize,
+    ) -> Result<Option<Arc<RemoteHandle>>, SftpError> {
         let mut slots = self.remote.lock().await;
-        if let Some(r) = slots.iter().find(|r| r.generation == link.generation) {
+        let mine = |r: &&Remote| r.generation == link.generation && r.channel == channel;
+        if let Some(r) = slots.iter().find(mine) {
             return Ok(Some(r.handle.clone()));
         }
         // Handles of connections that died went with them.
         let before = slots.len();
         slots.retain(|r| r.link.upgrade().is_some_and(|l| !l.is_dead()));
         let path = self.path();
-        match link.sftp.open(&path, self.reopen, &Attrs::default()).await {
+        let sftp = link.channel(channel);
+        match sftp.open(&path, self.reopen, &Attrs::default()).await {
             Ok(h) => {
                 if slots.len() < before {
                     tracing::info!(%path, generation = link.generation, "reopened file");
@@ -58,6 +65,7 @@ impl OpenFile {
                 slots.push(Remote {
                     link: Arc::downgrade(link),
                     generation: link.generation,
+                    channel,
                     handle: handle.clone(),
                 });
                 Ok(Some(handle))
@@ -71,7 +79,7 @@ impl OpenFile {
     pub async fn close_all(&self) {
         for r in self.remote.lock().await.drain(..) {
             if let Some(l) = r.link.upgrade().filter(|l| !l.is_dead()) {
-                l.sftp.close_nowait(&r.handle);
+                l.channel(r.channel).close_nowait(&r.handle);
             }
         }
     }
@@ -97,6 +105,7 @@ impl Handles {
             remote: tokio::sync::Mutex::new(vec![Remote {
                 link: Arc::downgrade(link),
                 generation: link.generation,
+                channel: 0,
                 handle: Arc::new(h),
             }]),
             wb: WriteBehind::default(),

@@ -203,32 +203,36 @@ impl Session {
         Fut: std::future::Future<Output = Result<T, SftpError>>,
     {
         let file = self.settled(f).await?;
-        self.with_file(what, &file, 0, op).await
+        self.with_file(what, &file, None, |l, _, h| op(l, h)).await
     }
 
-    /// Runs `op` with the remote handle of `file` on a live link (opening it there), on
-    /// the connection for the file's `stripe`.
+    /// Runs `op` with the remote handle of `file` on a live link (opening it there). A
+    /// write gives its `stripe` (a part of the file): it picks the connection and the
+    /// SFTP session on it; everything else uses the path's connection and first session.
+    /// `op` gets the link, the session's number and the handle on it.
     pub(super) async fn with_file<T, F, Fut>(
         &self,
         what: &str,
         file: &Arc<handles::OpenFile>,
-        stripe: u64,
+        stripe: Option<u64>,
         op: F,
     ) -> RemoteResult<T>
     where
-        F: Fn(Arc<Link>, Arc<crate::sftp::RemoteHandle>) -> Fut,
+        F: Fn(Arc<Link>, usize, Arc<crate::sftp::RemoteHandle>) -> Fut,
         Fut: std::future::Future<Output = Result<T, SftpError>>,
     {
         let stale = std::sync::atomic::AtomicBool::new(false);
         let path = file.path();
+        let conns = self.sups.len() as u64;
         let r = self
-            .run(what, (&path, stripe), |link, _| {
+            .run(what, (&path, stripe.unwrap_or(0)), |link, _| {
                 let file = file.clone();
                 let stale = &stale;
                 let op = &op;
+                let channel = stripe.map_or(0, |s| (s / conns) as usize % link.channels());
                 async move {
-                    match file.on(&link).await? {
-                        Some(h) => op(link, h).await,
+                    match file.on(&link, channel).await? {
+                        Some(h) => op(link, channel, h).await,
                         None => {
                             stale.store(true, std::sync::atomic::Ordering::Relaxed);
                             Err(SftpError::Status {
@@ -253,18 +257,14 @@ impl Session {
         offset: u64,
         data: &[u8],
     ) -> RemoteResult<()> {
-        // Consecutive megabytes of a file go out on different connections (max_conns):
-        // one connection's window would cap a far server's upload speed.
-        self.with_file("write", file, offset >> 20, |l, h| async move {
-            let chunk = l.sftp.max_write as usize;
+        // Consecutive megabytes of a file go out on different connections (max_conns) and
+        // SFTP sessions: one session's window would cap a far server's upload speed.
+        self.with_file("write", file, Some(offset >> 20), |l, ch, h| async move {
+            let sftp = l.channel(ch);
+            let chunk = sftp.max_write as usize;
             let parts = data.chunks(chunk).enumerate().map(|(i, c)| {
-                let l = &l;
                 let h = &h;
-                async move {
-                    l.sftp
-                        .write(h, offset + (i * chunk) as u64, c.to_vec())
-                        .await
-                }
+                async move { sftp.write(h, offset + (i * chunk) as u64, c.to_vec()).await }
             });
             try_join_all(parts).await.map(|_| ())
         })

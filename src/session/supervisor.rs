@@ -18,15 +18,36 @@ use crate::ssh::{self, SshError, Target};
 /// Numbers every connection of the process, so a handle knows which one it belongs to.
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
-/// One working SSH connection with its SFTP session. `generation` is unique to it.
+/// SFTP sessions (channels) per connection that carry writes: a server's receive window
+/// is per channel (2 MiB with OpenSSH), which caps one channel's upload far away.
+pub const WRITE_CHANNELS: usize = 4;
+
+/// One working SSH connection with its SFTP sessions. `generation` is unique to it.
 pub struct Link {
     pub generation: u64,
+    /// The first SFTP session: every request but writes.
     pub sftp: SftpClient,
+    /// Further SFTP sessions on the same connection, for writes only (may be empty if the
+    /// server refused them).
+    extra: Vec<SftpClient>,
     ssh: ssh::Connection,
     dead: watch::Sender<bool>,
 }
 
 impl Link {
+    /// The SFTP session for channel `n` (0 is [`Link::sftp`]).
+    pub fn channel(&self, n: usize) -> &SftpClient {
+        match n.checked_sub(1) {
+            Some(i) => self.extra.get(i).unwrap_or(&self.sftp),
+            None => &self.sftp,
+        }
+    }
+
+    /// How many SFTP sessions this link has.
+    pub fn channels(&self) -> usize {
+        1 + self.extra.len()
+    }
+
     pub fn is_dead(&self) -> bool {
         *self.dead.borrow()
     }
@@ -94,19 +115,35 @@ impl Supervisor {
         })
     }
 
-    /// Opens one connection and its SFTP session.
-    pub async fn connect_once(&self) -> Result<Arc<Link>, SshError> {
-        let conn = ssh::connect(self.target.clone()).await?;
+    /// Opens one SFTP session on `conn`.
+    async fn open_sftp(&self, conn: &ssh::Connection) -> Result<SftpClient, SshError> {
         let stream = conn.open_sftp(self.target.connect_timeout).await?;
-        let sftp = SftpClient::start(stream, self.request_timeout)
+        SftpClient::start(stream, self.request_timeout)
             .await
             .map_err(|e| SshError::Subsystem {
                 host: self.target.host.clone(),
                 reason: e.to_string(),
-            })?;
+            })
+    }
+
+    /// Opens one connection and its SFTP sessions (the extra ones only where the server
+    /// grants them: a refusal leaves writes on the first).
+    pub async fn connect_once(&self) -> Result<Arc<Link>, SshError> {
+        let conn = ssh::connect(self.target.clone()).await?;
+        let sftp = self.open_sftp(&conn).await?;
+        let extra =
+            futures::future::join_all((1..WRITE_CHANNELS).map(|_| self.open_sftp(&conn))).await;
+        let extra = extra
+            .into_iter()
+            .filter_map(|r| {
+                r.map_err(|e| tracing::debug!(error = %e, "extra SFTP session refused"))
+                    .ok()
+            })
+            .collect();
         Ok(Arc::new(Link {
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
             sftp,
+            extra,
             ssh: conn,
             dead: watch::Sender::new(false),
         }))
@@ -250,7 +287,9 @@ impl Supervisor {
             self.publish_down();
             // Close the old connection before opening a new one: the box limits how many
             // connections an account may hold.
-            current.sftp.shutdown();
+            for n in 0..current.channels() {
+                current.channel(n).shutdown();
+            }
             let _ = tokio::time::timeout(Duration::from_secs(2), current.ssh.close()).await;
         }
     }
