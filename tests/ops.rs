@@ -357,3 +357,20 @@ fn kernel_cached_pages_follow_a_change_on_the_server() {
         || fs::read(m.p("f")).is_ok_and(|d| d == b"second, longer version"),
     );
 }
+
+#[test]
+fn writes_work_where_the_server_allows_one_session_per_connection() {
+    // mastofs spreads writes over several SFTP sessions of a connection; a server that
+    // refuses the extra ones must still get every byte, over the first.
+    let s = Server::start_configured("ed25519", "MaxSessions 1\n");
+    let m = Mount::new(&s, "");
+    let data: Vec<u8> = (0..9_000_000u32).map(|i| (i % 241) as u8).collect();
+    fs::write(m.p("big"), &data).unwrap();
+    assert!(fs::read(s.served.join("big")).unwrap() == data);
+    assert!(fs::read(m.p("big")).unwrap() == data);
+    assert!(
+        m.log().contains("refused further SFTP sessions"),
+        "{}",
+        m.log()
+    );
+}

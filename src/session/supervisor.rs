@@ -133,13 +133,14 @@ impl Supervisor {
         let sftp = self.open_sftp(&conn).await?;
         let extra =
             futures::future::join_all((1..WRITE_CHANNELS).map(|_| self.open_sftp(&conn))).await;
-        let extra = extra
-            .into_iter()
-            .filter_map(|r| {
-                r.map_err(|e| tracing::debug!(error = %e, "extra SFTP session refused"))
-                    .ok()
-            })
-            .collect();
+        let opened = extra.len();
+        let extra: Vec<SftpClient> = extra.into_iter().filter_map(Result::ok).collect();
+        if extra.len() < opened {
+            tracing::info!(
+                sessions = 1 + extra.len(),
+                "server refused further SFTP sessions on the connection; writes use fewer"
+            );
+        }
         Ok(Arc::new(Link {
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
             sftp,

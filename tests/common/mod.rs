@@ -81,6 +81,7 @@ pub struct Server {
     pub known_hosts: PathBuf,
     pub user_key: PathBuf,
     sshd: Option<Child>,
+    sshd_extra: String,
 }
 
 impl Server {
@@ -90,6 +91,11 @@ impl Server {
 
     /// `key_kind`: the type of the user key (ed25519, ecdsa, rsa).
     pub fn start_with(key_kind: &str) -> Server {
+        Self::start_configured(key_kind, "")
+    }
+
+    /// `sshd_extra`: sshd_config lines that win over the defaults (sshd keeps the first).
+    pub fn start_configured(key_kind: &str, sshd_extra: &str) -> Server {
         std::fs::create_dir_all("/run/sshd").ok();
         let dir = tempfile::Builder::new()
             .prefix("mastofs-test-")
@@ -110,6 +116,7 @@ impl Server {
             known_hosts: d.join("known_hosts"),
             user_key: d.join("user_key"),
             sshd: None,
+            sshd_extra: sshd_extra.to_string(),
             dir,
         };
         server.launch();
@@ -160,9 +167,10 @@ impl Server {
             std::fs::write(
                 d.join("sshd_config"),
                 format!(
-                    "ListenAddress 127.0.0.1:{port}\nHostKey {}\nPidFile none\nAuthorizedKeysFile {}\n\
+                    "{}ListenAddress 127.0.0.1:{port}\nHostKey {}\nPidFile none\nAuthorizedKeysFile {}\n\
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin yes\n\
                      StrictModes no\nUsePAM no\nMaxStartups 100\nMaxSessions 100\nSubsystem sftp internal-sftp\n",
+                    self.sshd_extra,
                     d.join("host_key").display(),
                     d.join("authorized_keys").display()
                 ),
