@@ -46,33 +46,42 @@ impl OpenFile {
         link: &Arc<Link>,
         channel: usize,
     ) -> Result<Option<Arc<RemoteHandle>>, SftpError> {
-        let mut slots = self.remote.lock().await;
-        let mine = |r: &&Remote| r.generation == link.generation && r.channel == channel;
-        if let Some(r) = slots.iter().find(mine) {
-            return Ok(Some(r.handle.clone()));
-        }
-        // Handles of connections that died went with them.
-        let before = slots.len();
-        slots.retain(|r| r.link.upgrade().is_some_and(|l| !l.is_dead()));
+        let mine = |r: &Remote| r.generation == link.generation && r.channel == channel;
+        let reopened = {
+            let mut slots = self.remote.lock().await;
+            if let Some(r) = slots.iter().find(|r| mine(r)) {
+                return Ok(Some(r.handle.clone()));
+            }
+            // Handles of connections that died went with them.
+            let before = slots.len();
+            slots.retain(|r| r.link.upgrade().is_some_and(|l| !l.is_dead()));
+            slots.len() < before
+        };
+        // Opened without holding the table, so opens on several sessions (the first
+        // megabytes of a striped write) go out together.
         let path = self.path();
         let sftp = link.channel(channel);
-        match sftp.open(&path, self.reopen, &Attrs::default()).await {
-            Ok(h) => {
-                if slots.len() < before {
-                    tracing::info!(%path, generation = link.generation, "reopened file");
-                }
-                let handle = Arc::new(h);
-                slots.push(Remote {
-                    link: Arc::downgrade(link),
-                    generation: link.generation,
-                    channel,
-                    handle: handle.clone(),
-                });
-                Ok(Some(handle))
-            }
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
+        let handle = match sftp.open(&path, self.reopen, &Attrs::default()).await {
+            Ok(h) => Arc::new(h),
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if reopened {
+            tracing::info!(%path, generation = link.generation, "reopened file");
         }
+        let mut slots = self.remote.lock().await;
+        if let Some(r) = slots.iter().find(|r| mine(r)) {
+            // Another request opened it there meanwhile: keep that one.
+            sftp.close_nowait(&handle);
+            return Ok(Some(r.handle.clone()));
+        }
+        slots.push(Remote {
+            link: Arc::downgrade(link),
+            generation: link.generation,
+            channel,
+            handle: handle.clone(),
+        });
+        Ok(Some(handle))
     }
 
     /// Closes every remote handle whose connection still lives (answers not awaited).
