@@ -90,15 +90,14 @@ impl MetaCache {
     /// Fresh cached attributes of `path`, for a hint (not counted).
     pub fn peek(&self, path: &str) -> Option<Attrs> {
         let mut c = self.attrs.lock().ok()?;
-        let found = match c.get(path) {
+        match c.get(path) {
             Some((a, at)) if at.elapsed() < self.attr_ttl => Some(a.clone()),
             Some(_) => {
                 c.pop(path);
                 None
             }
             None => None,
-        };
-        found
+        }
     }
 
     pub fn put(&self, path: &str, attrs: &Attrs) {

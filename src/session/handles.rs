@@ -25,6 +25,17 @@ pub struct Remote {
     handle: Arc<RemoteHandle>,
 }
 
+impl Remote {
+    fn new(link: &Arc<Link>, channel: usize, handle: Arc<RemoteHandle>) -> Self {
+        Remote {
+            link: Arc::downgrade(link),
+            generation: link.generation,
+            channel,
+            handle,
+        }
+    }
+}
+
 pub struct OpenFile {
     path: Mutex<String>,
     /// The mode used to reopen: the original one without create/truncate/exclusive.
@@ -75,12 +86,7 @@ impl OpenFile {
             sftp.close_nowait(&handle);
             return Ok(Some(r.handle.clone()));
         }
-        slots.push(Remote {
-            link: Arc::downgrade(link),
-            generation: link.generation,
-            channel,
-            handle: handle.clone(),
-        });
+        slots.push(Remote::new(link, channel, handle.clone()));
         Ok(Some(handle))
     }
 
@@ -111,12 +117,7 @@ impl Handles {
                 exclusive: false,
                 ..mode
             },
-            remote: tokio::sync::Mutex::new(vec![Remote {
-                link: Arc::downgrade(link),
-                generation: link.generation,
-                channel: 0,
-                handle: Arc::new(h),
-            }]),
+            remote: tokio::sync::Mutex::new(vec![Remote::new(link, 0, Arc::new(h))]),
             wb: WriteBehind::default(),
         });
         if let Ok(mut files) = self.files.lock() {
