@@ -404,7 +404,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let data = data.to_vec();
+        let data = bytes::Bytes::copy_from_slice(data);
         self.run(
             "write",
             move |fs| async move { fs.write(fh.0, offset, data).await },

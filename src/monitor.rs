@@ -167,6 +167,7 @@ impl Source for Monitor {
         let ms = |us: u64| (us > 0).then_some(us as f64 / 1000.0);
         let last_error = link.last_error.lock().ok().and_then(|e| e.clone());
         let (hits, misses) = (load(&self.fs.cache.hits), load(&self.fs.cache.misses));
+        let server = link.server.lock().map(|s| s.clone()).unwrap_or_default();
         Snapshot {
             state: self.state(),
             host: self.host.clone(),
@@ -193,6 +194,9 @@ impl Source for Monitor {
             unconfirmed_write_bytes: self.session.unconfirmed_bytes() as u64,
             connections_up: self.session.connections_up() as u64,
             connections: self.session.connections() as u64,
+            server: server.id,
+            sftp_sessions_per_connection: server.sftp_sessions as u64,
+            sftp_sessions_reason: server.sftp_sessions_reason,
             inodes: self.fs.inode_count() as u64,
             bytes_read: load(&self.fs.stats.bytes_read),
             bytes_written: load(&self.fs.stats.bytes_written),

@@ -195,6 +195,7 @@ pub fn run(cfg: MountConfig, target: Target, ready: &mut Ready) -> Result<(), St
         cfg.timeout,
         cfg.write_behind,
         cfg.max_conns as usize,
+        cfg.sftp_sessions,
     );
     let fs = Arc::new(Fs::new(session.clone(), cfg.fs.clone()));
 

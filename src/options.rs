@@ -20,6 +20,7 @@
 //! | `status_group=GROUP` | group that may read the status socket |
 //! | `metrics_listen=ADDR:PORT` | also serve `/metrics` (and `/health`, `/status`) over TCP |
 //! | `max_conns=N` | SSH connections to use (1..=10, default 1): requests are spread over them by path, and consecutive MiB of one file's writes too (a far server's per-channel window caps one connection's upload) |
+//! | `sftp_sessions=auto\|N` | SFTP sessions per connection that carry writes (1..=8). `auto` (default): 4 on OpenSSH, which runs each session as its own process; 1 on every other server, because ProFTPD's mod_sftp splices packets of sessions sharing a connection and writes wrong bytes without an error. Set N > 1 only for a server known to keep sessions apart; `1` forces one everywhere |
 //! | `write_behind=MIB` | MiB of writes acknowledged before the server confirmed them, across all files (default 32; failures reach flush/fsync/close; data is kept and replayed until confirmed) |
 //! | `sshfs_sync`, `sync_write` | every write waits for the server (= `write_behind=0`) |
 //! | `disable_hardlink` | refuse link(2) with EPERM even where the server could |
@@ -34,6 +35,7 @@ use std::time::Duration;
 
 use crate::fs::idmap::{self, IdMap};
 use crate::fs::FsConfig;
+use crate::session::sftp_sessions::{SftpSessions, MAX_SESSIONS};
 use crate::ssh::{Overrides, StrictMode};
 
 /// Everything a mount needs, parsed and validated.
@@ -48,6 +50,8 @@ pub struct MountConfig {
     pub delay_connect: bool,
     pub timeout: Duration,
     pub max_conns: u32,
+    /// SFTP sessions per connection (see [`SftpSessions`]).
+    pub sftp_sessions: SftpSessions,
     /// Bytes of writes that may be acknowledged before the server confirmed them.
     pub write_behind: usize,
     pub allow_other: bool,
@@ -289,6 +293,18 @@ pub fn apply_options(cfg: &mut MountConfig, opts: &[String], sloppy: bool) -> Re
                     }
                     cfg.max_conns = n;
                 }
+                ("sftp_sessions", _) => match need()? {
+                    "auto" => cfg.sftp_sessions = SftpSessions::Auto,
+                    v => {
+                        let n: usize = uint(key, v)?;
+                        if !(1..=MAX_SESSIONS).contains(&n) {
+                            return Err(format!(
+                                "option sftp_sessions={n}: auto or 1..={MAX_SESSIONS}"
+                            ));
+                        }
+                        cfg.sftp_sessions = SftpSessions::Fixed(n);
+                    }
+                },
                 ("Port" | "port", _) => cfg.ssh.port = Some(uint(key, need()?)?),
                 ("User", _) => cfg.ssh.user = Some(need()?.to_string()),
                 ("IdentityFile", _) => cfg.ssh.identity_files.push(PathBuf::from(need()?)),
@@ -400,6 +416,7 @@ impl MountConfig {
             delay_connect: false,
             timeout: Duration::from_secs(180),
             max_conns: 1,
+            sftp_sessions: SftpSessions::Auto,
             write_behind: 32 << 20,
             allow_other: false,
             allow_root: false,
@@ -487,6 +504,18 @@ mod tests {
         assert!(parse("umask=999").unwrap_err().contains("octal"));
         assert!(parse("max_conns=50").is_err());
         assert_eq!(parse("max_conns=4").unwrap().max_conns, 4);
+        assert_eq!(parse("").unwrap().sftp_sessions, SftpSessions::Auto);
+        assert_eq!(
+            parse("sftp_sessions=1").unwrap().sftp_sessions,
+            SftpSessions::Fixed(1)
+        );
+        assert_eq!(
+            parse("sftp_sessions=auto").unwrap().sftp_sessions,
+            SftpSessions::Auto
+        );
+        assert!(parse("sftp_sessions=0").is_err());
+        assert!(parse("sftp_sessions=9").is_err());
+        assert!(parse("sftp_sessions=many").is_err());
         assert_eq!(parse("sshfs_sync").unwrap().write_behind, 0);
         assert_eq!(parse("write_behind=8").unwrap().write_behind, 8 << 20);
         assert!(parse("write_behind=5000").is_err());

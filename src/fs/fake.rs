@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use russh_sftp::protocol::StatusCode;
+use crate::sftp::wire::status as code;
 
 use crate::session::remote::{
-    Attrs, Capabilities, DirEntry, FileId, Kind, OpenMode, Remote, RemoteError, RemoteResult,
-    RenameMode, SftpError, StatVfs,
+    Attrs, Bytes, Capabilities, DirEntry, FileId, Kind, OpenMode, Remote, RemoteError,
+    RemoteResult, RenameMode, SftpError, StatVfs,
 };
 
 #[derive(Clone)]
@@ -31,7 +31,7 @@ pub struct FakeRemote {
     pub offline: std::sync::atomic::AtomicBool,
 }
 
-fn status(code: StatusCode, message: &str) -> RemoteError {
+fn status(code: u32, message: &str) -> RemoteError {
     RemoteError::Sftp(SftpError::Status {
         code,
         message: message.into(),
@@ -39,11 +39,11 @@ fn status(code: StatusCode, message: &str) -> RemoteError {
 }
 
 fn no_such() -> RemoteError {
-    status(StatusCode::NoSuchFile, "No such file")
+    status(code::NO_SUCH_FILE, "No such file")
 }
 
 fn failure() -> RemoteError {
-    status(StatusCode::Failure, "Failure")
+    status(code::FAILURE, "Failure")
 }
 
 fn parent_of(path: &str) -> &str {
@@ -346,14 +346,14 @@ impl Remote for FakeRemote {
         offset: u64,
         len: u32,
         _size: Option<u64>,
-    ) -> RemoteResult<Vec<u8>> {
+    ) -> RemoteResult<Bytes> {
         let d = self.node(&self.path_of(f)?)?.data;
         let start = (offset as usize).min(d.len());
         let end = (start + len as usize).min(d.len());
-        Ok(d[start..end].to_vec())
+        Ok(Bytes::copy_from_slice(&d[start..end]))
     }
 
-    async fn write(&self, f: FileId, offset: u64, data: Vec<u8>) -> RemoteResult<()> {
+    async fn write(&self, f: FileId, offset: u64, data: Bytes) -> RemoteResult<()> {
         let path = self.path_of(f)?;
         let mut t = self.tree.lock().map_err(|_| failure())?;
         let n = t.get_mut(&path).ok_or_else(no_such)?;

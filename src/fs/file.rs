@@ -6,7 +6,7 @@
 //! confirmed them (the session's write-behind); their failures must reach flush, fsync or
 //! close, never be dropped.
 
-use crate::session::{Attrs, FileId, Kind, Remote, RemoteError};
+use crate::session::{Attrs, Bytes, FileId, Kind, Remote, RemoteError};
 use crate::sftp::OpenMode;
 
 use super::error::{FsError, FsResult};
@@ -119,7 +119,7 @@ impl<R: Remote> Fs<R> {
         }
     }
 
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let known = self.open_path(fh).and_then(|p| self.cache.peek(&p)?.size);
         let data = self.remote.read(FileId(fh), offset, size, known).await?;
         self.stats.add_read(data.len());
@@ -128,7 +128,7 @@ impl<R: Remote> Fs<R> {
 
     /// Writes `data` (perhaps acknowledged before the server confirmed it: a failure is
     /// then reported by `flush`, `fsync` or a later write).
-    pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> FsResult<u32> {
+    pub async fn write(&self, fh: u64, offset: u64, data: Bytes) -> FsResult<u32> {
         self.touched(fh);
         let n = data.len();
         match self.remote.write(FileId(fh), offset, data).await {

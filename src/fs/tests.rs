@@ -7,6 +7,7 @@ use super::fake::FakeRemote;
 use super::idmap::IdMap;
 use super::inode::ROOT;
 use super::{Fs, FsConfig, SetAttr};
+use crate::session::Bytes;
 
 fn fs_with(cfg: FsConfig) -> (Arc<FakeRemote>, Fs<FakeRemote>) {
     let remote = Arc::new(FakeRemote::new());
@@ -32,12 +33,15 @@ async fn create_write_read_through_handles() {
         entry.attr.perm, 0o640,
         "mode set explicitly despite the server's umask"
     );
-    assert_eq!(fs.write(fh, 3, b"xyz".to_vec()).await.unwrap(), 3);
+    assert_eq!(
+        fs.write(fh, 3, Bytes::from_static(b"xyz")).await.unwrap(),
+        3
+    );
     fs.release(fh).await.unwrap();
     assert_eq!(remote.data("/r/a").unwrap(), b"\0\0\0xyz");
     let ino = fs.lookup(ROOT, "a").await.unwrap().attr.ino.0;
     let (fh, _) = fs.open(ino, libc::O_RDONLY).await.unwrap();
-    assert_eq!(fs.read(fh, 3, 10).await.unwrap(), b"xyz");
+    assert_eq!(&fs.read(fh, 3, 10).await.unwrap()[..], b"xyz");
     fs.release(fh).await.unwrap();
 }
 

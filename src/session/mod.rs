@@ -12,6 +12,7 @@ pub mod handles;
 mod ops;
 pub mod remote;
 pub mod replay;
+pub mod sftp_sessions;
 pub mod supervisor;
 pub mod writeback;
 
@@ -24,9 +25,11 @@ use tokio::sync::Semaphore;
 use crate::ssh::{SshError, Target};
 
 pub use remote::{
-    Attrs, Capabilities, FileId, Kind, Remote, RemoteError, RemoteResult, RenameMode, SftpError,
+    Attrs, Bytes, Capabilities, FileId, Kind, Remote, RemoteError, RemoteResult, RenameMode,
+    SftpError,
 };
-use replay::ReplayStats;
+use replay::{OnConfused, ReplayStats};
+pub use sftp_sessions::SftpSessions;
 use supervisor::{Link, LinkState, Supervisor};
 
 pub struct Session {
@@ -47,8 +50,15 @@ pub struct Session {
 impl Session {
     /// `timeout` bounds how long one operation waits for a working connection;
     /// `write_behind` is how many bytes of writes may be acknowledged before the server
-    /// confirmed them (0: none); `conns` how many connections carry requests.
-    pub fn new(target: Target, timeout: Duration, write_behind: usize, conns: usize) -> Arc<Self> {
+    /// confirmed them (0: none); `conns` how many connections carry requests, `sessions`
+    /// how many SFTP sessions each may use.
+    pub fn new(
+        target: Target,
+        timeout: Duration,
+        write_behind: usize,
+        conns: usize,
+        sessions: SftpSessions,
+    ) -> Arc<Self> {
         // One SFTP request unanswered this long means a stuck connection (keepalives
         // usually notice sooner); it is then replayed on a new one. Generous, because it
         // also bounds slow server operations such as fsync of a large file.
@@ -58,7 +68,7 @@ impl Session {
             sups: {
                 let target = Arc::new(target);
                 (0..conns.max(1))
-                    .map(|_| Supervisor::new(target.clone(), request_timeout))
+                    .map(|_| Supervisor::new(target.clone(), request_timeout, sessions))
                     .collect()
             },
             handles: handles::Handles::default(),
@@ -178,8 +188,31 @@ impl Session {
         F: Fn(Arc<Link>, bool) -> Fut,
         Fut: std::future::Future<Output = Result<T, SftpError>>,
     {
+        self.run_with(what, key, OnConfused::Replay, op).await
+    }
+
+    /// [`Session::run`], choosing what happens when the server is found confused.
+    async fn run_with<T, F, Fut>(
+        &self,
+        what: &str,
+        key: (&str, u64),
+        on_confused: OnConfused,
+        op: F,
+    ) -> RemoteResult<T>
+    where
+        F: Fn(Arc<Link>, bool) -> Fut,
+        Fut: std::future::Future<Output = Result<T, SftpError>>,
+    {
         let pick = || self.sup_for(key.0, key.1);
-        replay::run(pick, &self.replay_stats, self.timeout, what, op).await
+        replay::run(
+            pick,
+            &self.replay_stats,
+            self.timeout,
+            what,
+            on_confused,
+            op,
+        )
+        .await
     }
 
     /// The open file behind `f`, once every write to its path is answered.
@@ -224,25 +257,36 @@ impl Session {
         let stale = std::sync::atomic::AtomicBool::new(false);
         let path = file.path();
         let conns = self.sups.len() as u64;
+        // A write in flight on a confused server fails rather than being replayed.
+        let on_confused = if stripe.is_some() {
+            OnConfused::Fail
+        } else {
+            OnConfused::Replay
+        };
         let r = self
-            .run(what, (&path, stripe.unwrap_or(0)), |link, _| {
-                let file = file.clone();
-                let stale = &stale;
-                let op = &op;
-                let channel = stripe.map_or(0, |s| (s / conns) as usize % link.channels());
-                async move {
-                    match file.on(&link, channel).await? {
-                        Some(h) => op(link, channel, h).await,
-                        None => {
-                            stale.store(true, std::sync::atomic::Ordering::Relaxed);
-                            Err(SftpError::Status {
-                                code: russh_sftp::protocol::StatusCode::NoSuchFile,
-                                message: "file vanished while open".into(),
-                            })
+            .run_with(
+                what,
+                (&path, stripe.unwrap_or(0)),
+                on_confused,
+                |link, _| {
+                    let file = file.clone();
+                    let stale = &stale;
+                    let op = &op;
+                    let channel = stripe.map_or(0, |s| (s / conns) as usize % link.channels());
+                    async move {
+                        match file.on(&link, channel).await? {
+                            Some(h) => op(link, channel, h).await,
+                            None => {
+                                stale.store(true, std::sync::atomic::Ordering::Relaxed);
+                                Err(SftpError::Status {
+                                    code: crate::sftp::wire::status::NO_SUCH_FILE,
+                                    message: "file vanished while open".into(),
+                                })
+                            }
                         }
                     }
-                }
-            })
+                },
+            )
             .await;
         if stale.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(RemoteError::Stale);
@@ -255,16 +299,17 @@ impl Session {
         &self,
         file: &Arc<handles::OpenFile>,
         offset: u64,
-        data: &[u8],
+        data: &Bytes,
     ) -> RemoteResult<()> {
         // Consecutive megabytes of a file go out on different connections (max_conns) and
         // SFTP sessions: one session's window would cap a far server's upload speed.
         self.with_file("write", file, Some(offset >> 20), |l, ch, h| async move {
             let sftp = l.channel(ch);
             let chunk = sftp.max_write as usize;
-            let parts = data.chunks(chunk).enumerate().map(|(i, c)| {
+            let parts = (0..data.len().div_ceil(chunk)).map(|i| {
                 let h = &h;
-                async move { sftp.write(h, offset + (i * chunk) as u64, c.to_vec()).await }
+                let part = data.slice(i * chunk..((i + 1) * chunk).min(data.len()));
+                async move { sftp.write(h, offset + (i * chunk) as u64, part).await }
             });
             try_join_all(parts).await.map(|_| ())
         })

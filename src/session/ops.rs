@@ -6,11 +6,9 @@
 //! closing handles. It must never reconnect or choose connections itself (that is
 //! [`super::supervisor`] and [`Session::sup_for`]).
 
-use futures::future::try_join_all;
-
 use super::remote::{
-    Attrs, Capabilities, DirEntry, FileId, Kind, OpenMode, Remote, RemoteError, RemoteResult,
-    RenameMode, StatVfs,
+    Attrs, Bytes, Capabilities, DirEntry, FileId, Kind, OpenMode, Remote, RemoteError,
+    RemoteResult, RenameMode, StatVfs,
 };
 use super::replay::{exists_is_done, gone_is_done, renamed_is_done};
 use super::supervisor::LinkState;
@@ -57,10 +55,26 @@ impl Remote for Session {
     async fn read_dir(&self, path: &str, max: usize) -> RemoteResult<Option<Vec<DirEntry>>> {
         self.settle_paths(|p| p.rsplit_once('/').map_or("", |(d, _)| d) == path)
             .await;
-        self.run("readdir", (path, 0), |l, _| async move {
-            l.sftp.read_dir(path, max).await
-        })
-        .await
+        let listing = self
+            .run("readdir", (path, 0), |l, _| async move {
+                l.sftp.read_dir(path, max).await
+            })
+            .await?;
+        Ok(listing.map(|entries| {
+            entries
+                .into_iter()
+                .filter_map(|e| match String::from_utf8(e.name.to_vec()) {
+                    Ok(name) => Some(DirEntry {
+                        name,
+                        attrs: e.attrs,
+                    }),
+                    Err(_) => {
+                        tracing::warn!(dir = %path, name = ?e.name, "skipping a name that is not UTF-8");
+                        None
+                    }
+                })
+                .collect()
+        }))
     }
 
     async fn readlink(&self, path: &str) -> RemoteResult<String> {
@@ -68,6 +82,7 @@ impl Remote for Session {
             l.sftp.readlink(path).await
         })
         .await
+        .map(|t| String::from_utf8_lossy(&t).into_owned())
     }
 
     async fn realpath(&self, path: &str) -> RemoteResult<String> {
@@ -75,6 +90,7 @@ impl Remote for Session {
             l.sftp.realpath(path).await
         })
         .await
+        .map(|t| String::from_utf8_lossy(&t).into_owned())
     }
 
     async fn mkdir(&self, path: &str, perm: u32) -> RemoteResult<()> {
@@ -180,10 +196,13 @@ impl Remote for Session {
         offset: u64,
         len: u32,
         size: Option<u64>,
-    ) -> RemoteResult<Vec<u8>> {
+    ) -> RemoteResult<Bytes> {
+        use futures::stream::{self, StreamExt, TryStreamExt};
+        /// Requests of one read in flight at once (a server with tiny limits makes many).
+        const PARTS_IN_FLIGHT: usize = 64;
         self.with_handle("read", f, |l, h| async move {
             let chunk = l.sftp.max_read;
-            // Pipeline: every chunk of the request in flight at once.
+            // Pipeline: the chunks of the request in flight together, in order.
             let parts = (0..len.div_ceil(chunk)).map(|i| {
                 let off = offset + (i * chunk) as u64;
                 let n = chunk.min(len - i * chunk);
@@ -191,7 +210,10 @@ impl Remote for Session {
                 let h = &h;
                 async move { l.sftp.read(h, off, n).await.map(|d| (n, d)) }
             });
-            let parts = try_join_all(parts).await?;
+            let parts: Vec<(u32, Bytes)> = stream::iter(parts)
+                .buffered(PARTS_IN_FLIGHT)
+                .try_collect()
+                .await?;
             // The data ends at the first short part. That is the end of the file if a
             // later part came back empty or the known size ends there (no round trip
             // more); else the server returned less than asked: read on until EOF or full.
@@ -203,11 +225,12 @@ impl Remote for Session {
             let eof_known = short.is_none_or(|i| {
                 size == Some(offset + got) || parts[i + 1..].iter().any(|(_, d)| d.is_empty())
             });
-            let mut data = parts.into_iter().take(keep).map(|(_, d)| d);
-            // The first part becomes the reply buffer: one copy less.
-            let mut out = data.next().unwrap_or_default();
-            out.reserve((len as usize).saturating_sub(out.len()));
-            for d in data {
+            if keep == 1 && eof_known {
+                // One part: the packet's bytes go to the kernel as they came.
+                return Ok(parts.into_iter().next().map(|(_, d)| d).unwrap_or_default());
+            }
+            let mut out = bytes::BytesMut::with_capacity(len as usize);
+            for (_, d) in parts.into_iter().take(keep) {
                 out.extend_from_slice(&d);
             }
             while !eof_known && (out.len() as u32) < len {
@@ -220,12 +243,12 @@ impl Remote for Session {
                 }
                 out.extend_from_slice(&more);
             }
-            Ok(out)
+            Ok(out.freeze())
         })
         .await
     }
 
-    async fn write(&self, f: FileId, offset: u64, data: Vec<u8>) -> RemoteResult<()> {
+    async fn write(&self, f: FileId, offset: u64, data: Bytes) -> RemoteResult<()> {
         let file = self.handles.get(f).ok_or(RemoteError::BadHandle)?;
         let len = data.len();
         let me = self.me.upgrade();

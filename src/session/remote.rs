@@ -7,7 +7,16 @@
 
 use std::future::Future;
 
-pub use crate::sftp::{Attrs, DirEntry, Kind, OpenMode, SftpError, StatVfs};
+pub use bytes::Bytes;
+
+pub use crate::sftp::{Attrs, Kind, OpenMode, SftpError, StatVfs};
+
+/// An entry of a directory listing, with a name that is safe to hand on as text.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: String,
+    pub attrs: Attrs,
+}
 
 /// A logical open file. Stays valid across reconnects (it is reopened by path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,7 +124,7 @@ pub trait Remote: Send + Sync + 'static {
         offset: u64,
         len: u32,
         size: Option<u64>,
-    ) -> impl Future<Output = RemoteResult<Vec<u8>>> + Send;
+    ) -> impl Future<Output = RemoteResult<Bytes>> + Send;
     /// Writes all of `data` at `offset`. May return before the server confirmed it
     /// (write-behind): a failure is then reported by every later write, `flush`, `fsync`
     /// and `close` of `f`. Requests about the same file wait for its pending writes.
@@ -123,7 +132,7 @@ pub trait Remote: Send + Sync + 'static {
         &self,
         f: FileId,
         offset: u64,
-        data: Vec<u8>,
+        data: Bytes,
     ) -> impl Future<Output = RemoteResult<()>> + Send;
     /// Waits until every write to `f` is confirmed; reports the first that ever failed.
     fn flush(&self, f: FileId) -> impl Future<Output = RemoteResult<()>> + Send;

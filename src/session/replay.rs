@@ -48,6 +48,16 @@ impl ReplayStats {
     }
 }
 
+/// What a request whose connection was found confused does (see [`SftpError::Confused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnConfused {
+    /// Sent again on the next connection (reads, lookups: nothing was changed wrongly).
+    Replay,
+    /// Fails with EIO: a write in flight on a confused server may have been applied
+    /// mangled, and sending it again would call that success.
+    Fail,
+}
+
 /// Runs `op` on a live link until it gets an answer from the server or `timeout` passes.
 /// `op` gets the link and whether this is a replay (a previous attempt's fate is unknown).
 /// `pick` names the connection for each attempt (another one may be up when the first
@@ -57,6 +67,7 @@ pub async fn run<'s, T, P, F, Fut>(
     stats: &ReplayStats,
     timeout: Duration,
     what: &str,
+    on_confused: OnConfused,
     op: F,
 ) -> RemoteResult<T>
 where
@@ -106,8 +117,18 @@ where
             return Err(RemoteError::Timeout(timeout.as_secs()));
         };
         match result {
-            Err(SftpError::Transport(why)) => {
-                sup.report_dead(&link, &why);
+            Err(e) if e.is_transport() => {
+                sup.report_dead(&link, &e.to_string());
+                let confused = if e.is_confused() {
+                    Some(e)
+                } else {
+                    link.confusion()
+                };
+                if let (Some(c), OnConfused::Fail) = (confused, on_confused) {
+                    tracing::error!(op = what, error = %c,
+                        "request in flight on a confused server: reported as failed, not replayed");
+                    return Err(RemoteError::Sftp(c));
+                }
                 replay = true;
             }
             other => {
@@ -172,11 +193,10 @@ pub async fn renamed_is_done(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use russh_sftp::protocol::StatusCode;
 
     fn nf() -> SftpError {
         SftpError::Status {
-            code: StatusCode::NoSuchFile,
+            code: crate::sftp::wire::status::NO_SUCH_FILE,
             message: "No such file".into(),
         }
     }

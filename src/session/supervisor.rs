@@ -15,12 +15,10 @@ use tokio::sync::{watch, Notify};
 use crate::sftp::{SftpClient, SftpError};
 use crate::ssh::{self, SshError, Target};
 
+use super::sftp_sessions::{self, SftpSessions};
+
 /// Numbers every connection of the process, so a handle knows which one it belongs to.
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
-
-/// SFTP sessions (channels) per connection that carry writes: a server's receive window
-/// is per channel (2 MiB with OpenSSH), which caps one channel's upload far away.
-pub const WRITE_CHANNELS: usize = 4;
 
 /// One working SSH connection with its SFTP sessions. `generation` is unique to it.
 pub struct Link {
@@ -52,6 +50,14 @@ impl Link {
         *self.dead.borrow()
     }
 
+    /// The protocol error of a session of this connection whose server was found confused
+    /// (requests in flight on any of them may have been mangled).
+    pub fn confusion(&self) -> Option<SftpError> {
+        (0..self.channels())
+            .filter_map(|n| self.channel(n).failure())
+            .find(SftpError::is_confused)
+    }
+
     /// Resolves once this link is known dead. Requests race against it: a request sent on a
     /// dying connection may otherwise never be answered nor failed.
     pub async fn died(&self) {
@@ -79,6 +85,18 @@ pub struct LinkStats {
     /// Round trip of the latest probe and its moving average, in microseconds (0: none yet).
     pub rtt_recent_us: AtomicU64,
     pub rtt_smoothed_us: AtomicU64,
+    /// The server as the latest connection found it.
+    pub server: Mutex<ServerFacts>,
+}
+
+/// What the latest connection learned about the server, for the status socket.
+#[derive(Debug, Clone, Default)]
+pub struct ServerFacts {
+    /// Its SSH identification string.
+    pub id: String,
+    /// SFTP sessions per connection in use, and why that many.
+    pub sftp_sessions: usize,
+    pub sftp_sessions_reason: String,
 }
 
 impl LinkStats {
@@ -94,6 +112,7 @@ impl LinkStats {
 pub struct Supervisor {
     target: Arc<Target>,
     request_timeout: Duration,
+    sessions: SftpSessions,
     state: watch::Sender<LinkState>,
     wake: Notify,
     pub stats: LinkStats,
@@ -104,11 +123,16 @@ const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 impl Supervisor {
-    pub fn new(target: Arc<Target>, request_timeout: Duration) -> Arc<Self> {
+    pub fn new(
+        target: Arc<Target>,
+        request_timeout: Duration,
+        sessions: SftpSessions,
+    ) -> Arc<Self> {
         let (state, _) = watch::channel(LinkState::Connecting);
         Arc::new(Supervisor {
             target,
             request_timeout,
+            sessions,
             state,
             wake: Notify::new(),
             stats: LinkStats::default(),
@@ -118,7 +142,7 @@ impl Supervisor {
     /// Opens one SFTP session on `conn`.
     async fn open_sftp(&self, conn: &ssh::Connection) -> Result<SftpClient, SshError> {
         let stream = conn.open_sftp(self.target.connect_timeout).await?;
-        SftpClient::start(stream, self.request_timeout)
+        SftpClient::start(stream, self.request_timeout, &conn.server_id)
             .await
             .map_err(|e| SshError::Subsystem {
                 host: self.target.host.clone(),
@@ -126,13 +150,15 @@ impl Supervisor {
             })
     }
 
-    /// Opens one connection and its SFTP sessions (the extra ones only where the server
-    /// grants them: a refusal leaves writes on the first).
+    /// Opens one connection and its SFTP sessions: further ones only on servers known to
+    /// keep them apart ([`sftp_sessions::decide`]) and where the server grants them (a
+    /// refusal leaves writes on the first).
     pub async fn connect_once(&self) -> Result<Arc<Link>, SshError> {
         let conn = ssh::connect(self.target.clone()).await?;
         let sftp = self.open_sftp(&conn).await?;
+        let mut choice = sftp_sessions::decide(self.sessions, &conn.server_id);
         let extra =
-            futures::future::join_all((1..WRITE_CHANNELS).map(|_| self.open_sftp(&conn))).await;
+            futures::future::join_all((1..choice.sessions).map(|_| self.open_sftp(&conn))).await;
         let opened = extra.len();
         let extra: Vec<SftpClient> = extra.into_iter().filter_map(Result::ok).collect();
         if extra.len() < opened {
@@ -140,6 +166,20 @@ impl Supervisor {
                 sessions = 1 + extra.len(),
                 "server refused further SFTP sessions on the connection; writes use fewer"
             );
+            choice.sessions = 1 + extra.len();
+            choice.reason = format!("{}; the server refused more", choice.reason);
+        }
+        let facts = ServerFacts {
+            id: conn.server_id.clone(),
+            sftp_sessions: choice.sessions,
+            sftp_sessions_reason: choice.reason,
+        };
+        if let Ok(mut f) = self.stats.server.lock() {
+            if f.id != facts.id || f.sftp_sessions != facts.sftp_sessions {
+                tracing::info!(server = %facts.id, sftp_sessions = facts.sftp_sessions,
+                    reason = %facts.sftp_sessions_reason, "SFTP sessions per connection");
+            }
+            *f = facts;
         }
         Ok(Arc::new(Link {
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
@@ -262,6 +302,13 @@ impl Supervisor {
                 }
                 if current.ssh.is_closed() {
                     self.report_dead(&current, "ssh connection closed");
+                    break;
+                }
+                // A session that failed (the server broke the protocol on it, or its channel
+                // closed) takes the connection with it: a new one starts clean.
+                if let Some(e) = (0..current.channels()).find_map(|n| current.channel(n).failure())
+                {
+                    self.report_dead(&current, &e.to_string());
                     break;
                 }
                 if Instant::now() >= next_probe {

@@ -3,7 +3,7 @@
 //! Owns the conversion between the wire attributes and the plain struct the upper layers
 //! use. It must never apply ownership mapping or masks: that is the filesystem's job.
 
-use russh_sftp::protocol::FileAttributes;
+use super::wire::WireAttrs;
 
 /// The kind of a remote file, from the type bits of its mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,35 +46,29 @@ impl Attrs {
     }
 }
 
-impl From<FileAttributes> for Attrs {
-    fn from(a: FileAttributes) -> Self {
+impl From<WireAttrs> for Attrs {
+    fn from(a: WireAttrs) -> Self {
         Attrs {
             size: a.size,
             uid: a.uid,
             gid: a.gid,
-            mode: a.permissions,
+            mode: a.mode,
             atime: a.atime,
             mtime: a.mtime,
         }
     }
 }
 
-impl From<&Attrs> for FileAttributes {
+impl From<&Attrs> for WireAttrs {
     fn from(a: &Attrs) -> Self {
-        let mut f = FileAttributes::empty();
-        f.size = a.size;
-        // SFTP v3 sets uid and gid together.
-        if a.uid.is_some() || a.gid.is_some() {
-            f.uid = a.uid;
-            f.gid = a.gid;
+        WireAttrs {
+            size: a.size,
+            uid: a.uid,
+            gid: a.gid,
+            mode: a.mode,
+            atime: a.atime,
+            mtime: a.mtime,
         }
-        f.permissions = a.mode;
-        // SFTP v3 sets atime and mtime together.
-        if a.atime.is_some() || a.mtime.is_some() {
-            f.atime = a.atime.or(a.mtime);
-            f.mtime = a.mtime.or(a.atime);
-        }
-        f
     }
 }
 
@@ -106,7 +100,7 @@ mod tests {
             atime: Some(10),
             mtime: Some(20),
         };
-        let f: FileAttributes = (&a).into();
+        let f: WireAttrs = (&a).into();
         assert_eq!(Attrs::from(f), a);
     }
 }

@@ -6,25 +6,32 @@
 //! retry or reconnect: a transport error is returned as [`SftpError::Transport`] and the
 //! session layer decides what happens next.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use russh_sftp::client::RawSftpSession;
-use russh_sftp::protocol::{OpenFlags, Packet, StatusCode};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::attrs::Attrs;
+use super::conn::{Conn, Reply};
 use super::error::SftpError;
+use super::wire::{self, kind, pflags, status, Packet, Reader, MAX_HANDLE};
 
 /// OpenSSH's own payload limit for READ and WRITE; larger requests end some servers'
 /// sessions (ProFTPD), so this is also the cap when the server names no limit.
 pub const DEFAULT_IO_SIZE: u32 = 261_120;
 
-/// Remote handles are passed through a library that decodes them as UTF-8. OpenSSH numbers
-/// handles from 0 and reuses free slots, so keeping fewer than 128 open keeps every handle
-/// a valid UTF-8 string.
-const MAX_OPEN_HANDLES: usize = 127;
+/// The smallest READ/WRITE size used whatever `limits@openssh.com` says: a server claiming
+/// 1 byte must not turn one kernel read into a million requests.
+pub const MIN_IO_SIZE: u32 = 4096;
+
+/// A directory listing is refused beyond this many bytes of names and attributes (each
+/// entry counted as its name plus 64): a server sending entries without end cannot grow the
+/// daemon's memory past it.
+pub const LISTING_BYTES: usize = 32 << 20;
+
+/// Empty READDIR batches tolerated in one listing before it is given up (a server that
+/// answers without entries and without EOF would loop forever).
+const EMPTY_BATCHES: usize = 8;
 
 /// What the server advertised in its VERSION packet.
 #[derive(Debug, Clone, Default)]
@@ -49,12 +56,12 @@ pub struct StatVfs {
     pub namemax: u64,
 }
 
-/// A remote handle, valid only on the session that returned it. Dropping it without
-/// [`SftpClient::close`] leaks the handle on the server until the session ends.
+/// A remote handle: opaque bytes, valid only on the session that returned it. Dropping
+/// it without [`SftpClient::close_nowait`] leaks the handle on the server until the
+/// session ends.
 #[derive(Debug)]
 pub struct RemoteHandle {
-    pub(crate) id: String,
-    _permit: OwnedSemaphorePermit,
+    pub(crate) id: Bytes,
 }
 
 /// How to open a remote file. Mirrors SFTP's pflags; APPEND is deliberately absent
@@ -69,70 +76,54 @@ pub struct OpenMode {
 }
 
 impl OpenMode {
-    fn flags(self) -> OpenFlags {
-        let mut f = OpenFlags::empty();
-        f.set(OpenFlags::READ, self.read);
-        f.set(OpenFlags::WRITE, self.write);
-        f.set(OpenFlags::CREATE, self.create || self.exclusive);
-        f.set(OpenFlags::TRUNCATE, self.truncate);
-        f.set(OpenFlags::EXCLUDE, self.exclusive);
+    fn flags(self) -> u32 {
+        let mut f = 0;
+        let mut set = |on: bool, bit: u32| {
+            if on {
+                f |= bit
+            }
+        };
+        set(self.read, pflags::READ);
+        set(self.write, pflags::WRITE);
+        set(self.create || self.exclusive, pflags::CREAT);
+        set(self.truncate, pflags::TRUNC);
+        set(self.exclusive, pflags::EXCL);
         f
     }
 }
 
-/// An entry of a remote directory listing.
+/// An entry of a remote directory listing; the name is the server's bytes, unchecked.
 #[derive(Debug, Clone)]
 pub struct DirEntry {
-    pub name: String,
+    pub name: Bytes,
     pub attrs: Attrs,
 }
 
 pub struct SftpClient {
-    raw: RawSftpSession,
+    conn: Conn,
     pub extensions: Extensions,
     /// Largest READ payload this client sends.
     pub max_read: u32,
     /// Largest WRITE payload this client sends.
     pub max_write: u32,
-    handles: Arc<Semaphore>,
 }
 
 type R<T> = Result<T, SftpError>;
 
-fn status_ok(p: Packet) -> R<()> {
-    match p {
-        Packet::Status(s) if s.status_code == StatusCode::Ok => Ok(()),
-        Packet::Status(s) => Err(SftpError::Status {
-            code: s.status_code,
-            message: s.error_message,
-        }),
-        _ => Err(SftpError::Transport("unexpected reply packet".into())),
-    }
-}
-
-/// SSH wire encoding of a list of strings, for extension requests.
-fn ssh_strings(parts: &[&str]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for p in parts {
-        out.extend_from_slice(&(p.len() as u32).to_be_bytes());
-        out.extend_from_slice(p.as_bytes());
-    }
-    out
+/// A request packet for `kind` with a path as its first field.
+fn path_packet(k: u8, id: u32, path: &[u8]) -> Packet {
+    Packet::new(k, id, 4 + path.len()).bytes(path)
 }
 
 impl SftpClient {
     /// Runs the SFTP version handshake on `stream` (an SSH channel with the sftp subsystem).
-    pub async fn start<S>(stream: S, request_timeout: Duration) -> R<Self>
+    /// `server` names the server in log lines.
+    pub async fn start<S>(stream: S, request_timeout: Duration, server: &str) -> R<Self>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let cfg = russh_sftp::client::Config {
-            request_timeout_secs: request_timeout.as_secs().max(1),
-            ..Default::default()
-        };
-        let raw = RawSftpSession::new_with_config(stream, cfg);
-        let version = raw.init().await?;
-        let has = |name: &str| version.extensions.contains_key(name);
+        let (conn, _version, ext) = Conn::start(stream, request_timeout, server).await?;
+        let has = |name: &str| ext.iter().any(|(n, _)| n == name);
         let extensions = Extensions {
             posix_rename: has("posix-rename@openssh.com"),
             statvfs: has("statvfs@openssh.com"),
@@ -141,98 +132,292 @@ impl SftpClient {
             limits: has("limits@openssh.com"),
         };
         let mut client = SftpClient {
-            raw,
+            conn,
             extensions,
             max_read: DEFAULT_IO_SIZE,
             max_write: DEFAULT_IO_SIZE,
-            handles: Arc::new(Semaphore::new(MAX_OPEN_HANDLES)),
         };
         if client.extensions.limits {
-            if let Ok(l) = client.raw.limits().await {
-                let cap = |v: u64| -> u32 {
-                    if v == 0 {
-                        DEFAULT_IO_SIZE
-                    } else {
-                        v.min(DEFAULT_IO_SIZE as u64) as u32
-                    }
-                };
-                client.max_read = cap(l.max_read_len);
-                client.max_write = cap(l.max_write_len);
+            if let Ok((read, write)) = client.limits().await {
+                client.max_read = read;
+                client.max_write = write;
             }
         }
         Ok(client)
     }
 
-    pub async fn lstat(&self, path: &str) -> R<Attrs> {
-        Ok(self.raw.lstat(path).await?.attrs.into())
+    /// limits@openssh.com: the server's READ and WRITE sizes, clamped to
+    /// [`MIN_IO_SIZE`]..=[`DEFAULT_IO_SIZE`] (0 means no limit).
+    async fn limits(&self) -> R<(u32, u32)> {
+        let body = self.extended("limits@openssh.com", |p| p).await?;
+        let mut r = Reader::new(body);
+        let mut field = |what| r.u64(what).map_err(|e| self.conn.confused(e.to_string()));
+        let _packet = field("max packet length")?;
+        let read = field("max read length")?;
+        let write = field("max write length")?;
+        let clamp = |v: u64| {
+            if v == 0 {
+                DEFAULT_IO_SIZE
+            } else {
+                v.clamp(MIN_IO_SIZE as u64, DEFAULT_IO_SIZE as u64) as u32
+            }
+        };
+        Ok((clamp(read), clamp(write)))
     }
 
-    pub async fn stat(&self, path: &str) -> R<Attrs> {
-        Ok(self.raw.stat(path).await?.attrs.into())
+    /// Why this session failed, if it did.
+    pub fn failure(&self) -> Option<SftpError> {
+        self.conn.failure()
+    }
+
+    async fn call(&self, build: impl FnOnce(u32) -> Bytes) -> R<Reply> {
+        self.conn.call(build, Bytes::new()).await
+    }
+
+    /// A reply that must be `want`; a STATUS is its error, anything else a protocol error.
+    fn expect(&self, r: Reply, want: u8, what: &str) -> R<Bytes> {
+        if r.kind == want {
+            return Ok(r.body);
+        }
+        match self.status(r) {
+            Ok(()) => Err(self
+                .conn
+                .confused(format!("{what}: status OK where data was due"))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A reply that must be a STATUS: Ok for OK, its error otherwise.
+    fn status(&self, r: Reply) -> R<()> {
+        if r.kind != kind::STATUS {
+            return Err(self
+                .conn
+                .confused(format!("reply of type {} where a status was due", r.kind)));
+        }
+        let mut rd = Reader::new(r.body);
+        let code = rd
+            .u32("status code")
+            .map_err(|e| self.conn.confused(e.to_string()))?;
+        // The message is optional in practice (some servers end the packet after the code).
+        let message = rd.text("status message").unwrap_or_default();
+        if code == status::OK {
+            return Ok(());
+        }
+        Err(SftpError::Status { code, message })
+    }
+
+    /// A STATUS about a handle this client holds open that says the handle is invalid:
+    /// the server has lost track of its own state.
+    fn check_handle<T>(&self, r: R<T>) -> R<T> {
+        match r {
+            Err(SftpError::Status { code, message })
+                if code == status::INVALID_HANDLE
+                    || message.to_ascii_lowercase().contains("invalid handle") =>
+            {
+                Err(self.conn.confused(format!(
+                    "'{message}' (status {code}) for a handle held open"
+                )))
+            }
+            other => other,
+        }
+    }
+
+    fn decode_attrs(&self, body: Bytes) -> R<Attrs> {
+        Reader::new(body)
+            .attrs()
+            .map(Attrs::from)
+            .map_err(|e| self.conn.confused(format!("ATTRS: {e}")))
+    }
+
+    async fn attrs_of(&self, k: u8, path: &[u8]) -> R<Attrs> {
+        let r = self.call(|id| path_packet(k, id, path).finish()).await?;
+        self.decode_attrs(self.expect(r, kind::ATTRS, "stat")?)
+    }
+
+    async fn path_status(&self, k: u8, path: &[u8]) -> R<()> {
+        let r = self.call(|id| path_packet(k, id, path).finish()).await?;
+        self.status(r)
+    }
+
+    async fn handle_status(&self, build: impl FnOnce(u32) -> Bytes) -> R<()> {
+        let r = self.call(build).await?;
+        self.check_handle(self.status(r))
+    }
+
+    pub async fn lstat(&self, path: impl AsRef<[u8]>) -> R<Attrs> {
+        self.attrs_of(kind::LSTAT, path.as_ref()).await
+    }
+
+    pub async fn stat(&self, path: impl AsRef<[u8]>) -> R<Attrs> {
+        self.attrs_of(kind::STAT, path.as_ref()).await
     }
 
     pub async fn fstat(&self, h: &RemoteHandle) -> R<Attrs> {
-        Ok(self.raw.fstat(h.id.as_str()).await?.attrs.into())
+        let r = self
+            .call(|id| {
+                Packet::new(kind::FSTAT, id, 4 + h.id.len())
+                    .bytes(&h.id)
+                    .finish()
+            })
+            .await?;
+        let body = self.check_handle(self.expect(r, kind::ATTRS, "fstat"))?;
+        self.decode_attrs(body)
     }
 
-    pub async fn setstat(&self, path: &str, attrs: &Attrs) -> R<()> {
-        self.raw.setstat(path, attrs.into()).await?;
-        Ok(())
+    pub async fn setstat(&self, path: impl AsRef<[u8]>, attrs: &Attrs) -> R<()> {
+        let path = path.as_ref();
+        let r = self
+            .call(|id| {
+                path_packet(kind::SETSTAT, id, path)
+                    .attrs(&attrs.into())
+                    .finish()
+            })
+            .await?;
+        self.status(r)
     }
 
     pub async fn fsetstat(&self, h: &RemoteHandle, attrs: &Attrs) -> R<()> {
-        self.raw.fsetstat(h.id.as_str(), attrs.into()).await?;
-        Ok(())
-    }
-
-    fn handle_permit(&self) -> R<OwnedSemaphorePermit> {
-        self.handles
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| SftpError::Status {
-                code: StatusCode::Failure,
-                message: "too many open files on this connection".into(),
-            })
-    }
-
-    pub async fn open(&self, path: &str, mode: OpenMode, attrs: &Attrs) -> R<RemoteHandle> {
-        let permit = self.handle_permit()?;
-        let h = self.raw.open(path, mode.flags(), attrs.into()).await?;
-        Ok(RemoteHandle {
-            id: h.handle,
-            _permit: permit,
+        self.handle_status(|id| {
+            Packet::new(kind::FSETSTAT, id, 40 + h.id.len())
+                .bytes(&h.id)
+                .attrs(&attrs.into())
+                .finish()
         })
+        .await
+    }
+
+    fn handle_of(&self, r: Reply) -> R<RemoteHandle> {
+        let body = self.expect(r, kind::HANDLE, "open")?;
+        let id = Reader::new(body)
+            .bytes("handle")
+            .map_err(|e| self.conn.confused(format!("HANDLE: {e}")))?;
+        if id.len() > MAX_HANDLE {
+            return Err(self.conn.confused(format!(
+                "handle of {} bytes (the protocol allows {MAX_HANDLE})",
+                id.len()
+            )));
+        }
+        Ok(RemoteHandle { id })
+    }
+
+    pub async fn open(
+        &self,
+        path: impl AsRef<[u8]>,
+        mode: OpenMode,
+        attrs: &Attrs,
+    ) -> R<RemoteHandle> {
+        let path = path.as_ref();
+        let r = self
+            .call(|id| {
+                path_packet(kind::OPEN, id, path)
+                    .u32(mode.flags())
+                    .attrs(&attrs.into())
+                    .finish()
+            })
+            .await?;
+        self.handle_of(r)
     }
 
     /// Sends CLOSE without waiting for the answer (it is then ignored). Requests sent
     /// later are processed after it, so nothing can use the handle by mistake.
     pub fn close_nowait(&self, h: &RemoteHandle) {
-        use futures::FutureExt;
-        // The first poll sends the request; dropping the future forgets the reply.
-        let _ = self.raw.close(h.id.as_str()).now_or_never();
+        self.conn.send_only(|id| {
+            Packet::new(kind::CLOSE, id, 4 + h.id.len())
+                .bytes(&h.id)
+                .finish()
+        });
     }
 
     /// Reads up to `len` bytes (capped at `max_read`); an empty result means end of file.
-    pub async fn read(&self, h: &RemoteHandle, offset: u64, len: u32) -> R<Vec<u8>> {
-        match self
-            .raw
-            .read(h.id.as_str(), offset, len.min(self.max_read))
-            .await
-        {
-            Ok(d) => Ok(d.data),
-            Err(russh_sftp::client::error::Error::Status(s))
-                if s.status_code == StatusCode::Eof =>
-            {
-                Ok(Vec::new())
-            }
-            Err(e) => Err(e.into()),
+    /// A reply longer than asked is a protocol error, never data.
+    pub async fn read(&self, h: &RemoteHandle, offset: u64, len: u32) -> R<Bytes> {
+        let len = len.min(self.max_read);
+        let r = self
+            .call(|id| {
+                Packet::new(kind::READ, id, 16 + h.id.len())
+                    .bytes(&h.id)
+                    .u64(offset)
+                    .u32(len)
+                    .finish()
+            })
+            .await?;
+        let body = match self.check_handle(self.expect(r, kind::DATA, "read")) {
+            Ok(b) => b,
+            Err(SftpError::Status {
+                code: status::EOF, ..
+            }) => return Ok(Bytes::new()),
+            Err(e) => return Err(e),
+        };
+        let data = Reader::new(body)
+            .bytes("data")
+            .map_err(|e| self.conn.confused(format!("DATA: {e}")))?;
+        if data.len() > len as usize {
+            return Err(self
+                .conn
+                .confused(format!("READ of {len} bytes answered with {}", data.len())));
         }
+        Ok(data)
     }
 
-    /// Writes one chunk of at most `max_write` bytes.
-    pub async fn write(&self, h: &RemoteHandle, offset: u64, data: Vec<u8>) -> R<()> {
-        self.raw.write(h.id.as_str(), offset, data).await?;
-        Ok(())
+    /// Writes one chunk of at most `max_write` bytes. The data is sent as it is, after
+    /// the packet's header (not copied into it).
+    pub async fn write(&self, h: &RemoteHandle, offset: u64, data: Bytes) -> R<()> {
+        let len = data.len();
+        let r = self
+            .conn
+            .call(
+                |id| {
+                    Packet::new(kind::WRITE, id, 16 + h.id.len())
+                        .bytes(&h.id)
+                        .u64(offset)
+                        .u32(len as u32)
+                        .finish_tail(len)
+                },
+                data,
+            )
+            .await?;
+        self.check_handle(self.status(r))
+    }
+
+    /// One READDIR batch: the entries, or `None` at EOF.
+    async fn readdir(&self, handle: &Bytes) -> R<Option<Vec<DirEntry>>> {
+        let r = self
+            .call(|id| {
+                Packet::new(kind::READDIR, id, 4 + handle.len())
+                    .bytes(handle)
+                    .finish()
+            })
+            .await?;
+        let body = match self.check_handle(self.expect(r, kind::NAME, "readdir")) {
+            Ok(b) => b,
+            Err(SftpError::Status {
+                code: status::EOF, ..
+            }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        self.names(body).map(Some)
+    }
+
+    /// Decodes a NAME reply (the long names are skipped).
+    fn names(&self, body: Bytes) -> R<Vec<DirEntry>> {
+        let mut r = Reader::new(body);
+        let bad = |e: wire::DecodeError| self.conn.confused(format!("NAME: {e}"));
+        let n = r.u32("count").map_err(bad)? as usize;
+        // Each entry takes at least 12 bytes: a count beyond that is a lie.
+        if n > r.remaining() / 12 {
+            return Err(self.conn.confused(format!(
+                "NAME claims {n} entries in {} bytes",
+                r.remaining()
+            )));
+        }
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = r.bytes("filename").map_err(bad)?;
+            r.bytes("longname").map_err(bad)?;
+            let attrs = r.attrs().map_err(bad)?.into();
+            out.push(DirEntry { name, attrs });
+        }
+        Ok(out)
     }
 
     /// Lists a whole directory: OPENDIR, READDIRs pipelined (the server answers them in
@@ -240,148 +425,214 @@ impl SftpClient {
     /// go out first (most directories are small); every batch that comes back doubles how
     /// many are in flight, up to `READDIR_DEPTH`, so a big listing takes a few round trips
     /// instead of one per batch. `None` when the directory holds more than `max` entries
-    /// (listing stops there).
-    pub async fn read_dir(&self, path: &str, max: usize) -> R<Option<Vec<DirEntry>>> {
+    /// (listing stops there). A listing past [`LISTING_BYTES`] or without end fails.
+    pub async fn read_dir(&self, path: impl AsRef<[u8]>, max: usize) -> R<Option<Vec<DirEntry>>> {
         use futures::stream::{FuturesOrdered, StreamExt};
-        use futures::FutureExt;
         const READDIR_DEPTH: usize = 64;
-        let permit = self.handle_permit()?;
-        let handle = self.raw.opendir(path).await?.handle;
+        let r = self
+            .call(|id| path_packet(kind::OPENDIR, id, path.as_ref()).finish())
+            .await?;
+        let handle = self.handle_of(r)?;
         let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut empty = 0usize;
         let mut pending = FuturesOrdered::new();
         let mut depth = 2;
         for _ in 0..depth {
-            pending.push_back(self.raw.readdir(handle.as_str()));
+            pending.push_back(self.readdir(&handle.id));
         }
         let mut result = Ok(());
         while let Some(r) = pending.next().await {
             match r {
-                Ok(name) => {
-                    out.extend(name.files.into_iter().map(|f| DirEntry {
-                        name: f.filename,
-                        attrs: f.attrs.into(),
-                    }));
+                Ok(Some(batch)) => {
+                    if batch.is_empty() {
+                        empty += 1;
+                        if empty > EMPTY_BATCHES {
+                            result = Err(SftpError::Status {
+                                code: status::FAILURE,
+                                message: "directory listing without end (empty batches)".into(),
+                            });
+                            break;
+                        }
+                    }
+                    bytes += batch.iter().map(|e| e.name.len() + 64).sum::<usize>();
+                    out.extend(batch);
                     if out.len() > max {
+                        break;
+                    }
+                    if bytes > LISTING_BYTES {
+                        tracing::warn!(entries = out.len(), "directory listing too large; refused");
+                        result = Err(SftpError::Status {
+                            code: status::FAILURE,
+                            message: format!(
+                                "directory listing larger than {} MiB",
+                                LISTING_BYTES >> 20
+                            ),
+                        });
                         break;
                     }
                     depth = (depth * 2).min(READDIR_DEPTH);
                     while pending.len() < depth {
-                        pending.push_back(self.raw.readdir(handle.as_str()));
+                        pending.push_back(self.readdir(&handle.id));
                     }
                 }
                 // Answers come in order: everything after the first EOF is EOF too.
-                Err(russh_sftp::client::error::Error::Status(s))
-                    if s.status_code == StatusCode::Eof =>
-                {
-                    break
-                }
+                Ok(None) => break,
                 Err(e) => {
-                    result = Err(SftpError::from(e));
+                    result = Err(e);
                     break;
                 }
             }
         }
         drop(pending);
-        let _ = self.raw.close(handle.as_str()).now_or_never();
-        drop(permit);
+        self.close_nowait(&handle);
         result?;
         Ok((out.len() <= max).then_some(out))
     }
 
-    pub async fn remove(&self, path: &str) -> R<()> {
-        self.raw.remove(path).await?;
-        Ok(())
+    pub async fn remove(&self, path: impl AsRef<[u8]>) -> R<()> {
+        self.path_status(kind::REMOVE, path.as_ref()).await
     }
 
-    pub async fn mkdir(&self, path: &str, attrs: &Attrs) -> R<()> {
-        self.raw.mkdir(path, attrs.into()).await?;
-        Ok(())
+    pub async fn mkdir(&self, path: impl AsRef<[u8]>, attrs: &Attrs) -> R<()> {
+        let path = path.as_ref();
+        let r = self
+            .call(|id| {
+                path_packet(kind::MKDIR, id, path)
+                    .attrs(&attrs.into())
+                    .finish()
+            })
+            .await?;
+        self.status(r)
     }
 
-    pub async fn rmdir(&self, path: &str) -> R<()> {
-        self.raw.rmdir(path).await?;
-        Ok(())
+    pub async fn rmdir(&self, path: impl AsRef<[u8]>) -> R<()> {
+        self.path_status(kind::RMDIR, path.as_ref()).await
     }
 
     /// Plain SFTP rename: fails when `to` exists (on OpenSSH).
-    pub async fn rename(&self, from: &str, to: &str) -> R<()> {
-        self.raw.rename(from, to).await?;
-        Ok(())
+    pub async fn rename(&self, from: impl AsRef<[u8]>, to: impl AsRef<[u8]>) -> R<()> {
+        let r = self
+            .call(|id| {
+                path_packet(kind::RENAME, id, from.as_ref())
+                    .bytes(to.as_ref())
+                    .finish()
+            })
+            .await?;
+        self.status(r)
+    }
+
+    /// An extended request `name` with fields added by `fields`; the reply's body when it
+    /// is an EXTENDED_REPLY, its error when a STATUS.
+    async fn extended(&self, name: &str, fields: impl FnOnce(Packet) -> Packet) -> R<Bytes> {
+        let r = self
+            .call(|id| fields(Packet::new(kind::EXTENDED, id, 64).bytes(name.as_bytes())).finish())
+            .await?;
+        self.expect(r, kind::EXTENDED_REPLY, name)
+    }
+
+    /// An extended request answered by a status.
+    async fn extended_status(&self, name: &str, fields: impl FnOnce(Packet) -> Packet) -> R<()> {
+        let r = self
+            .call(|id| fields(Packet::new(kind::EXTENDED, id, 64).bytes(name.as_bytes())).finish())
+            .await?;
+        self.status(r)
     }
 
     /// Atomic replace (posix-rename@openssh.com).
-    pub async fn posix_rename(&self, from: &str, to: &str) -> R<()> {
+    pub async fn posix_rename(&self, from: impl AsRef<[u8]>, to: impl AsRef<[u8]>) -> R<()> {
         if !self.extensions.posix_rename {
             return Err(SftpError::Unsupported("posix-rename@openssh.com"));
         }
-        let reply = self
-            .raw
-            .extended("posix-rename@openssh.com", ssh_strings(&[from, to]))
-            .await?;
-        status_ok(reply)
+        self.extended_status("posix-rename@openssh.com", |p| {
+            p.bytes(from.as_ref()).bytes(to.as_ref())
+        })
+        .await
     }
 
     /// Creates a symlink at `link` pointing to `target`. OpenSSH (and servers compatible
     /// with it) read SSH_FXP_SYMLINK's arguments in the reverse order of the draft.
-    pub async fn symlink(&self, target: &str, link: &str) -> R<()> {
-        self.raw.symlink(target, link).await?;
-        Ok(())
+    pub async fn symlink(&self, target: impl AsRef<[u8]>, link: impl AsRef<[u8]>) -> R<()> {
+        let r = self
+            .call(|id| {
+                path_packet(kind::SYMLINK, id, target.as_ref())
+                    .bytes(link.as_ref())
+                    .finish()
+            })
+            .await?;
+        self.status(r)
     }
 
-    pub async fn readlink(&self, path: &str) -> R<String> {
-        let name = self.raw.readlink(path).await?;
-        name.files
+    /// The first name of a NAME reply to a path request (READLINK, REALPATH).
+    async fn one_name(&self, k: u8, path: &[u8], what: &str) -> R<Bytes> {
+        let r = self.call(|id| path_packet(k, id, path).finish()).await?;
+        let body = self.expect(r, kind::NAME, what)?;
+        self.names(body)?
             .into_iter()
             .next()
-            .map(|f| f.filename)
-            .ok_or_else(|| SftpError::Transport("empty READLINK reply".into()))
+            .map(|e| e.name)
+            .ok_or_else(|| self.conn.confused(format!("empty {what} reply")))
     }
 
-    pub async fn realpath(&self, path: &str) -> R<String> {
-        let name = self.raw.realpath(path).await?;
-        name.files
-            .into_iter()
-            .next()
-            .map(|f| f.filename)
-            .ok_or_else(|| SftpError::Transport("empty REALPATH reply".into()))
+    pub async fn readlink(&self, path: impl AsRef<[u8]>) -> R<Bytes> {
+        self.one_name(kind::READLINK, path.as_ref(), "READLINK")
+            .await
     }
 
-    pub async fn hardlink(&self, from: &str, to: &str) -> R<()> {
+    pub async fn realpath(&self, path: impl AsRef<[u8]>) -> R<Bytes> {
+        self.one_name(kind::REALPATH, path.as_ref(), "REALPATH")
+            .await
+    }
+
+    pub async fn hardlink(&self, from: impl AsRef<[u8]>, to: impl AsRef<[u8]>) -> R<()> {
         if !self.extensions.hardlink {
             return Err(SftpError::Unsupported("hardlink@openssh.com"));
         }
-        self.raw.hardlink(from, to).await?;
-        Ok(())
+        self.extended_status("hardlink@openssh.com", |p| {
+            p.bytes(from.as_ref()).bytes(to.as_ref())
+        })
+        .await
     }
 
     pub async fn fsync(&self, h: &RemoteHandle) -> R<()> {
         if !self.extensions.fsync {
             return Err(SftpError::Unsupported("fsync@openssh.com"));
         }
-        self.raw.fsync(h.id.as_str()).await?;
-        Ok(())
+        let r = self
+            .extended_status("fsync@openssh.com", |p| p.bytes(&h.id))
+            .await;
+        self.check_handle(r)
     }
 
-    pub async fn statvfs(&self, path: &str) -> R<StatVfs> {
+    pub async fn statvfs(&self, path: impl AsRef<[u8]>) -> R<StatVfs> {
         if !self.extensions.statvfs {
             return Err(SftpError::Unsupported("statvfs@openssh.com"));
         }
-        let s = self.raw.statvfs(path).await?;
+        let body = self
+            .extended("statvfs@openssh.com", |p| p.bytes(path.as_ref()))
+            .await?;
+        let mut r = Reader::new(body);
+        let mut f = [0u64; 11];
+        for v in f.iter_mut() {
+            *v = r
+                .u64("statvfs field")
+                .map_err(|e| self.conn.confused(format!("statvfs: {e}")))?;
+        }
         Ok(StatVfs {
-            bsize: s.block_size,
-            frsize: s.fragment_size,
-            blocks: s.blocks,
-            bfree: s.blocks_free,
-            bavail: s.blocks_avail,
-            files: s.inodes,
-            ffree: s.inodes_free,
-            namemax: s.name_max,
+            bsize: f[0],
+            frsize: f[1],
+            blocks: f[2],
+            bfree: f[3],
+            bavail: f[4],
+            files: f[5],
+            ffree: f[6],
+            namemax: f[10],
         })
     }
 
     /// Ends the SFTP session (the SSH connection is closed by its owner).
     pub fn shutdown(&self) {
-        let _ = self.raw.close_session();
+        self.conn.shutdown();
     }
 }
 
@@ -397,15 +648,6 @@ mod tests {
             ..Default::default()
         };
         let f = m.flags();
-        assert!(f.contains(OpenFlags::CREATE | OpenFlags::EXCLUDE | OpenFlags::WRITE));
-        assert!(!f.contains(OpenFlags::APPEND));
-    }
-
-    #[test]
-    fn extension_strings() {
-        assert_eq!(
-            ssh_strings(&["a", "bc"]),
-            vec![0, 0, 0, 1, b'a', 0, 0, 0, 2, b'b', b'c']
-        );
+        assert_eq!(f, pflags::CREAT | pflags::EXCL | pflags::WRITE);
     }
 }

@@ -5,18 +5,26 @@
 //! context it does not have: refining a generic FAILURE with a `stat` is the filesystem
 //! layer's job.
 
-use russh_sftp::protocol::StatusCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::wire::status as st;
 
 /// An error from one SFTP request.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SftpError {
-    /// The server answered with a status other than OK.
-    #[error("server said {code:?}: {message}")]
-    Status { code: StatusCode, message: String },
-    /// The transport failed (connection lost, request timed out, garbage from the server).
-    /// The request may or may not have been executed by the server.
+    /// The server answered with a status other than OK (`code` as sent, any number).
+    #[error("server said {}: {message}", status_name(*code))]
+    Status { code: u32, message: String },
+    /// The transport failed (connection lost, request timed out). The request may or may
+    /// not have been executed by the server.
     #[error("connection lost: {0}")]
     Transport(String),
+    /// The server broke the protocol (a reply to a request not in flight, of the wrong
+    /// type, too long, undecodable, `Invalid handle` for a handle held open): its state
+    /// cannot be trusted, and what it did with requests in flight is unknown, possibly
+    /// mangled. The session is dropped; writes in flight on it are reported as failed.
+    #[error("server protocol error: {0}")]
+    Confused(String),
     /// The server does not offer what this request needs (an extension).
     #[error("server does not support {0}")]
     Unsupported(&'static str),
@@ -25,7 +33,12 @@ pub enum SftpError {
 impl SftpError {
     /// True when the session that carried this request is no longer usable.
     pub fn is_transport(&self) -> bool {
-        matches!(self, SftpError::Transport(_))
+        matches!(self, SftpError::Transport(_) | SftpError::Confused(_))
+    }
+
+    /// True when the server's state was found confused (see [`SftpError::Confused`]).
+    pub fn is_confused(&self) -> bool {
+        matches!(self, SftpError::Confused(_))
     }
 
     /// True for SSH_FX_NO_SUCH_FILE (and ProFTPD's message texts for it).
@@ -37,43 +50,95 @@ impl SftpError {
     pub fn errno(&self) -> i32 {
         match self {
             SftpError::Status { code, message } => status_errno(*code, message),
-            SftpError::Transport(_) => libc::EIO,
+            SftpError::Transport(_) | SftpError::Confused(_) => libc::EIO,
             SftpError::Unsupported(_) => libc::EOPNOTSUPP,
         }
     }
 }
 
-impl From<russh_sftp::client::error::Error> for SftpError {
-    fn from(e: russh_sftp::client::error::Error) -> Self {
-        use russh_sftp::client::error::Error as E;
-        match e {
-            E::Status(s) => SftpError::Status {
-                code: s.status_code,
-                message: s.error_message,
-            },
-            // A request larger than the server's advertised limits is a bug of ours, not a
-            // dead link; report it as a protocol failure of this request only.
-            E::Limited(m) => SftpError::Status {
-                code: StatusCode::Failure,
-                message: m,
-            },
-            other => SftpError::Transport(other.to_string()),
-        }
-    }
+/// The protocol's name of a status code (for messages).
+pub fn status_name(code: u32) -> String {
+    const NAMES: [&str; 32] = [
+        "OK",
+        "EOF",
+        "NO_SUCH_FILE",
+        "PERMISSION_DENIED",
+        "FAILURE",
+        "BAD_MESSAGE",
+        "NO_CONNECTION",
+        "CONNECTION_LOST",
+        "OP_UNSUPPORTED",
+        "INVALID_HANDLE",
+        "NO_SUCH_PATH",
+        "FILE_ALREADY_EXISTS",
+        "WRITE_PROTECT",
+        "NO_MEDIA",
+        "NO_SPACE_ON_FILESYSTEM",
+        "QUOTA_EXCEEDED",
+        "UNKNOWN_PRINCIPAL",
+        "LOCK_CONFLICT",
+        "DIR_NOT_EMPTY",
+        "NOT_A_DIRECTORY",
+        "INVALID_FILENAME",
+        "LINK_LOOP",
+        "CANNOT_DELETE",
+        "INVALID_PARAMETER",
+        "FILE_IS_A_DIRECTORY",
+        "BYTE_RANGE_LOCK_CONFLICT",
+        "BYTE_RANGE_LOCK_REFUSED",
+        "DELETE_PENDING",
+        "FILE_CORRUPT",
+        "OWNER_INVALID",
+        "GROUP_INVALID",
+        "NO_MATCHING_BYTE_RANGE_LOCK",
+    ];
+    NAMES
+        .get(code as usize)
+        .map_or_else(|| format!("status {code}"), |n| n.to_string())
 }
 
 /// Maps a status code and its message to errno. Generic FAILUREs carry the real cause in
-/// the message on some servers (ProFTPD mod_sftp: "File already exists", ...).
-pub fn status_errno(code: StatusCode, message: &str) -> i32 {
+/// the message on some servers (ProFTPD mod_sftp: "File already exists", ...). Codes past
+/// 8 (SFTP v4..v6, which some servers send in v3 sessions) map to what a local
+/// filesystem would give; an unknown code is EIO, logged once with its message.
+pub fn status_errno(code: u32, message: &str) -> i32 {
     match code {
-        StatusCode::Ok => 0,
-        StatusCode::Eof => libc::ENODATA,
-        StatusCode::NoSuchFile => libc::ENOENT,
-        StatusCode::PermissionDenied => message_errno(message).unwrap_or(libc::EACCES),
-        StatusCode::Failure => message_errno(message).unwrap_or(libc::EIO),
-        StatusCode::BadMessage => libc::EINVAL,
-        StatusCode::NoConnection | StatusCode::ConnectionLost => libc::EIO,
-        StatusCode::OpUnsupported => libc::EOPNOTSUPP,
+        st::OK => 0,
+        st::EOF => libc::ENODATA,
+        st::NO_SUCH_FILE | st::NO_SUCH_PATH => libc::ENOENT,
+        st::PERMISSION_DENIED => message_errno(message).unwrap_or(libc::EACCES),
+        st::FAILURE => message_errno(message).unwrap_or(libc::EIO),
+        st::BAD_MESSAGE => libc::EINVAL,
+        st::NO_CONNECTION | st::CONNECTION_LOST => libc::EIO,
+        st::OP_UNSUPPORTED => libc::EOPNOTSUPP,
+        st::INVALID_HANDLE => libc::EBADF,
+        st::FILE_ALREADY_EXISTS => libc::EEXIST,
+        st::WRITE_PROTECT => libc::EROFS,
+        st::NO_MEDIA => libc::ENODEV,
+        st::NO_SPACE_ON_FILESYSTEM => libc::ENOSPC,
+        st::QUOTA_EXCEEDED => libc::EDQUOT,
+        st::UNKNOWN_PRINCIPAL | st::OWNER_INVALID | st::GROUP_INVALID => libc::EINVAL,
+        st::LOCK_CONFLICT | st::BYTE_RANGE_LOCK_CONFLICT => libc::EAGAIN,
+        st::DIR_NOT_EMPTY => libc::ENOTEMPTY,
+        st::NOT_A_DIRECTORY => libc::ENOTDIR,
+        st::INVALID_FILENAME | st::INVALID_PARAMETER => libc::EINVAL,
+        st::LINK_LOOP => libc::ELOOP,
+        st::CANNOT_DELETE => libc::EPERM,
+        st::FILE_IS_A_DIRECTORY => libc::EISDIR,
+        st::BYTE_RANGE_LOCK_REFUSED | st::NO_MATCHING_BYTE_RANGE_LOCK => libc::ENOLCK,
+        st::DELETE_PENDING => libc::EBUSY,
+        st::FILE_CORRUPT => libc::EIO,
+        _ => {
+            static SAID: AtomicBool = AtomicBool::new(false);
+            if !SAID.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    code,
+                    message,
+                    "server sent an unknown SFTP status code; reported as EIO"
+                );
+            }
+            message_errno(message).unwrap_or(libc::EIO)
+        }
     }
 }
 
@@ -109,52 +174,52 @@ mod tests {
 
     #[test]
     fn plain_codes() {
+        assert_eq!(status_errno(st::NO_SUCH_FILE, "No such file"), libc::ENOENT);
         assert_eq!(
-            status_errno(StatusCode::NoSuchFile, "No such file"),
-            libc::ENOENT
-        );
-        assert_eq!(
-            status_errno(StatusCode::PermissionDenied, "Permission denied"),
+            status_errno(st::PERMISSION_DENIED, "Permission denied"),
             libc::EACCES
         );
-        assert_eq!(status_errno(StatusCode::Failure, "Failure"), libc::EIO);
-        assert_eq!(
-            status_errno(StatusCode::BadMessage, "Bad message"),
-            libc::EINVAL
-        );
-        assert_eq!(
-            status_errno(StatusCode::OpUnsupported, "x"),
-            libc::EOPNOTSUPP
-        );
+        assert_eq!(status_errno(st::FAILURE, "Failure"), libc::EIO);
+        assert_eq!(status_errno(st::BAD_MESSAGE, "Bad message"), libc::EINVAL);
+        assert_eq!(status_errno(st::OP_UNSUPPORTED, "x"), libc::EOPNOTSUPP);
     }
 
     #[test]
     fn proftpd_messages() {
         assert_eq!(
-            status_errno(StatusCode::Failure, "File already exists"),
+            status_errno(st::FAILURE, "File already exists"),
             libc::EEXIST
         );
+        assert_eq!(status_errno(st::FAILURE, "Not a directory"), libc::ENOTDIR);
         assert_eq!(
-            status_errno(StatusCode::Failure, "Not a directory"),
-            libc::ENOTDIR
-        );
-        assert_eq!(
-            status_errno(StatusCode::Failure, "Directory is not empty"),
+            status_errno(st::FAILURE, "Directory is not empty"),
             libc::ENOTEMPTY
         );
-        assert_eq!(status_errno(StatusCode::Failure, "Link loop"), libc::ELOOP);
+        assert_eq!(status_errno(st::FAILURE, "Link loop"), libc::ELOOP);
         assert_eq!(
-            status_errno(StatusCode::Failure, "No space left on device"),
+            status_errno(st::FAILURE, "No space left on device"),
             libc::ENOSPC
         );
         assert_eq!(
-            status_errno(StatusCode::PermissionDenied, "Is a directory"),
+            status_errno(st::PERMISSION_DENIED, "Is a directory"),
             libc::EISDIR
         );
         assert_eq!(
-            status_errno(StatusCode::PermissionDenied, "File name too long"),
+            status_errno(st::PERMISSION_DENIED, "File name too long"),
             libc::ENAMETOOLONG
         );
+    }
+
+    #[test]
+    fn later_codes_decode() {
+        assert_eq!(status_errno(9, "Invalid handle"), libc::EBADF);
+        assert_eq!(status_errno(11, "File exists"), libc::EEXIST);
+        assert_eq!(status_errno(14, "x"), libc::ENOSPC);
+        assert_eq!(status_errno(15, "x"), libc::EDQUOT);
+        assert_eq!(status_errno(99, "whatever"), libc::EIO);
+        assert_eq!(status_errno(99, "No space left on device"), libc::ENOSPC);
+        assert_eq!(status_name(11), "FILE_ALREADY_EXISTS");
+        assert_eq!(status_name(99), "status 99");
     }
 
     #[test]

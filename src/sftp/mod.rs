@@ -6,8 +6,10 @@
 
 pub mod attrs;
 pub mod client;
+mod conn;
 pub mod error;
+pub mod wire;
 
 pub use attrs::{Attrs, Kind};
-pub use client::{DirEntry, OpenMode, RemoteHandle, SftpClient, StatVfs};
+pub use client::{OpenMode, RemoteHandle, SftpClient, StatVfs};
 pub use error::SftpError;

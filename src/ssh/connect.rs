@@ -27,6 +27,8 @@ struct Verifier {
     target: Arc<Target>,
     /// Why the key was refused, for the caller's error message.
     refusal: Arc<Mutex<Option<SshError>>>,
+    /// The identification string the server sent (`SSH-2.0-OpenSSH_9.2p1 ...`).
+    server_id: Arc<Mutex<String>>,
 }
 
 impl Verifier {
@@ -79,6 +81,20 @@ impl Verifier {
 impl client::Handler for Verifier {
     type Error = russh::Error;
 
+    async fn kex_done(
+        &mut self,
+        _secret: Option<&[u8]>,
+        _names: &russh::Names,
+        session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        if let Ok(mut id) = self.server_id.lock() {
+            *id = String::from_utf8_lossy(session.remote_sshid())
+                .trim()
+                .to_string();
+        }
+        Ok(())
+    }
+
     async fn check_server_key(
         &mut self,
         key: &PublicKeyOrCertificate,
@@ -107,6 +123,8 @@ impl client::Handler for Verifier {
 pub struct Connection {
     handle: Handle<Verifier>,
     host: String,
+    /// The server's identification string, e.g. `SSH-2.0-OpenSSH_9.2p1 Debian-2`.
+    pub server_id: String,
 }
 
 fn preferred(target: &Target) -> russh::Preferred {
@@ -239,9 +257,11 @@ pub async fn connect(target: Arc<Target>) -> Result<Connection, SshError> {
         ..Default::default()
     });
     let refusal = Arc::new(Mutex::new(None));
+    let server_id = Arc::new(Mutex::new(String::new()));
     let verifier = Verifier {
         target: target.clone(),
         refusal: refusal.clone(),
+        server_id: server_id.clone(),
     };
     let protocol = |reason: String| SshError::Protocol {
         host: addr_text.clone(),
@@ -299,9 +319,11 @@ pub async fn connect(target: Arc<Target>) -> Result<Connection, SshError> {
             tried: tried.join(", "),
         });
     }
+    let server_id = server_id.lock().map(|s| s.clone()).unwrap_or_default();
     Ok(Connection {
         handle,
         host: addr_text,
+        server_id,
     })
 }
 

@@ -51,6 +51,14 @@ fn summary(v: &serde_json::Value) -> String {
         n("connections"),
         n("unconfirmed_write_bytes") / 1024,
     );
+    if !s("server").is_empty() && s("server") != "-" {
+        out.push_str(&format!(
+            "  server {}: {} SFTP session(s) per connection ({})\n",
+            s("server"),
+            n("sftp_sessions_per_connection"),
+            s("sftp_sessions_reason"),
+        ));
+    }
     if let Some(rtt) = v.get("rtt_ms_smoothed").and_then(|x| x.as_f64()) {
         out.push_str(&format!("  round trip {rtt:.1} ms\n"));
     }

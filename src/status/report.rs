@@ -48,6 +48,11 @@ pub struct Snapshot {
     /// Connections up, of those configured (`max_conns`).
     pub connections_up: u64,
     pub connections: u64,
+    /// The server's SSH identification string.
+    pub server: String,
+    /// SFTP sessions per connection in use, and why that many.
+    pub sftp_sessions_per_connection: u64,
+    pub sftp_sessions_reason: String,
     pub inodes: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
@@ -184,6 +189,12 @@ impl Snapshot {
             "gauge",
             "SSH connections up (of max_conns)",
             &one(self.connections_up.to_string()),
+        );
+        metric(
+            "sftp_sessions_per_connection",
+            "gauge",
+            "SFTP sessions per SSH connection in use",
+            &one(self.sftp_sessions_per_connection.to_string()),
         );
         metric(
             "cache_entries",
