@@ -13,24 +13,8 @@ use std::time::{Duration, Instant};
 use common::proxy::{Mode, Proxy};
 use common::*;
 
-/// GET `path` on the unix socket: (status code, body).
 fn get(sock: &Path, path: &str) -> (u16, String) {
-    let mut s =
-        UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let code = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
+    http_get(sock, path)
 }
 
 fn json(body: &str) -> serde_json::Value {

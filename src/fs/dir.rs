@@ -37,6 +37,7 @@ fn safe_name(name: &str) -> bool {
         && name != "."
         && name != ".."
         && !name.contains('/')
+        && !name.contains('\0')
         && name.len() <= super::NAME_MAX
 }
 
@@ -62,11 +63,16 @@ async fn list<R: Remote>(
         format!("{path}/")
     };
     let mut entries = Vec::with_capacity(list.len());
+    let mut seen = std::collections::HashSet::with_capacity(list.len());
     for e in list {
         if !safe_name(&e.name) {
             if e.name != "." && e.name != ".." {
                 tracing::warn!(dir = %path, name = ?e.name, "skipping unsafe name from server");
             }
+            continue;
+        }
+        if !seen.insert(e.name.clone()) {
+            tracing::warn!(dir = %path, name = ?e.name, "skipping a name the server listed twice");
             continue;
         }
         let mut attrs = e.attrs;

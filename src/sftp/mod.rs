@@ -13,3 +13,6 @@ pub mod wire;
 pub use attrs::{Attrs, Kind};
 pub use client::{OpenMode, RemoteHandle, SftpClient, StatVfs};
 pub use error::SftpError;
+
+#[cfg(test)]
+mod tests;

@@ -72,8 +72,24 @@ pub fn keygen(path: &Path, kind: &str) {
     run(&mut c);
 }
 
-/// A running sshd serving `served` over SFTP.
+/// Which SFTP server a [`Server`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// OpenSSH's sshd with internal-sftp, logged in as the test's own user.
+    OpenSsh,
+    /// ProFTPD 1.3.8's mod_sftp, defaults but for what a test needs (its own port, files
+    /// and `AllowOverwrite on`), logged in as an unprivileged virtual user.
+    ProFtpd,
+}
+
+/// The unprivileged uid/gid ProFTPD's virtual test user logs in as.
+pub const PROFTPD_UID: u32 = 64_123;
+
+/// A running SFTP server serving `served`.
 pub struct Server {
+    pub kind: Kind,
+    /// The login name in ssh_config.
+    pub login: String,
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub served: PathBuf,
@@ -96,6 +112,15 @@ impl Server {
 
     /// `sshd_extra`: sshd_config lines that win over the defaults (sshd keeps the first).
     pub fn start_configured(key_kind: &str, sshd_extra: &str) -> Server {
+        Self::start_kind(Kind::OpenSsh, key_kind, sshd_extra)
+    }
+
+    /// A ProFTPD mod_sftp server (see [`Kind::ProFtpd`]).
+    pub fn proftpd() -> Server {
+        Self::start_kind(Kind::ProFtpd, "ed25519", "")
+    }
+
+    fn start_kind(kind: Kind, key_kind: &str, sshd_extra: &str) -> Server {
         std::fs::create_dir_all("/run/sshd").ok();
         let dir = tempfile::Builder::new()
             .prefix("mastofs-test-")
@@ -109,7 +134,18 @@ impl Server {
         keygen(&d.join("host_key"), "ed25519");
         keygen(&d.join("user_key"), key_kind);
         std::fs::copy(d.join("user_key.pub"), d.join("authorized_keys")).expect("authorized_keys");
+        let login = match kind {
+            Kind::OpenSsh => String::from_utf8_lossy(&run(Command::new("id").arg("-un")).stdout)
+                .trim()
+                .to_string(),
+            Kind::ProFtpd => {
+                prepare_proftpd(&d);
+                "tester".to_string()
+            }
+        };
         let mut server = Server {
+            kind,
+            login,
             port: 0,
             served,
             ssh_config: d.join("ssh_config"),
@@ -140,9 +176,7 @@ impl Server {
 
     /// ssh_config for Host "box" reaching the server on `port` (a proxy's).
     pub fn write_ssh_config_via(&self, port: u16, extra: &str) {
-        let user = String::from_utf8_lossy(&run(Command::new("id").arg("-un")).stdout)
-            .trim()
-            .to_string();
+        let user = &self.login;
         std::fs::write(
             &self.ssh_config,
             format!(
@@ -164,29 +198,17 @@ impl Server {
             } else {
                 self.port
             };
-            std::fs::write(
-                d.join("sshd_config"),
-                format!(
-                    "{}ListenAddress 127.0.0.1:{port}\nHostKey {}\nPidFile none\nAuthorizedKeysFile {}\n\
-                     PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin yes\n\
-                     StrictModes no\nUsePAM no\nMaxStartups 100\nMaxSessions 100\nSubsystem sftp internal-sftp\n",
-                    self.sshd_extra,
-                    d.join("host_key").display(),
-                    d.join("authorized_keys").display()
-                ),
-            )
-            .expect("sshd_config");
+            let mut cmd = match self.kind {
+                Kind::OpenSsh => self.sshd_command(port),
+                Kind::ProFtpd => proftpd_command(&d, port),
+            };
             let log = std::fs::File::create(d.join("sshd.log")).expect("sshd.log");
-            let mut child = Command::new("/usr/sbin/sshd")
-                .arg("-D")
-                .arg("-e")
-                .arg("-f")
-                .arg(d.join("sshd_config"))
+            let mut child = cmd
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
-                .expect("start sshd");
+                .expect("start the SFTP server");
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(10) {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -203,9 +225,38 @@ impl Server {
             let _ = child.wait();
         }
         panic!(
-            "sshd did not start: {}",
+            "the SFTP server did not start: {}",
             std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
         );
+    }
+
+    /// What the server logged (sshd's stderr; ProFTPD's system and SFTP logs).
+    pub fn log(&self) -> String {
+        ["sshd.log", "system.log", "sftp.log"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
+            .collect()
+    }
+
+    fn sshd_command(&self, port: u16) -> Command {
+        let d = self.dir.path();
+        {
+            std::fs::write(
+                d.join("sshd_config"),
+                format!(
+                    "{}ListenAddress 127.0.0.1:{port}\nHostKey {}\nPidFile none\nAuthorizedKeysFile {}\n\
+                     PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin yes\n\
+                     StrictModes no\nUsePAM no\nMaxStartups 100\nMaxSessions 100\nSubsystem sftp internal-sftp\n",
+                    self.sshd_extra,
+                    d.join("host_key").display(),
+                    d.join("authorized_keys").display()
+                ),
+            )
+            .expect("sshd_config");
+        }
+        let mut c = Command::new("/usr/sbin/sshd");
+        c.arg("-D").arg("-e").arg("-f").arg(d.join("sshd_config"));
+        c
     }
 
     /// Kills sshd and every session process it forked (a crash or a restart of the host's
@@ -240,6 +291,92 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Files for a ProFTPD mod_sftp server in `d`: an RSA host key in PEM (ProFTPD reads
+/// OpenSSH-format ed25519 keys too), the user key in RFC 4716 form, a virtual user with an
+/// unprivileged uid owning `served`.
+fn prepare_proftpd(d: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "", "-f"])
+        .arg(d.join("host_rsa")));
+    std::fs::create_dir(d.join("keys")).expect("keys dir");
+    let rfc4716 = run(Command::new("ssh-keygen")
+        .arg("-e")
+        .arg("-f")
+        .arg(d.join("user_key.pub")))
+    .stdout;
+    std::fs::write(d.join("keys/tester"), rfc4716).expect("user key");
+    let served = d.join("served");
+    std::os::unix::fs::chown(&served, Some(PROFTPD_UID), Some(PROFTPD_UID)).expect("chown");
+    for (f, line) in [
+        (
+            "passwd",
+            format!(
+                "tester:x:{PROFTPD_UID}:{PROFTPD_UID}::{}:/bin/sh\n",
+                served.display()
+            ),
+        ),
+        ("group", format!("tester:x:{PROFTPD_UID}:\n")),
+    ] {
+        std::fs::write(d.join(f), line).expect("auth file");
+        // ProFTPD refuses world-readable auth files.
+        std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o600)).ok();
+    }
+}
+
+fn proftpd_command(d: &Path, port: u16) -> Command {
+    let p = |f: &str| d.join(f).display().to_string();
+    let conf = format!(
+        "ServerType standalone\nDefaultServer on\nServerName \"mastofs-test\"\nPort {port}\n\
+         DefaultAddress 127.0.0.1\nSocketBindTight on\nUseIPv6 off\nUser nobody\nGroup nogroup\n\
+         PidFile {}\nScoreboardFile {}\nDelayTable none\nWtmpLog off\nUseReverseDNS off\n\
+         ModulePath /usr/lib/proftpd\nLoadModule mod_sftp.c\nSystemLog {}\n\
+         AuthOrder mod_auth_file.c\nAuthUserFile {}\nAuthGroupFile {}\nRequireValidShell off\n\
+         MaxInstances 200\nAllowOverwrite on\nSFTPEngine on\nSFTPLog {}\nSFTPHostKey {}\n\
+         SFTPHostKey {}\nSFTPAuthorizedUserKeys file:{}/%u\nSFTPAuthMethods publickey\n",
+        p("proftpd.pid"),
+        p("proftpd.scoreboard"),
+        p("system.log"),
+        p("passwd"),
+        p("group"),
+        p("sftp.log"),
+        p("host_rsa"),
+        p("host_key"),
+        p("keys"),
+    );
+    std::fs::write(d.join("proftpd.conf"), conf).expect("proftpd.conf");
+    let mut c = Command::new("/usr/sbin/proftpd");
+    c.arg("-n").arg("-c").arg(d.join("proftpd.conf"));
+    c
+}
+
+/// GET `path` on a status socket: (status code, body).
+pub fn http_get(sock: &Path, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(sock)
+        .unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The JSON of a status socket's `/status`.
+pub fn status_json(sock: &Path) -> serde_json::Value {
+    let (_, body) = http_get(sock, "/status");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad JSON {e}: {body}"))
 }
 
 /// A mastofs mount in the foreground (-f), unmounted and killed on drop.
