@@ -230,6 +230,11 @@ impl Server {
         );
     }
 
+    /// The server's main process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.sshd.as_ref().map(|c| c.id())
+    }
+
     /// What the server logged (sshd's stderr; ProFTPD's system and SFTP logs).
     pub fn log(&self) -> String {
         ["sshd.log", "system.log", "sftp.log"]
