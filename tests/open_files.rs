@@ -16,7 +16,11 @@ fn server_handles(s: &Server, served: &Path) -> usize {
     let want = served.to_string_lossy().into_owned();
     children_of(pid)
         .into_iter()
-        .flat_map(|p| std::fs::read_dir(format!("/proc/{p}/fd")).into_iter().flatten())
+        .flat_map(|p| {
+            std::fs::read_dir(format!("/proc/{p}/fd"))
+                .into_iter()
+                .flatten()
+        })
         .flatten()
         .filter(|e| {
             std::fs::read_link(e.path())
@@ -91,7 +95,10 @@ fn a_thousand_files_open_at_once_as_two_users() {
         }
     }
     let held = server_handles(&s, &s.served);
-    assert!(held >= 1000, "the server holds {held} handles for 1000 open files");
+    assert!(
+        held >= 1000,
+        "the server holds {held} handles for 1000 open files"
+    );
     for h in &mut holders {
         writeln!(h.stdin.as_mut().unwrap()).unwrap();
     }
@@ -99,8 +106,10 @@ fn a_thousand_files_open_at_once_as_two_users() {
         assert_eq!(l.next().and_then(Result::ok).as_deref(), Some("closed"));
         assert!(h.wait().unwrap().success());
     }
-    wait_until(Duration::from_secs(20), "the server's handles to close", || {
-        server_handles(&s, &s.served) == 0
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "the server's handles to close",
+        || server_handles(&s, &s.served) == 0,
+    );
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1000);
 }

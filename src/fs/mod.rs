@@ -254,7 +254,8 @@ impl<R: Remote> Fs<R> {
         let mode = a.mode.unwrap_or(0);
         let kind = file_type(mode);
         let time = |s: Option<u32>| UNIX_EPOCH + Duration::from_secs(s.unwrap_or(0) as u64);
-        let size = a.size.unwrap_or(0);
+        // The kernel's sizes are signed: a server's u64::MAX must not read as -1.
+        let size = a.size.unwrap_or(0).min(i64::MAX as u64);
         FileAttr {
             ino: INodeNo(ino),
             size,

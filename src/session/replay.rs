@@ -58,6 +58,9 @@ pub enum OnConfused {
     Fail,
 }
 
+/// Confused connections a request may live through before it fails instead of replaying.
+const MAX_CONFUSIONS: u32 = 2;
+
 /// Runs `op` on a live link until it gets an answer from the server or `timeout` passes.
 /// `op` gets the link and whether this is a replay (a previous attempt's fate is unknown).
 /// `pick` names the connection for each attempt (another one may be up when the first
@@ -77,6 +80,9 @@ where
 {
     let deadline = Instant::now() + timeout;
     let mut replay = false;
+    // Connections this request saw found confused: a server that keeps breaking the
+    // protocol while it is in flight would otherwise be reconnected to until the deadline.
+    let mut confusions = 0;
     loop {
         let sup = pick();
         stats.waiting.fetch_add(1, Ordering::Relaxed);
@@ -117,17 +123,21 @@ where
             return Err(RemoteError::Timeout(timeout.as_secs()));
         };
         match result {
+            // The reply to this very request broke the protocol: the connection goes, and
+            // the request fails (the server would likely do the same again).
+            Err(e) if e.is_confused() => {
+                sup.report_dead(&link, &e.to_string());
+                return Err(RemoteError::Sftp(e));
+            }
             Err(e) if e.is_transport() => {
                 sup.report_dead(&link, &e.to_string());
-                let confused = if e.is_confused() {
-                    Some(e)
-                } else {
-                    link.confusion()
-                };
-                if let (Some(c), OnConfused::Fail) = (confused, on_confused) {
-                    tracing::error!(op = what, error = %c,
-                        "request in flight on a confused server: reported as failed, not replayed");
-                    return Err(RemoteError::Sftp(c));
+                if let Some(c) = link.confusion() {
+                    confusions += 1;
+                    if on_confused == OnConfused::Fail || confusions >= MAX_CONFUSIONS {
+                        tracing::error!(op = what, error = %c,
+                            "request in flight on a confused server: reported as failed, not replayed");
+                        return Err(RemoteError::Sftp(c));
+                    }
                 }
                 replay = true;
             }

@@ -35,7 +35,9 @@ struct Pending {
     /// Requests sent and not answered. A request whose caller stopped waiting stays here
     /// until its reply comes, so that reply is not mistaken for one to an unknown id.
     waiting: HashMap<u32, Waiter>,
-    /// Why the session is unusable, once it is.
+    /// Why the session is unusable, once it is. Requests waiting then, and later ones, get
+    /// a transport error naming it (they may be sent again on a new session); only the
+    /// request whose reply broke the protocol gets [`SftpError::Confused`] itself.
     failed: Option<SftpError>,
 }
 
@@ -63,10 +65,19 @@ impl Shared {
             tracing::error!(server = %self.server, error = %why,
                 "SFTP server broke the protocol; the session is dropped and writes in flight on it are reported as failed");
         }
+        let dropped = dropped(&e);
         for (_, w) in waiting {
-            let _ = w.send(Err(e.clone()));
+            let _ = w.send(Err(dropped.clone()));
         }
         self.dead.send_replace(true);
+    }
+}
+
+/// The error requests get whose session failed with `cause`.
+fn dropped(cause: &SftpError) -> SftpError {
+    match cause {
+        SftpError::Confused(why) => SftpError::Transport(format!("session dropped: {why}")),
+        other => other.clone(),
     }
 }
 
@@ -250,7 +261,7 @@ impl Conn {
             .lock()
             .map_err(|_| SftpError::Transport("SFTP session state poisoned".into()))?;
         if let Some(e) = &p.failed {
-            return Err(e.clone());
+            return Err(dropped(e));
         }
         // Ids wrap after 2^32 requests; skip one still waiting.
         let mut id = self.next_id.fetch_add(1, Ordering::Relaxed);

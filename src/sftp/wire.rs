@@ -239,7 +239,7 @@ impl Packet {
         // SFTP v3 sets uid and gid together (sent only when both are given: guessing the
         // other would change it), and atime and mtime together (a lone one sets both).
         let ids = a.uid.zip(a.gid);
-        let times = (a.atime.is_some() || a.mtime.is_some()).then(|| (a.atime, a.mtime));
+        let times = (a.atime.is_some() || a.mtime.is_some()).then_some((a.atime, a.mtime));
         if ids.is_some() {
             flags |= attr::UIDGID;
         }

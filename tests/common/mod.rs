@@ -251,10 +251,16 @@ impl Server {
                 format!(
                     "{}ListenAddress 127.0.0.1:{port}\nHostKey {}\nPidFile none\nAuthorizedKeysFile {}\n\
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin yes\n\
-                     StrictModes no\nUsePAM no\nMaxStartups 100\nMaxSessions 100\nSubsystem sftp internal-sftp\n",
+                     StrictModes no\nUsePAM no\nMaxStartups 100\nMaxSessions 100\n{}",
                     self.sshd_extra,
                     d.join("host_key").display(),
-                    d.join("authorized_keys").display()
+                    d.join("authorized_keys").display(),
+                    // sshd refuses a second Subsystem line: a test's own one wins.
+                    if self.sshd_extra.contains("Subsystem sftp") {
+                        ""
+                    } else {
+                        "Subsystem sftp internal-sftp\n"
+                    }
                 ),
             )
             .expect("sshd_config");
@@ -472,6 +478,24 @@ impl Mount {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// True while the daemon process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The daemon's resident memory in KiB (0 if unknown).
+    pub fn rss_kib(&self) -> u64 {
+        let Some(c) = &self.child else { return 0 };
+        std::fs::read_to_string(format!("/proc/{}/status", c.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Unmounts and waits for the daemon to exit; returns its exit status. Uses umount2(2)

@@ -130,6 +130,17 @@ fn raw_attrs(flags: u32, size: u64, mode: u32) -> Vec<u8> {
     v
 }
 
+/// The attributes the bad-attrs mode gives these names, in listings and on LSTAT/STAT.
+fn bad_attrs(name: &[u8]) -> Option<Vec<u8>> {
+    Some(match name {
+        b"huge" => raw_attrs(5, u64::MAX, 0o100644),
+        b"setuid" => raw_attrs(5, 1, 0o104777),
+        b"device" => raw_attrs(5, 0, 0o060600),
+        b"bare" => raw_attrs(0, 0, 0),
+        _ => return None,
+    })
+}
+
 struct Req {
     body: Vec<u8>,
     at: usize,
@@ -251,7 +262,11 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, root: PathBuf, 
                         Err(e) => io_status(id, e),
                     }
                 };
+                let name = p.rsplit(|b| *b == b'/').next().unwrap_or(&[]);
                 match mode {
+                    Mode::BadAttrs if bad_attrs(name).is_some() => Out::new(105, id)
+                        .raw(&bad_attrs(name).unwrap_or_default())
+                        .done(),
                     Mode::Status(code) if is_trigger(&p) => status(id, code, "hostile status"),
                     Mode::UnknownId if lstat_trigger => {
                         io.write_all(&status(id.wrapping_add(1000), 0, ""))
@@ -321,7 +336,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, root: PathBuf, 
                             Ok(got) => {
                                 buf.truncate(got);
                                 if mode == Mode::LongRead && is_trigger(p.as_os_str().as_bytes()) {
-                                    buf.extend_from_slice(b"EXTRA BYTES NOT ASKED FOR");
+                                    buf.resize(n + 25, b'X');
                                 }
                                 Out::new(103, id).bytes(&buf).done()
                             }
@@ -411,10 +426,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, root: PathBuf, 
                             }
                         }
                         if mode == Mode::BadAttrs {
-                            entries.push((b"huge".to_vec(), raw_attrs(5, u64::MAX, 0o100644)));
-                            entries.push((b"setuid".to_vec(), raw_attrs(5, 1, 0o104777)));
-                            entries.push((b"device".to_vec(), raw_attrs(5, 0, 0o060600)));
-                            entries.push((b"bare".to_vec(), raw_attrs(0, 0, 0)));
+                            for n in [&b"huge"[..], b"setuid", b"device", b"bare"] {
+                                entries.push((n.to_vec(), bad_attrs(n).unwrap_or_default()));
+                            }
                         }
                         next += 1;
                         handles.insert(next, Handle::Dir(entries, path_of(&p)));
@@ -448,7 +462,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, root: PathBuf, 
                     Err(e) => io_status(id, e),
                 }
             }
-            13 | 14 | 15 => {
+            13..=15 => {
                 let p = path_of(&r.bytes());
                 let res = match kind {
                     13 => std::fs::remove_file(&p),
