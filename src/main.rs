@@ -10,6 +10,7 @@ mod daemon;
 mod fs;
 mod fuse;
 mod logging;
+mod meta;
 mod monitor;
 mod mount;
 mod options;

@@ -374,3 +374,51 @@ fn writes_work_where_the_server_allows_one_session_per_connection() {
         m.log()
     );
 }
+
+/// After a change inside a directory, the directory's mtime shown is the server's new one,
+/// not the one cached before (the kernel asks again; the mount must not answer from its
+/// cache).
+#[test]
+fn a_directory_shows_its_new_mtime_after_a_change_inside() {
+    let s = Server::start();
+    let m = Mount::new(&s, "");
+    let old = 1_000_000_000;
+    let ops: [(&str, fn(&Path)); 7] = [
+        ("create", |d| fs::write(d.join("x"), b"x").unwrap()),
+        ("mkdir", |d| fs::create_dir(d.join("x")).unwrap()),
+        ("unlink", |d| fs::remove_file(d.join("f")).unwrap()),
+        ("rmdir", |d| fs::remove_dir(d.join("sub")).unwrap()),
+        ("symlink", |d| {
+            std::os::unix::fs::symlink("f", d.join("l")).unwrap()
+        }),
+        ("link", |d| fs::hard_link(d.join("f"), d.join("h")).unwrap()),
+        ("rename", |d| fs::rename(d.join("f"), d.join("g")).unwrap()),
+    ];
+    for (name, op) in ops {
+        let served = s.served.join(name);
+        fs::create_dir(&served).unwrap();
+        fs::write(served.join("f"), b"f").unwrap();
+        fs::create_dir(served.join("sub")).unwrap();
+        let touch = std::process::Command::new("touch")
+            .arg("-d")
+            .arg(format!("@{old}"))
+            .arg(&served)
+            .status()
+            .unwrap();
+        assert!(touch.success());
+        let d = m.p(name);
+        assert_eq!(
+            fs::metadata(&d).unwrap().mtime(),
+            old,
+            "{name}: cached first"
+        );
+        op(&d);
+        let now = fs::metadata(&served).unwrap().mtime();
+        assert_ne!(now, old, "{name}: the server changed the directory");
+        assert_eq!(
+            fs::metadata(&d).unwrap().mtime(),
+            now,
+            "{name}: shown as the server has it"
+        );
+    }
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
-use crate::sftp::Attrs;
+use crate::session::Attrs;
 
 use super::listings::{split, Fetch, Listing, Listings};
 
@@ -158,6 +158,7 @@ impl MetaCache {
         if let Some((dir, name)) = split(path) {
             self.dirs.changed(dir, name, true);
         }
+        self.parent_changed(path);
     }
 
     /// This mount removed `path`.
@@ -165,6 +166,15 @@ impl MetaCache {
         self.put_missing(path);
         if let Ok(mut c) = self.attrs.lock() {
             c.pop(path);
+        }
+        self.parent_changed(path);
+    }
+
+    /// A name in `path`'s directory came or went: the server changed that directory's
+    /// mtime and ctime, so its cached attributes are stale (the kernel asks again).
+    fn parent_changed(&self, path: &str) {
+        if let (Some((dir, _)), Ok(mut c)) = (split(path), self.attrs.lock()) {
+            c.pop(if dir.is_empty() { "/" } else { dir });
         }
     }
 

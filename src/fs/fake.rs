@@ -5,11 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::sftp::wire::status as code;
-
 use crate::session::remote::{
     Attrs, Bytes, Capabilities, DirEntry, FileId, Kind, OpenMode, Remote, RemoteError,
-    RemoteResult, RenameMode, SftpError, StatVfs,
+    RemoteResult, RenameMode, StatVfs,
 };
 
 #[derive(Clone)]
@@ -31,19 +29,13 @@ pub struct FakeRemote {
     pub offline: std::sync::atomic::AtomicBool,
 }
 
-fn status(code: u32, message: &str) -> RemoteError {
-    RemoteError::Sftp(SftpError::Status {
-        code,
-        message: message.into(),
-    })
-}
-
 fn no_such() -> RemoteError {
-    status(code::NO_SUCH_FILE, "No such file")
+    RemoteError::refused(libc::ENOENT, "No such file")
 }
 
+/// OpenSSH's generic FAILURE: EIO, vague.
 fn failure() -> RemoteError {
-    status(code::FAILURE, "Failure")
+    RemoteError::refused(libc::EIO, "Failure")
 }
 
 fn parent_of(path: &str) -> &str {

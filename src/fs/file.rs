@@ -6,8 +6,7 @@
 //! confirmed them (the session's write-behind); their failures must reach flush, fsync or
 //! close, never be dropped.
 
-use crate::session::{Attrs, Bytes, FileId, Kind, Remote, RemoteError};
-use crate::sftp::OpenMode;
+use crate::session::{Attrs, Bytes, FileId, Kind, OpenMode, Remote, RemoteError};
 
 use super::error::{FsError, FsResult};
 use super::{Entry, Fs};

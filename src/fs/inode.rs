@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use crate::sftp::Kind;
+use crate::session::Kind;
 
 pub const ROOT: u64 = 1;
 

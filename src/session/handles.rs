@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::sftp::{Attrs, OpenMode, RemoteHandle, SftpError};
+use crate::meta::{Attrs, OpenMode};
+use crate::sftp::{RemoteHandle, SftpError};
 
 use super::remote::FileId;
 use super::supervisor::Link;

@@ -24,9 +24,10 @@ use tokio::sync::Semaphore;
 
 use crate::ssh::{SshError, Target};
 
+use crate::sftp::SftpError;
 pub use remote::{
-    Attrs, Bytes, Capabilities, FileId, Kind, Remote, RemoteError, RemoteResult, RenameMode,
-    SftpError,
+    Attrs, Bytes, Capabilities, FileId, Kind, OpenMode, Remote, RemoteError, RemoteResult,
+    RenameMode,
 };
 use replay::{OnConfused, ReplayStats};
 pub use sftp_sessions::SftpSessions;

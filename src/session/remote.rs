@@ -9,7 +9,8 @@ use std::future::Future;
 
 pub use bytes::Bytes;
 
-pub use crate::sftp::{Attrs, Kind, OpenMode, SftpError, StatVfs};
+pub use crate::meta::{Attrs, Kind, OpenMode, StatVfs};
+use crate::sftp::SftpError;
 
 /// An entry of a directory listing, with a name that is safe to hand on as text.
 #[derive(Debug, Clone)]
@@ -22,12 +23,21 @@ pub struct DirEntry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FileId(pub u64);
 
-/// Why a remote operation failed.
+/// Why a remote operation failed, in the filesystem's terms (no protocol types).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RemoteError {
-    /// The server (or this connection's SFTP state) refused the request.
-    #[error(transparent)]
-    Sftp(#[from] SftpError),
+    /// The server refused the request. `vague` when its answer named no cause (a generic
+    /// FAILURE or BAD_MESSAGE): the caller may find the real errno from context.
+    #[error("{message}")]
+    Refused {
+        errno: i32,
+        message: String,
+        vague: bool,
+    },
+    /// The server broke the protocol, or the connection failed in a way that is not
+    /// replayed: what became of the request is unknown.
+    #[error("{0}")]
+    Broken(String),
     /// No working session within `timeout=`.
     #[error("no connection to the server within {0} s")]
     Timeout(u64),
@@ -40,10 +50,19 @@ pub enum RemoteError {
 }
 
 impl RemoteError {
+    /// A refusal with `errno`; vague when the errno is the generic EIO or EINVAL.
+    pub fn refused(errno: i32, message: impl Into<String>) -> Self {
+        RemoteError::Refused {
+            errno,
+            message: message.into(),
+            vague: matches!(errno, libc::EIO | libc::EINVAL),
+        }
+    }
+
     pub fn errno(&self) -> i32 {
         match self {
-            RemoteError::Sftp(e) => e.errno(),
-            RemoteError::Timeout(_) => libc::EIO,
+            RemoteError::Refused { errno, .. } => *errno,
+            RemoteError::Broken(_) | RemoteError::Timeout(_) => libc::EIO,
             RemoteError::Stale => libc::ESTALE,
             RemoteError::BadHandle => libc::EBADF,
         }
@@ -52,11 +71,20 @@ impl RemoteError {
     /// A FAILURE or BAD_MESSAGE whose message names no cause: the caller may find the real
     /// errno from context (stat the target, check the name length, statvfs).
     pub fn is_vague(&self) -> bool {
-        match self {
-            RemoteError::Sftp(SftpError::Status { .. }) => {
-                matches!(self.errno(), libc::EIO | libc::EINVAL)
-            }
-            _ => false,
+        matches!(self, RemoteError::Refused { vague: true, .. })
+    }
+}
+
+impl From<SftpError> for RemoteError {
+    fn from(e: SftpError) -> Self {
+        match &e {
+            SftpError::Status { .. } => RemoteError::refused(e.errno(), e.to_string()),
+            SftpError::Unsupported(_) => RemoteError::Refused {
+                errno: e.errno(),
+                message: e.to_string(),
+                vague: false,
+            },
+            SftpError::Transport(_) | SftpError::Confused(_) => RemoteError::Broken(e.to_string()),
         }
     }
 }

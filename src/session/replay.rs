@@ -127,7 +127,7 @@ where
             // the request fails (the server would likely do the same again).
             Err(e) if e.is_confused() => {
                 sup.report_dead(&link, &e.to_string());
-                return Err(RemoteError::Sftp(e));
+                return Err(RemoteError::from(e));
             }
             Err(e) if e.is_transport() => {
                 sup.report_dead(&link, &e.to_string());
@@ -136,7 +136,7 @@ where
                     if on_confused == OnConfused::Fail || confusions >= MAX_CONFUSIONS {
                         tracing::error!(op = what, error = %c,
                             "request in flight on a confused server: reported as failed, not replayed");
-                        return Err(RemoteError::Sftp(c));
+                        return Err(RemoteError::from(c));
                     }
                 }
                 replay = true;
@@ -148,7 +148,7 @@ where
                     "answered"
                 );
                 stats.record_latency(sent.elapsed());
-                return other.map_err(RemoteError::Sftp);
+                return other.map_err(RemoteError::from);
             }
         }
     }

@@ -118,7 +118,6 @@ impl WriteBehind {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sftp::SftpError;
     use futures::FutureExt;
 
     #[tokio::test]
@@ -140,7 +139,7 @@ mod tests {
     async fn a_failure_is_reported_by_every_later_call() {
         let wb = WriteBehind::default();
         wb.begin(0, 10).await.unwrap();
-        let err = RemoteError::Sftp(SftpError::Transport("x".into()));
+        let err = RemoteError::Broken("x".into());
         wb.end(0, 10, Err(err));
         assert!(wb.begin(10, 10).await.is_err());
         assert!(wb.settle().await.is_err());

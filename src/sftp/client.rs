@@ -11,10 +11,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::attrs::Attrs;
 use super::conn::{Conn, Reply};
 use super::error::SftpError;
 use super::wire::{self, kind, pflags, status, Packet, Reader, MAX_HANDLE};
+use crate::meta::{Attrs, OpenMode, StatVfs};
 
 /// OpenSSH's own payload limit for READ and WRITE; larger requests end some servers'
 /// sessions (ProFTPD), so this is also the cap when the server names no limit.
@@ -43,19 +43,6 @@ pub struct Extensions {
     pub limits: bool,
 }
 
-/// Remote filesystem statistics (statvfs@openssh.com).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StatVfs {
-    pub bsize: u64,
-    pub frsize: u64,
-    pub blocks: u64,
-    pub bfree: u64,
-    pub bavail: u64,
-    pub files: u64,
-    pub ffree: u64,
-    pub namemax: u64,
-}
-
 /// A remote handle: opaque bytes, valid only on the session that returned it. Dropping
 /// it without [`SftpClient::close_nowait`] leaks the handle on the server until the
 /// session ends.
@@ -64,32 +51,20 @@ pub struct RemoteHandle {
     pub(crate) id: Bytes,
 }
 
-/// How to open a remote file. Mirrors SFTP's pflags; APPEND is deliberately absent
-/// (ProFTPD refuses it; writes carry explicit offsets instead).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OpenMode {
-    pub read: bool,
-    pub write: bool,
-    pub create: bool,
-    pub truncate: bool,
-    pub exclusive: bool,
-}
-
-impl OpenMode {
-    fn flags(self) -> u32 {
-        let mut f = 0;
-        let mut set = |on: bool, bit: u32| {
-            if on {
-                f |= bit
-            }
-        };
-        set(self.read, pflags::READ);
-        set(self.write, pflags::WRITE);
-        set(self.create || self.exclusive, pflags::CREAT);
-        set(self.truncate, pflags::TRUNC);
-        set(self.exclusive, pflags::EXCL);
-        f
-    }
+/// SFTP's pflags for `m`.
+fn open_flags(m: OpenMode) -> u32 {
+    let mut f = 0;
+    let mut set = |on: bool, bit: u32| {
+        if on {
+            f |= bit
+        }
+    };
+    set(m.read, pflags::READ);
+    set(m.write, pflags::WRITE);
+    set(m.create || m.exclusive, pflags::CREAT);
+    set(m.truncate, pflags::TRUNC);
+    set(m.exclusive, pflags::EXCL);
+    f
 }
 
 /// An entry of a remote directory listing; the name is the server's bytes, unchecked.
@@ -310,7 +285,7 @@ impl SftpClient {
         let r = self
             .call(|id| {
                 path_packet(kind::OPEN, id, path)
-                    .u32(mode.flags())
+                    .u32(open_flags(mode))
                     .attrs(&attrs.into())
                     .finish()
             })
@@ -647,7 +622,7 @@ mod tests {
             exclusive: true,
             ..Default::default()
         };
-        let f = m.flags();
+        let f = open_flags(m);
         assert_eq!(f, pflags::CREAT | pflags::EXCL | pflags::WRITE);
     }
 }

@@ -10,8 +10,8 @@ mod conn;
 pub mod error;
 pub mod wire;
 
-pub use attrs::{Attrs, Kind};
-pub use client::{OpenMode, RemoteHandle, SftpClient, StatVfs};
+pub use attrs::Kind;
+pub use client::{RemoteHandle, SftpClient};
 pub use error::SftpError;
 
 #[cfg(test)]

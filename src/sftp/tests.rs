@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::client::{OpenMode, SftpClient, MIN_IO_SIZE};
+use super::client::{SftpClient, MIN_IO_SIZE};
 use super::error::SftpError;
-use super::Attrs;
+use crate::meta::{Attrs, OpenMode};
 use hostile::Mode;
 
 /// A client talking to a hostile server in `mode` over an in-memory stream, serving a
