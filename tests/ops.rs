@@ -383,7 +383,8 @@ fn a_directory_shows_its_new_mtime_after_a_change_inside() {
     let s = Server::start();
     let m = Mount::new(&s, "");
     let old = 1_000_000_000;
-    let ops: [(&str, fn(&Path)); 7] = [
+    type Op = (&'static str, fn(&Path));
+    let ops: [Op; 7] = [
         ("create", |d| fs::write(d.join("x"), b"x").unwrap()),
         ("mkdir", |d| fs::create_dir(d.join("x")).unwrap()),
         ("unlink", |d| fs::remove_file(d.join("f")).unwrap()),
