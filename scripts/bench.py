@@ -227,9 +227,11 @@ def main():
                 fn(t, rig.mounts[t])
 
         def seq_write(t, m):
+            c = cpu_seconds(rig.pids[t])
             s = now()
             write_file(os.path.join(m, "w.bin"), big)
             record("seq write", t, big / (now() - s) / 1e6, "MB/s", True)
+            record("client CPU per GB written", t, (cpu_seconds(rig.pids[t]) - c) / (big / 1e9), "s/GB", False)
             moved[t] += big
 
         def seq_read(t, m):
@@ -238,9 +240,11 @@ def main():
             # left behind halved read speeds here.
             drop_caches()
             read_file(os.path.join(rig.served, t, "big.bin"))
+            c = cpu_seconds(rig.pids[t])
             s = now()
             n = read_file(os.path.join(m, "big.bin"))
             record("seq read (cold)", t, n / (now() - s) / 1e6, "MB/s", True)
+            record("client CPU per GB read", t, (cpu_seconds(rig.pids[t]) - c) / (n / 1e9), "s/GB", False)
             moved[t] += n
 
         def par_read(t, m):

@@ -180,6 +180,12 @@ fn kernel_mount(cfg: &MountConfig) -> Result<std::os::fd::OwnedFd, String> {
 /// Mounts and serves until unmounted. Errors are one line for the operator.
 pub fn run(cfg: MountConfig, target: Target, ready: &mut Ready) -> Result<(), String> {
     let (target_host, target_port) = (target.host.clone(), target.port);
+    if cfg.allow_other && !cfg.default_permissions {
+        tracing::warn!(
+            "allow_other without default_permissions: every local user may act on this mount \
+             with the SFTP login's full rights (add default_permissions to check the modes shown)"
+        );
+    }
     // Half the cores: the kernel's FUSE copies, the request loop thread and the machine's
     // own work need the rest (on 2 cores one worker created files ~10 % faster with ~15 %
     // less CPU than two, and read as fast).

@@ -423,3 +423,52 @@ fn a_directory_shows_its_new_mtime_after_a_change_inside() {
         );
     }
 }
+
+/// A file unlinked while open stays usable through its descriptor, as on a local disk:
+/// writes (striped over two connections), fstat and reads work, also after the link was
+/// cut; its name is gone at once, and the file is gone from the server after the close.
+#[test]
+fn a_file_unlinked_while_open_stays_usable_until_closed() {
+    let s = Server::start();
+    let p = common::proxy::Proxy::start(s.port);
+    s.write_ssh_config_via(p.port, "");
+    let m = Mount::new(&s, "max_conns=2");
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.p("u"))
+        .unwrap();
+    f.write_all(b"start").unwrap();
+    fs::remove_file(m.p("u")).unwrap();
+    assert_eq!(
+        errno(fs::metadata(m.p("u")).unwrap_err()),
+        libc::ENOENT,
+        "the name is gone"
+    );
+    assert_eq!(fs::read_dir(m.path()).unwrap().count(), 0, "nothing listed");
+    assert_eq!(
+        fs::read_dir(&s.served).unwrap().count(),
+        1,
+        "kept aside on the server"
+    );
+    let data: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 253) as u8).collect();
+    f.write_all(&data[..1 << 20]).unwrap();
+    f.sync_all().unwrap();
+    p.cut();
+    f.write_all(&data[1 << 20..]).unwrap();
+    f.sync_all().unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 5 + data.len() as u64);
+    let mut back = Vec::new();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.read_to_end(&mut back).unwrap();
+    assert!(
+        back[..5] == *b"start" && back[5..] == data[..],
+        "content through the descriptor"
+    );
+    drop(f);
+    wait_until(Duration::from_secs(10), "the file removed at close", || {
+        fs::read_dir(&s.served).unwrap().count() == 0
+    });
+}

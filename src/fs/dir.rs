@@ -15,6 +15,7 @@ use crate::session::{Attrs, Kind, Remote, RenameMode};
 
 use super::error::{FsError, FsResult};
 use super::listings::{dir_key, split};
+use super::unlinked;
 use super::{file_type, inode, Entry, Fs};
 
 /// One listed name.
@@ -69,6 +70,9 @@ async fn list<R: Remote>(
             if e.name != "." && e.name != ".." {
                 tracing::warn!(dir = %path, name = ?e.name, "skipping unsafe name from server");
             }
+            continue;
+        }
+        if unlinked::is_hidden(&e.name) {
             continue;
         }
         if !seen.insert(e.name.clone()) {
@@ -229,6 +233,12 @@ impl<R: Remote> Fs<R> {
 
     pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
+        let open = self
+            .with_inodes(|t| t.child(parent, name))?
+            .filter(|ino| self.is_open(*ino));
+        if let Some(ino) = open {
+            return self.unlink_open(parent, name, ino).await;
+        }
         let r = self.remote.remove(&path).await;
         if let Err(e) = r {
             self.cache.unsure(&path);
@@ -237,6 +247,39 @@ impl<R: Remote> Fs<R> {
         self.cache.removed(&path);
         self.with_inodes(|t| t.unlink(parent, name))?;
         Ok(())
+    }
+
+    /// unlink(2) of a file a descriptor holds open: the file moves to a hidden name in its
+    /// directory and is removed at its last close ([`unlinked`]).
+    async fn unlink_open(&self, parent: u64, name: &str, ino: u64) -> FsResult<()> {
+        let from = self.child_path(parent, name)?;
+        let hidden = self.unlinked.name_for(ino);
+        let to = self.child_path(parent, &hidden)?;
+        let r = self.remote.rename(&from, &to, RenameMode::NoReplace).await;
+        if let Err(e) = r {
+            self.cache.unsure(&from);
+            return Err(self.refine(e, &from, Op::Unlink).await);
+        }
+        self.cache.removed(&from);
+        self.cache.invalidate(&to);
+        self.with_inodes(|t| t.rename(parent, name, parent, &hidden))?;
+        self.unlinked.insert(ino, parent, hidden);
+        Ok(())
+    }
+
+    /// The last descriptor of `ino` closed: a file unlinked while open goes now.
+    pub(super) async fn last_close(&self, ino: u64) {
+        let Some((parent, hidden)) = self.unlinked.take(ino) else {
+            return;
+        };
+        let Ok(path) = self.child_path(parent, &hidden) else {
+            return;
+        };
+        if let Err(e) = self.remote.remove(&path).await {
+            tracing::warn!(%path, error = %e, "cannot remove a file unlinked while open");
+        }
+        self.cache.removed(&path);
+        let _ = self.with_inodes(|t| t.unlink(parent, &hidden));
     }
 
     pub async fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {

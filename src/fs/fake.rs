@@ -27,6 +27,8 @@ pub struct FakeRemote {
     pub calls: AtomicU64,
     /// Simulates a lost connection: every request fails with EIO.
     pub offline: std::sync::atomic::AtomicBool,
+    /// Calls by name (`"fsetstat"`) that fail with the given errno.
+    pub fail: Mutex<BTreeMap<&'static str, i32>>,
 }
 
 fn no_such() -> RemoteError {
@@ -95,6 +97,22 @@ impl FakeRemote {
             .ok()
             .and_then(|t| t.get(path).and_then(|n| n.attrs.mode))
             .unwrap_or(0)
+    }
+
+    /// Files open right now.
+    pub fn open_count(&self) -> usize {
+        self.open.lock().map(|o| o.len()).unwrap_or(0)
+    }
+
+    /// The failure injected for `op`, if any.
+    fn injected(&self, op: &'static str) -> RemoteResult<()> {
+        match self.fail.lock().ok().and_then(|f| f.get(op).copied()) {
+            Some(errno) => Err(RemoteError::refused(
+                errno,
+                format!("injected {op} failure"),
+            )),
+            None => Ok(()),
+        }
     }
 
     pub fn exists(&self, path: &str) -> bool {
@@ -363,6 +381,7 @@ impl Remote for FakeRemote {
     }
 
     async fn fsetstat(&self, f: FileId, attrs: &Attrs) -> RemoteResult<()> {
+        self.injected("fsetstat")?;
         let p = self.path_of(f)?;
         self.setstat(&p, attrs).await
     }

@@ -81,22 +81,34 @@ impl<R: Remote> Fs<R> {
                 return Err(e.into());
             }
         };
-        let mut attrs = match seen {
-            Ok(a) if a.kind() == Kind::File && (!open.truncate || a.size == Some(0)) => a,
-            _ => self.remote.fstat(fid).await?,
+        let finish = async {
+            let mut attrs = match seen {
+                Ok(a) if a.kind() == Kind::File && (!open.truncate || a.size == Some(0)) => a,
+                _ => self.remote.fstat(fid).await?,
+            };
+            // The server applies its umask to OPEN: set the mode that was asked for, on a
+            // file this call created (O_CREAT on an existing file must not change its mode;
+            // a non-empty file certainly existed).
+            let created = open.exclusive || attrs.size == Some(0);
+            if created && attrs.mode.map(|m| m & 0o7777) != Some(perm) {
+                self.remote.fsetstat(fid, &Attrs::with_perm(perm)).await?;
+                attrs.mode = Some(libc::S_IFREG | perm);
+            }
+            self.cache.created(&path, Some(&attrs));
+            self.entry(parent, name, &attrs)
         };
-        // The server applies its umask to OPEN: set the mode that was asked for, on a file
-        // this call created (O_CREAT on an existing file must not change its mode; a
-        // non-empty file certainly existed).
-        let created = open.exclusive || attrs.size == Some(0);
-        if created && attrs.mode.map(|m| m & 0o7777) != Some(perm) {
-            self.remote.fsetstat(fid, &Attrs::with_perm(perm)).await?;
-            attrs.mode = Some(libc::S_IFREG | perm);
+        match finish.await {
+            Ok(entry) => {
+                self.track(fid.0, entry.attr.ino.0);
+                Ok((entry, fid.0))
+            }
+            Err(e) => {
+                // The kernel never hears of this handle: close it here, not never.
+                let _ = self.remote.close(fid).await;
+                self.cache.unsure(&path);
+                Err(e)
+            }
         }
-        self.cache.created(&path, Some(&attrs));
-        let entry = self.entry(parent, name, &attrs)?;
-        self.track(fid.0, entry.attr.ino.0);
-        Ok((entry, fid.0))
     }
 
     fn track(&self, fh: u64, ino: u64) {
@@ -175,10 +187,19 @@ impl<R: Remote> Fs<R> {
         // Every write already dropped the file's cached attributes (and getattr waits for
         // pending writes), so closing changes nothing the cache holds.
         let closed = self.remote.close(FileId(fh)).await;
-        if let Ok(mut o) = self.open.lock() {
-            o.remove(&fh);
+        let ino = self.open.lock().ok().and_then(|mut o| o.remove(&fh));
+        if let Some(ino) = ino.filter(|i| !self.is_open(*i)) {
+            self.last_close(ino).await;
         }
         Ok(closed?)
+    }
+
+    /// Whether a descriptor holds inode `ino` open.
+    pub(super) fn is_open(&self, ino: u64) -> bool {
+        self.open
+            .lock()
+            .map(|o| o.values().any(|i| *i == ino))
+            .unwrap_or(false)
     }
 
     /// Attributes through an open handle (accurate while the file is being written).

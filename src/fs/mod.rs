@@ -17,6 +17,7 @@ mod listings;
 mod prefetch;
 pub mod stats;
 mod symlink;
+mod unlinked;
 
 #[cfg(test)]
 mod fake;
@@ -131,6 +132,8 @@ pub struct Fs<R: Remote> {
     page_cache: Mutex<lru::LruCache<u64, Version>>,
     /// Open file handle -> its inode (to invalidate cached attributes on write).
     open: Mutex<HashMap<u64, u64>>,
+    /// Files unlinked while open, waiting under hidden names for their last close.
+    unlinked: unlinked::Unlinked,
 }
 
 impl<R: Remote> Fs<R> {
@@ -147,6 +150,7 @@ impl<R: Remote> Fs<R> {
             dirs: Mutex::new(HashMap::new()),
             next_dir: AtomicU64::new(1),
             open: Mutex::new(HashMap::new()),
+            unlinked: unlinked::Unlinked::default(),
             page_cache: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(65_536).unwrap_or(std::num::NonZeroUsize::MIN),
             )),
@@ -312,6 +316,9 @@ impl<R: Remote> Fs<R> {
     }
 
     pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Entry> {
+        if unlinked::is_hidden(name) {
+            return Err(FsError::new(libc::ENOENT, "no such file"));
+        }
         let path = self.child_path(parent, name)?;
         // A miss in a directory whose names are not known: list it in the background.
         if let Some((dir, name)) = listings::split(&path) {

@@ -375,3 +375,16 @@ async fn kernel_pages_are_kept_only_for_an_unchanged_file() {
     let (_, keep) = fs.open(ino, libc::O_RDONLY).await.unwrap();
     assert!(!keep);
 }
+
+#[tokio::test]
+async fn a_create_whose_mode_cannot_be_set_closes_its_handle() {
+    let (remote, fs) = fs();
+    remote.fail.lock().unwrap().insert("fsetstat", libc::EACCES);
+    // 0620 arrives as 0600 through the server's umask, so the mode is set afterwards.
+    let e = fs
+        .create(ROOT, "f", 0o620, libc::O_WRONLY)
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EACCES);
+    assert_eq!(remote.open_count(), 0, "the remote handle was closed");
+}
