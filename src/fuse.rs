@@ -7,6 +7,7 @@
 
 use std::ffi::OsStr;
 use std::future::Future;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,6 +20,7 @@ use fuser::{
 };
 
 use crate::fs::{Entry, Fs, FsError, FsResult, SetAttr};
+use crate::name_bytes;
 use crate::session::Remote;
 
 /// Largest read/write the kernel sends in one request.
@@ -132,9 +134,17 @@ fn errno(op: &str, e: FsError) -> Errno {
     Errno::from_i32(e.errno)
 }
 
-/// Kernel names are bytes; SFTP names here are UTF-8.
+/// A name from the kernel (bytes) as the filesystem logic keeps it ([`name_bytes`]).
 fn utf8(name: &OsStr) -> Result<String, Errno> {
-    name.to_str().map(str::to_string).ok_or(Errno::EINVAL)
+    Ok(name_bytes::decode(name.as_bytes()))
+}
+
+/// A name of the filesystem logic as the kernel's bytes.
+fn kernel_name(name: &str) -> std::borrow::Cow<'_, OsStr> {
+    match name_bytes::encode(name) {
+        std::borrow::Cow::Borrowed(b) => std::borrow::Cow::Borrowed(OsStr::from_bytes(b)),
+        std::borrow::Cow::Owned(v) => std::borrow::Cow::Owned(std::ffi::OsString::from_vec(v)),
+    }
 }
 
 fn time(t: Option<TimeOrNow>) -> Option<SystemTime> {
@@ -243,7 +253,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
             "readlink",
             move |fs| async move { fs.readlink(ino.0).await },
             move |r| match r {
-                Ok(t) => reply.data(t.as_bytes()),
+                Ok(t) => reply.data(&name_bytes::encode(&t)),
                 Err(e) => reply.error(e),
             },
         );
@@ -499,7 +509,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         }
         for (i, e) in listing.entries.iter().enumerate().skip((off - 2) as usize) {
             let child = self.fs.peek_ino(ino.0, &e.name);
-            if reply.add(INodeNo(child), i as u64 + 3, e.kind, &e.name) {
+            if reply.add(INodeNo(child), i as u64 + 3, e.kind, kernel_name(&e.name)) {
                 break;
             }
         }
@@ -541,7 +551,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
             if reply.add(
                 entry.attr.ino,
                 i as u64 + 3,
-                &e.name,
+                kernel_name(&e.name),
                 &entry.ttl,
                 &entry.attr,
                 Generation(0),

@@ -13,6 +13,7 @@ mod logging;
 mod meta;
 mod monitor;
 mod mount;
+mod name_bytes;
 mod options;
 mod session;
 mod sftp;

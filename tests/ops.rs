@@ -472,3 +472,36 @@ fn a_file_unlinked_while_open_stays_usable_until_closed() {
         fs::read_dir(&s.served).unwrap().count() == 0
     });
 }
+
+/// Names that are not UTF-8 are bytes from the kernel to the server and back: created,
+/// listed, renamed, opened and removed like any other.
+#[test]
+fn names_that_are_not_utf8_round_trip() {
+    use std::ffi::OsStr;
+    let s = Server::start();
+    let m = Mount::new(&s, "");
+    let latin1 = OsStr::from_bytes(b"caf\xe9.txt");
+    let odd = OsStr::from_bytes(b"\xff\xfe-\xf4\x8f\xbf\x80");
+    fs::write(m.path().join(latin1), b"one").unwrap();
+    assert_eq!(
+        fs::read(s.served.join(latin1)).unwrap(),
+        b"one",
+        "the server has the bytes"
+    );
+    fs::write(s.served.join(odd), b"two").unwrap();
+    let mut names: Vec<Vec<u8>> = fs::read_dir(m.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().as_bytes().to_vec())
+        .collect();
+    names.sort();
+    let mut want = vec![latin1.as_bytes().to_vec(), odd.as_bytes().to_vec()];
+    want.sort();
+    assert_eq!(names, want);
+    assert_eq!(fs::read(m.path().join(odd)).unwrap(), b"two");
+    let renamed = OsStr::from_bytes(b"renamed-\xe9");
+    fs::rename(m.path().join(latin1), m.path().join(renamed)).unwrap();
+    assert_eq!(fs::read(s.served.join(renamed)).unwrap(), b"one");
+    fs::remove_file(m.path().join(renamed)).unwrap();
+    fs::remove_file(m.path().join(odd)).unwrap();
+    assert_eq!(fs::read_dir(&s.served).unwrap().count(), 0);
+}

@@ -39,7 +39,7 @@ fn safe_name(name: &str) -> bool {
         && name != ".."
         && !name.contains('/')
         && !name.contains('\0')
-        && name.len() <= super::NAME_MAX
+        && crate::name_bytes::byte_len(name) <= super::NAME_MAX
 }
 
 /// Directories larger than this are not listed just because a name in them was looked up.

@@ -463,7 +463,7 @@ impl<R: Remote> Fs<R> {
 
 /// Names the kernel sends are single components; refuse what SFTP would misread.
 fn check_name(name: &str) -> FsResult<()> {
-    if name.len() > NAME_MAX {
+    if crate::name_bytes::byte_len(name) > NAME_MAX {
         return error::err(libc::ENAMETOOLONG, "name too long");
     }
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {

@@ -73,7 +73,14 @@ impl OpenFile {
         // megabytes of a striped write) go out together.
         let path = self.path();
         let sftp = link.channel(channel);
-        let handle = match sftp.open(&path, self.reopen, &Attrs::default()).await {
+        let handle = match sftp
+            .open(
+                crate::name_bytes::encode(&path),
+                self.reopen,
+                &Attrs::default(),
+            )
+            .await
+        {
             Ok(h) => Arc::new(h),
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),

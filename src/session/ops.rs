@@ -13,6 +13,7 @@ use super::remote::{
 use super::replay::{exists_is_done, gone_is_done, renamed_is_done};
 use super::supervisor::LinkState;
 use super::Session;
+use crate::name_bytes::{decode, encode as w};
 
 impl Remote for Session {
     fn is_connected(&self) -> bool {
@@ -29,25 +30,23 @@ impl Remote for Session {
     async fn lstat(&self, path: &str) -> RemoteResult<Attrs> {
         self.settle_paths(|p| p == path).await;
         self.run("lstat", (path, 0), |l, _| async move {
-            l.sftp.lstat(path).await
+            l.sftp.lstat(w(path)).await
         })
         .await
     }
 
     async fn stat(&self, path: &str) -> RemoteResult<Attrs> {
         self.settle_paths(|p| p == path).await;
-        self.run(
-            "stat",
-            (path, 0),
-            |l, _| async move { l.sftp.stat(path).await },
-        )
+        self.run("stat", (path, 0), |l, _| async move {
+            l.sftp.stat(w(path)).await
+        })
         .await
     }
 
     async fn setstat(&self, path: &str, attrs: &Attrs) -> RemoteResult<()> {
         self.settle_paths(|p| p == path).await;
         self.run("setstat", (path, 0), |l, _| async move {
-            l.sftp.setstat(path, attrs).await
+            l.sftp.setstat(w(path), attrs).await
         })
         .await
     }
@@ -57,21 +56,15 @@ impl Remote for Session {
             .await;
         let listing = self
             .run("readdir", (path, 0), |l, _| async move {
-                l.sftp.read_dir(path, max).await
+                l.sftp.read_dir(w(path), max).await
             })
             .await?;
         Ok(listing.map(|entries| {
             entries
                 .into_iter()
-                .filter_map(|e| match String::from_utf8(e.name.to_vec()) {
-                    Ok(name) => Some(DirEntry {
-                        name,
-                        attrs: e.attrs,
-                    }),
-                    Err(_) => {
-                        tracing::warn!(dir = %path, name = ?e.name, "skipping a name that is not UTF-8");
-                        None
-                    }
+                .map(|e| DirEntry {
+                    name: decode(&e.name),
+                    attrs: e.attrs,
                 })
                 .collect()
         }))
@@ -79,23 +72,23 @@ impl Remote for Session {
 
     async fn readlink(&self, path: &str) -> RemoteResult<String> {
         self.run("readlink", (path, 0), |l, _| async move {
-            l.sftp.readlink(path).await
+            l.sftp.readlink(w(path)).await
         })
         .await
-        .map(|t| String::from_utf8_lossy(&t).into_owned())
+        .map(|t| decode(&t))
     }
 
     async fn realpath(&self, path: &str) -> RemoteResult<String> {
         self.run("realpath", (path, 0), |l, _| async move {
-            l.sftp.realpath(path).await
+            l.sftp.realpath(w(path)).await
         })
         .await
-        .map(|t| String::from_utf8_lossy(&t).into_owned())
+        .map(|t| decode(&t))
     }
 
     async fn mkdir(&self, path: &str, perm: u32) -> RemoteResult<()> {
         self.run("mkdir", (path, 0), |l, replay| async move {
-            let r = l.sftp.mkdir(path, &Attrs::with_perm(perm)).await;
+            let r = l.sftp.mkdir(w(path), &Attrs::with_perm(perm)).await;
             exists_is_done(&l, replay, path, Kind::Dir, r).await
         })
         .await
@@ -103,14 +96,14 @@ impl Remote for Session {
 
     async fn rmdir(&self, path: &str) -> RemoteResult<()> {
         self.run("rmdir", (path, 0), |l, replay| async move {
-            gone_is_done(replay, l.sftp.rmdir(path).await)
+            gone_is_done(replay, l.sftp.rmdir(w(path)).await)
         })
         .await
     }
 
     async fn remove(&self, path: &str) -> RemoteResult<()> {
         self.run("remove", (path, 0), |l, replay| async move {
-            gone_is_done(replay, l.sftp.remove(path).await)
+            gone_is_done(replay, l.sftp.remove(w(path)).await)
         })
         .await
     }
@@ -121,15 +114,15 @@ impl Remote for Session {
                 // Plain SFTP rename refuses an existing target on OpenSSH, which is
                 // exactly RENAME_NOREPLACE; the caller checked the target beforehand for
                 // servers that replace.
-                RenameMode::NoReplace => l.sftp.rename(from, to).await,
+                RenameMode::NoReplace => l.sftp.rename(w(from), w(to)).await,
                 RenameMode::Replace if l.sftp.extensions.posix_rename => {
-                    l.sftp.posix_rename(from, to).await
+                    l.sftp.posix_rename(w(from), w(to)).await
                 }
-                RenameMode::Replace => match l.sftp.rename(from, to).await {
+                RenameMode::Replace => match l.sftp.rename(w(from), w(to)).await {
                     // No atomic replace on this server: remove the target, then rename.
-                    Err(e) if !e.is_transport() && l.sftp.lstat(to).await.is_ok() => {
-                        l.sftp.remove(to).await.map_err(|_| e)?;
-                        l.sftp.rename(from, to).await
+                    Err(e) if !e.is_transport() && l.sftp.lstat(w(to)).await.is_ok() => {
+                        l.sftp.remove(w(to)).await.map_err(|_| e)?;
+                        l.sftp.rename(w(from), w(to)).await
                     }
                     other => other,
                 },
@@ -143,7 +136,7 @@ impl Remote for Session {
 
     async fn symlink(&self, target: &str, link: &str) -> RemoteResult<()> {
         self.run("symlink", (link, 0), |l, replay| async move {
-            let r = l.sftp.symlink(target, link).await;
+            let r = l.sftp.symlink(w(target), w(link)).await;
             exists_is_done(&l, replay, link, Kind::Symlink, r).await
         })
         .await
@@ -151,7 +144,7 @@ impl Remote for Session {
 
     async fn hardlink(&self, from: &str, to: &str) -> RemoteResult<()> {
         self.run("link", (to, 0), |l, replay| async move {
-            let r = l.sftp.hardlink(from, to).await;
+            let r = l.sftp.hardlink(w(from), w(to)).await;
             exists_is_done(&l, replay, to, Kind::File, r).await
         })
         .await
@@ -159,7 +152,7 @@ impl Remote for Session {
 
     async fn statvfs(&self, path: &str) -> RemoteResult<StatVfs> {
         self.run("statvfs", (path, 0), |l, _| async move {
-            l.sftp.statvfs(path).await
+            l.sftp.statvfs(w(path)).await
         })
         .await
     }
@@ -182,7 +175,7 @@ impl Remote for Session {
                     } else {
                         mode
                     };
-                    let h = l.sftp.open(path, m, attrs).await?;
+                    let h = l.sftp.open(w(path), m, attrs).await?;
                     Ok((l, h))
                 }
             })

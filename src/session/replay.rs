@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::name_bytes::encode as w;
 use crate::sftp::{Kind, SftpError};
 
 use super::remote::{RemoteError, RemoteResult};
@@ -171,7 +172,7 @@ pub async fn exists_is_done(
     r: Result<(), SftpError>,
 ) -> Result<(), SftpError> {
     match r {
-        Err(e) if replay => match link.sftp.lstat(path).await {
+        Err(e) if replay => match link.sftp.lstat(w(path)).await {
             Ok(a) if a.kind() == want => Ok(()),
             _ => Err(e),
         },
@@ -189,8 +190,8 @@ pub async fn renamed_is_done(
 ) -> Result<(), SftpError> {
     match r {
         Err(e) if replay && e.is_not_found() => {
-            let target = link.sftp.lstat(to).await;
-            let source = link.sftp.lstat(from).await;
+            let target = link.sftp.lstat(w(to)).await;
+            let source = link.sftp.lstat(w(from)).await;
             match (source, target) {
                 (Err(s), Ok(_)) if s.is_not_found() => Ok(()),
                 _ => Err(e),
