@@ -106,7 +106,7 @@ fn rounds(s: &Server, opts: &str, sources: &[PathBuf], rounds: usize) -> serde_j
 fn proftpd_gets_every_byte_with_one_session_per_connection() {
     let s = Server::proftpd();
     let src = tempfile::tempdir().unwrap();
-    let sources = make_sources(src.path(), 100, 8);
+    let sources = make_sources(src.path(), 200, 8);
     for opts in ["max_conns=1", "max_conns=4"] {
         let st = rounds(&s, opts, &sources, 3);
         assert_eq!(st["sftp_sessions_per_connection"], 1, "{st}");
