@@ -6,6 +6,11 @@
 //! (filesystem logic) -> [`session`] (reconnect, replay) -> [`sftp`] (protocol) -> [`ssh`]
 //! (connection). [`mount`] wires them together; [`options`] parses `-o`.
 
+/// The tests' hostile SFTP server, for unit tests of the client and the session.
+#[cfg(test)]
+#[path = "../tests/hostile/server.rs"]
+mod hostile;
+
 mod daemon;
 mod fs;
 mod fuse;

@@ -113,3 +113,48 @@ fn a_thousand_files_open_at_once_as_two_users() {
     );
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1000);
 }
+
+/// A server that runs out of handles (here: its SFTP processes may hold 64 descriptors)
+/// does not limit how many files applications hold open: idle remote handles are closed
+/// and reopened by path when next used.
+#[test]
+fn a_server_with_few_handles_still_serves_hundreds_of_open_files() {
+    let s = Server::start_nofile(64);
+    let m = Mount::new(&s, "");
+    let dir = m.p("many");
+    std::fs::create_dir(&dir).unwrap();
+    let mut holder = Command::new("/usr/bin/python3")
+        .args(["-c", HOLDER])
+        .arg(&dir)
+        .args(["300", "one"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
+    if lines.next().and_then(Result::ok).as_deref() != Some("open") {
+        let _ = holder.kill();
+        let mut err = String::new();
+        if let Some(mut e) = holder.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        panic!("holder failed: {err}\n{}", m.log());
+    }
+    let held = server_handles(&s, &s.served);
+    assert!(held <= 64, "the server holds {held} handles");
+    writeln!(holder.stdin.as_mut().unwrap()).unwrap();
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("closed"));
+    assert!(holder.wait().unwrap().success());
+    for i in [0, 150, 299] {
+        assert_eq!(
+            std::fs::read_to_string(s.served.join(format!("many/one-{i}"))).unwrap(),
+            format!("one file {i}\n")
+        );
+    }
+    wait_until(
+        Duration::from_secs(20),
+        "the server's handles to close",
+        || server_handles(&s, &s.served) == 0,
+    );
+}

@@ -18,22 +18,40 @@ use super::remote::FileId;
 use super::supervisor::Link;
 use super::writeback::WriteBehind;
 
+/// Orders uses of remote handles, so the least recently used idle one can be closed.
+static USES: AtomicU64 = AtomicU64::new(0);
+
+/// Handles kept free for directory listings when a server limits a session's handles.
+const LISTING_HANDLES: usize = 4;
+
 /// The file's handle on one SFTP session (channel) of one connection.
-pub struct Remote {
+struct Slot {
     link: Weak<Link>,
     generation: u64,
     channel: usize,
     handle: Arc<RemoteHandle>,
+    /// When it was last handed to a request ([`USES`] order).
+    used: AtomicU64,
 }
 
-impl Remote {
+impl Slot {
     fn new(link: &Arc<Link>, channel: usize, handle: Arc<RemoteHandle>) -> Self {
-        Remote {
+        Slot {
             link: Arc::downgrade(link),
             generation: link.generation,
             channel,
             handle,
+            used: AtomicU64::new(USES.fetch_add(1, Ordering::Relaxed)),
         }
+    }
+
+    fn on(&self, link: &Link, channel: usize) -> bool {
+        self.generation == link.generation && self.channel == channel
+    }
+
+    /// No request holds the handle right now: it may be closed and reopened later.
+    fn idle(&self) -> bool {
+        Arc::strong_count(&self.handle) == 1
     }
 }
 
@@ -41,7 +59,7 @@ pub struct OpenFile {
     path: Mutex<String>,
     /// The mode used to reopen: the original one without create/truncate/exclusive.
     reopen: OpenMode,
-    remote: tokio::sync::Mutex<Vec<Remote>>,
+    remote: tokio::sync::Mutex<Vec<Slot>>,
     /// Writes acknowledged but not yet confirmed by the server.
     pub wb: WriteBehind,
 }
@@ -52,16 +70,20 @@ impl OpenFile {
     }
 
     /// The remote handle valid on SFTP session `channel` of `link`, opening the file there
-    /// if needed. `Ok(None)` means the file is gone from the server.
+    /// if needed (making room among the open files' handles first, see
+    /// [`Handles::make_room`]). `Ok(None)` means the file is gone from the server.
     pub async fn on(
         &self,
         link: &Arc<Link>,
         channel: usize,
+        room: &Handles,
     ) -> Result<Option<Arc<RemoteHandle>>, SftpError> {
-        let mine = |r: &Remote| r.generation == link.generation && r.channel == channel;
+        let mine = |r: &Slot| r.on(link, channel);
         let reopened = {
             let mut slots = self.remote.lock().await;
             if let Some(r) = slots.iter().find(|r| mine(r)) {
+                r.used
+                    .store(USES.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
                 return Ok(Some(r.handle.clone()));
             }
             // Handles of connections that died went with them.
@@ -73,14 +95,9 @@ impl OpenFile {
         // megabytes of a striped write) go out together.
         let path = self.path();
         let sftp = link.channel(channel);
-        let handle = match sftp
-            .open(
-                crate::name_bytes::encode(&path),
-                self.reopen,
-                &Attrs::default(),
-            )
-            .await
-        {
+        let (wire, none) = (crate::name_bytes::encode(&path), Attrs::default());
+        let open = || sftp.open(&*wire, self.reopen, &none);
+        let handle = match room.open_with_room(link, channel, open).await {
             Ok(h) => Arc::new(h),
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
@@ -94,7 +111,7 @@ impl OpenFile {
             sftp.close_nowait(&handle);
             return Ok(Some(r.handle.clone()));
         }
-        slots.push(Remote::new(link, channel, handle.clone()));
+        slots.push(Slot::new(link, channel, handle.clone()));
         Ok(Some(handle))
     }
 
@@ -125,7 +142,7 @@ impl Handles {
                 exclusive: false,
                 ..mode
             },
-            remote: tokio::sync::Mutex::new(vec![Remote::new(link, 0, Arc::new(h))]),
+            remote: tokio::sync::Mutex::new(vec![Slot::new(link, 0, Arc::new(h))]),
             wb: WriteBehind::default(),
         });
         if let Ok(mut files) = self.files.lock() {
@@ -171,6 +188,90 @@ impl Handles {
 
     pub fn len(&self) -> usize {
         self.files.lock().map(|f| f.len()).unwrap_or(0)
+    }
+
+    /// Runs `open` (an OPEN on session `channel` of `link`) so that the server's limit on
+    /// open handles never fails an application's open: first, where the server names its
+    /// limit, idle handles of other open files are closed (least recently used first) to
+    /// stay below it; then, if the server refuses with a generic failure while this
+    /// session holds 16 handles or more, idle ones are closed down to half and the open is
+    /// tried once more. A closed handle is reopened by path at the file's next use.
+    pub async fn open_with_room<F, Fut>(
+        &self,
+        link: &Link,
+        channel: usize,
+        open: F,
+    ) -> Result<RemoteHandle, SftpError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<RemoteHandle, SftpError>>,
+    {
+        if let Some(max) = link.channel(channel).max_handles {
+            self.make_room(link, channel, |_| {
+                max.saturating_sub(LISTING_HANDLES).max(1)
+            });
+        }
+        match open().await {
+            Err(SftpError::Status { code, .. })
+                if code == crate::sftp::wire::status::FAILURE
+                    && self.make_room(
+                        link,
+                        channel,
+                        |held| if held < 16 { held } else { held / 2 },
+                    ) > 0 =>
+            {
+                open().await
+            }
+            other => other,
+        }
+    }
+
+    /// Closes idle handles on session `channel` of `link`, least recently used first, until
+    /// `keep(held)` remain of the `held` ones open there (busy handles are never closed).
+    /// Returns how many were closed.
+    fn make_room(&self, link: &Link, channel: usize, keep: impl Fn(usize) -> usize) -> usize {
+        let files: Vec<Arc<OpenFile>> = match self.files.lock() {
+            Ok(f) => f.values().cloned().collect(),
+            Err(_) => return 0,
+        };
+        let mut held: usize = 0;
+        let mut idle = Vec::new();
+        for f in &files {
+            let Ok(slots) = f.remote.try_lock() else {
+                held += 1; // in use right now: counted, not closed
+                continue;
+            };
+            for r in slots.iter().filter(|r| r.on(link, channel)) {
+                held += 1;
+                if r.idle() {
+                    idle.push((r.used.load(Ordering::Relaxed), f.clone()));
+                }
+            }
+        }
+        let excess = held.saturating_sub(keep(held));
+        if excess == 0 {
+            return 0;
+        }
+        idle.sort_by_key(|(used, _)| *used);
+        let mut closed = 0;
+        for (_, f) in idle.into_iter().take(excess) {
+            let Ok(mut slots) = f.remote.try_lock() else {
+                continue;
+            };
+            if let Some(i) = slots.iter().position(|r| r.on(link, channel) && r.idle()) {
+                let r = slots.swap_remove(i);
+                link.channel(channel).close_nowait(&r.handle);
+                closed += 1;
+            }
+        }
+        if closed > 0 {
+            tracing::debug!(
+                closed,
+                held,
+                "closed idle remote handles to stay within the server's limit"
+            );
+        }
+        closed
     }
 }
 

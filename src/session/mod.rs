@@ -8,6 +8,7 @@
 //! It must never know about inodes, caches or the kernel, and never import the filesystem
 //! layer.
 
+pub mod connector;
 pub mod handles;
 mod ops;
 pub mod remote;
@@ -64,14 +65,31 @@ impl Session {
         // usually notice sooner); it is then replayed on a new one. Generous, because it
         // also bounds slow server operations such as fsync of a large file.
         let request_timeout = Duration::from_secs(60);
+        let connector = Arc::new(connector::Ssh(Arc::new(target)));
+        Self::with_connector(
+            connector,
+            request_timeout,
+            timeout,
+            write_behind,
+            conns,
+            sessions,
+        )
+    }
+
+    /// A session whose connections come from `connector` (tests use in-memory servers).
+    pub fn with_connector(
+        connector: Arc<dyn connector::Connector>,
+        request_timeout: Duration,
+        timeout: Duration,
+        write_behind: usize,
+        conns: usize,
+        sessions: SftpSessions,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| Session {
             me: me.clone(),
-            sups: {
-                let target = Arc::new(target);
-                (0..conns.max(1))
-                    .map(|_| Supervisor::new(target.clone(), request_timeout, sessions))
-                    .collect()
-            },
+            sups: (0..conns.max(1))
+                .map(|_| Supervisor::new(connector.clone(), request_timeout, sessions))
+                .collect(),
             handles: handles::Handles::default(),
             timeout,
             replay_stats: ReplayStats::default(),
@@ -275,7 +293,7 @@ impl Session {
                     let op = &op;
                     let channel = stripe.map_or(0, |s| (s / conns) as usize % link.channels());
                     async move {
-                        match file.on(&link, channel).await? {
+                        match file.on(&link, channel, &self.handles).await? {
                             Some(h) => op(link, channel, h).await,
                             None => {
                                 stale.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -317,3 +335,6 @@ impl Session {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -175,7 +175,8 @@ impl Remote for Session {
                     } else {
                         mode
                     };
-                    let h = l.sftp.open(w(path), m, attrs).await?;
+                    let open = || l.sftp.open(w(path), m, attrs);
+                    let h = self.handles.open_with_room(&l, 0, open).await?;
                     Ok((l, h))
                 }
             })

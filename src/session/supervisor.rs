@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{watch, Notify};
 
 use crate::sftp::{SftpClient, SftpError};
-use crate::ssh::{self, SshError, Target};
+use crate::ssh::SshError;
+
+use super::connector::{Connector, Transport};
 
 use super::sftp_sessions::{self, SftpSessions};
 
@@ -28,7 +30,7 @@ pub struct Link {
     /// Further SFTP sessions on the same connection, for writes only (may be empty if the
     /// server refused them).
     extra: Vec<SftpClient>,
-    ssh: ssh::Connection,
+    transport: Box<dyn Transport>,
     dead: watch::Sender<bool>,
 }
 
@@ -110,7 +112,7 @@ impl LinkStats {
 }
 
 pub struct Supervisor {
-    target: Arc<Target>,
+    connector: Arc<dyn Connector>,
     request_timeout: Duration,
     sessions: SftpSessions,
     state: watch::Sender<LinkState>,
@@ -124,13 +126,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 impl Supervisor {
     pub fn new(
-        target: Arc<Target>,
+        connector: Arc<dyn Connector>,
         request_timeout: Duration,
         sessions: SftpSessions,
     ) -> Arc<Self> {
         let (state, _) = watch::channel(LinkState::Connecting);
         Arc::new(Supervisor {
-            target,
+            connector,
             request_timeout,
             sessions,
             state,
@@ -140,12 +142,12 @@ impl Supervisor {
     }
 
     /// Opens one SFTP session on `conn`.
-    async fn open_sftp(&self, conn: &ssh::Connection) -> Result<SftpClient, SshError> {
-        let stream = conn.open_sftp(self.target.connect_timeout).await?;
-        SftpClient::start(stream, self.request_timeout, &conn.server_id)
+    async fn open_sftp(&self, conn: &dyn Transport) -> Result<SftpClient, SshError> {
+        let stream = conn.open_sftp().await?;
+        SftpClient::start(stream, self.request_timeout, conn.server_id())
             .await
             .map_err(|e| SshError::Subsystem {
-                host: self.target.host.clone(),
+                host: self.connector.host().to_string(),
                 reason: e.to_string(),
             })
     }
@@ -154,11 +156,12 @@ impl Supervisor {
     /// keep them apart ([`sftp_sessions::decide`]) and where the server grants them (a
     /// refusal leaves writes on the first).
     pub async fn connect_once(&self) -> Result<Arc<Link>, SshError> {
-        let conn = ssh::connect(self.target.clone()).await?;
-        let sftp = self.open_sftp(&conn).await?;
-        let mut choice = sftp_sessions::decide(self.sessions, &conn.server_id);
+        let conn = self.connector.connect().await?;
+        let sftp = self.open_sftp(conn.as_ref()).await?;
+        let mut choice = sftp_sessions::decide(self.sessions, conn.server_id());
         let extra =
-            futures::future::join_all((1..choice.sessions).map(|_| self.open_sftp(&conn))).await;
+            futures::future::join_all((1..choice.sessions).map(|_| self.open_sftp(conn.as_ref())))
+                .await;
         let opened = extra.len();
         let extra: Vec<SftpClient> = extra.into_iter().filter_map(Result::ok).collect();
         if extra.len() < opened {
@@ -170,7 +173,7 @@ impl Supervisor {
             choice.reason = format!("{}; the server refused more", choice.reason);
         }
         let facts = ServerFacts {
-            id: conn.server_id.clone(),
+            id: conn.server_id().to_string(),
             sftp_sessions: choice.sessions,
             sftp_sessions_reason: choice.reason,
         };
@@ -185,7 +188,7 @@ impl Supervisor {
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
             sftp,
             extra,
-            ssh: conn,
+            transport: conn,
             dead: watch::Sender::new(false),
         }))
     }
@@ -273,7 +276,7 @@ impl Supervisor {
                                     "reconnected"
                                 );
                             } else {
-                                tracing::info!(host = %self.target.host, "connected");
+                                tracing::info!(host = %self.connector.host(), "connected");
                             }
                             l
                         }
@@ -300,7 +303,7 @@ impl Supervisor {
                 if current.is_dead() {
                     break;
                 }
-                if current.ssh.is_closed() {
+                if current.transport.is_closed() {
                     self.report_dead(&current, "ssh connection closed");
                     break;
                 }
@@ -338,7 +341,7 @@ impl Supervisor {
             for n in 0..current.channels() {
                 current.channel(n).shutdown();
             }
-            let _ = tokio::time::timeout(Duration::from_secs(2), current.ssh.close()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), current.transport.close()).await;
         }
     }
 }

@@ -149,6 +149,24 @@ mod tests {
         );
     }
 
+    /// A write whose server was found confused (its reply or another's broke the
+    /// protocol): close and fsync report EIO, never success.
+    #[tokio::test]
+    async fn a_write_on_a_confused_server_is_eio_at_close() {
+        let wb = WriteBehind::default();
+        wb.begin(0, 4096).await.unwrap();
+        let confused =
+            crate::sftp::SftpError::Confused("'Invalid handle' for a held handle".into());
+        wb.end(0, 4096, Err(RemoteError::from(confused)));
+        let at_close = wb.settle().await.unwrap_err();
+        assert_eq!(at_close.errno(), libc::EIO);
+        assert!(
+            at_close.to_string().contains("Invalid handle"),
+            "{at_close}"
+        );
+        assert_eq!(wb.begin(4096, 1).await.unwrap_err().errno(), libc::EIO);
+    }
+
     #[tokio::test]
     async fn budget_bounds_bytes_in_flight() {
         let wb = WriteBehind::default();

@@ -81,6 +81,8 @@ pub struct SftpClient {
     pub max_read: u32,
     /// Largest WRITE payload this client sends.
     pub max_write: u32,
+    /// Handles the server lets one session hold open (limits@openssh.com), if it says.
+    pub max_handles: Option<usize>,
 }
 
 type R<T> = Result<T, SftpError>;
@@ -111,25 +113,30 @@ impl SftpClient {
             extensions,
             max_read: DEFAULT_IO_SIZE,
             max_write: DEFAULT_IO_SIZE,
+            max_handles: None,
         };
         if client.extensions.limits {
-            if let Ok((read, write)) = client.limits().await {
+            if let Ok((read, write, handles)) = client.limits().await {
                 client.max_read = read;
                 client.max_write = write;
+                client.max_handles = handles;
             }
         }
         Ok(client)
     }
 
     /// limits@openssh.com: the server's READ and WRITE sizes, clamped to
-    /// [`MIN_IO_SIZE`]..=[`DEFAULT_IO_SIZE`] (0 means no limit).
-    async fn limits(&self) -> R<(u32, u32)> {
+    /// [`MIN_IO_SIZE`]..=[`DEFAULT_IO_SIZE`] (0 means no limit), and how many handles it
+    /// lets a session hold (0: it does not say).
+    async fn limits(&self) -> R<(u32, u32, Option<usize>)> {
         let body = self.extended("limits@openssh.com", |p| p).await?;
         let mut r = Reader::new(body);
         let mut field = |what| r.u64(what).map_err(|e| self.conn.confused(e.to_string()));
         let _packet = field("max packet length")?;
         let read = field("max read length")?;
         let write = field("max write length")?;
+        // Optional in practice: a server that stops after three fields says nothing.
+        let handles = r.u64("max open handles").unwrap_or(0);
         let clamp = |v: u64| {
             if v == 0 {
                 DEFAULT_IO_SIZE
@@ -137,7 +144,8 @@ impl SftpClient {
                 v.clamp(MIN_IO_SIZE as u64, DEFAULT_IO_SIZE as u64) as u32
             }
         };
-        Ok((clamp(read), clamp(write)))
+        let handles = (handles > 0).then(|| handles.min(usize::MAX as u64) as usize);
+        Ok((clamp(read), clamp(write), handles))
     }
 
     /// Why this session failed, if it did.

@@ -1,8 +1,7 @@
 //! The client against the tests' hostile SFTP server, in memory: one misbehaviour per
 //! test, each answered with a clear error and no panic, hang or unbounded memory.
 
-#[path = "../../tests/hostile/server.rs"]
-mod hostile;
+use crate::hostile;
 
 use std::time::Duration;
 

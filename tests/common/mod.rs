@@ -98,6 +98,8 @@ pub struct Server {
     pub user_key: PathBuf,
     sshd: Option<Child>,
     sshd_extra: String,
+    /// RLIMIT_NOFILE for sshd and the SFTP servers it starts (None: inherited).
+    nofile: Option<u64>,
 }
 
 impl Server {
@@ -113,6 +115,15 @@ impl Server {
     /// `sshd_extra`: sshd_config lines that win over the defaults (sshd keeps the first).
     pub fn start_configured(key_kind: &str, sshd_extra: &str) -> Server {
         Self::start_kind(Kind::OpenSsh, key_kind, sshd_extra)
+    }
+
+    /// OpenSSH whose SFTP server processes may hold at most `nofile` descriptors (so it
+    /// runs out of handles early).
+    pub fn start_nofile(nofile: u64) -> Server {
+        let mut s = Self::start();
+        s.nofile = Some(nofile);
+        s.restart();
+        s
     }
 
     /// A ProFTPD mod_sftp server (see [`Kind::ProFtpd`]).
@@ -153,6 +164,7 @@ impl Server {
             user_key: d.join("user_key"),
             sshd: None,
             sshd_extra: sshd_extra.to_string(),
+            nofile: None,
             dir,
         };
         server.launch();
@@ -265,7 +277,14 @@ impl Server {
             )
             .expect("sshd_config");
         }
-        let mut c = Command::new("/usr/sbin/sshd");
+        let mut c = match self.nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("/usr/sbin/sshd");
+                c
+            }
+            None => Command::new("/usr/sbin/sshd"),
+        };
         c.arg("-D").arg("-e").arg("-f").arg(d.join("sshd_config"));
         c
     }

@@ -42,6 +42,9 @@ pub enum Mode {
     Silent,
     /// WRITE to a trigger file is answered `Invalid handle` (status 9).
     InvalidHandle,
+    /// The first request of this packet type is carried out, then the connection drops
+    /// before the reply (a reply lost with the link).
+    LoseReply(u8),
 }
 
 impl Mode {
@@ -58,6 +61,9 @@ impl Mode {
             "huge-packet" => Mode::HugePacket,
             "silent" => Mode::Silent,
             "invalid-handle" => Mode::InvalidHandle,
+            s if s.starts_with("lose-reply-") => {
+                Mode::LoseReply(s.strip_prefix("lose-reply-")?.parse().ok()?)
+            }
             s => Mode::Status(s.strip_prefix("status-")?.parse().ok()?),
         })
     }
@@ -527,6 +533,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, root: PathBuf, 
             }
             _ => status(id, 8, "unsupported"),
         };
+        if mode == Mode::LoseReply(kind) {
+            return;
+        }
         if io.write_all(&reply).await.is_err() || io.flush().await.is_err() {
             return;
         }
