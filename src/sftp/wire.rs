@@ -369,6 +369,45 @@ mod tests {
         assert!(r.attrs().is_err());
     }
 
+    /// Seeds kept as regressions: replies that once were (or could be) trouble. Each must
+    /// decode to an error, without a panic or an allocation of what it claims.
+    #[test]
+    fn seed_corpus_decodes_to_errors() {
+        let body = |b: &'static [u8]| split_reply(Bytes::from_static(b)).map(|(_, _, r)| r);
+        assert!(split_reply(Bytes::new()).is_err());
+        assert!(split_reply(Bytes::from_static(&[kind::NAME, 0, 0])).is_err());
+        // ATTRS with every flag and nothing behind them.
+        let r = body(&[kind::ATTRS, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff]).unwrap();
+        assert!(Reader::new(r).attrs().is_err());
+        // A string length of 2^31 with three bytes behind it.
+        let r = body(&[kind::DATA, 0, 0, 0, 1, 0x80, 0, 0, 0, 1, 2, 3]).unwrap();
+        assert_eq!(
+            Reader::new(r).bytes("data"),
+            Err(DecodeError::Short("data"))
+        );
+        // NAME claiming 2^32-1 entries: the first entry is already missing.
+        let r = body(&[kind::NAME, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff]).unwrap();
+        let mut rd = Reader::new(r);
+        assert_eq!(rd.u32("count"), Ok(u32::MAX));
+        assert!(rd.bytes("filename").is_err());
+        // VERSION with a truncated extension.
+        assert!(version(Bytes::from_static(&[
+            kind::VERSION,
+            0,
+            0,
+            0,
+            3,
+            0,
+            0,
+            0,
+            9,
+            b'x'
+        ]))
+        .is_err());
+        // Not VERSION at all.
+        assert!(version(Bytes::from_static(&[kind::STATUS, 0, 0, 0, 3])).is_err());
+    }
+
     proptest! {
         // Any bytes decode to a value or an error; never a panic.
         #[test]
