@@ -170,11 +170,22 @@ impl MetaCache {
         self.parent_changed(path);
     }
 
+    /// The attributes of `path`'s directory as asked right behind a change inside it
+    /// ([`crate::session::Remote::lstat_after`]): fresh, so cached (after
+    /// [`MetaCache::created`] or [`MetaCache::removed`] dropped the old ones).
+    pub fn parent_seen(&self, path: &str, dir: crate::session::RemoteResult<Attrs>) {
+        if let (Some(parent), Ok(a)) = (parent_key(path), dir) {
+            if a.kind() == crate::session::Kind::Dir {
+                self.put(parent, &a);
+            }
+        }
+    }
+
     /// A name in `path`'s directory came or went: the server changed that directory's
     /// mtime and ctime, so its cached attributes are stale (the kernel asks again).
     fn parent_changed(&self, path: &str) {
-        if let (Some((dir, _)), Ok(mut c)) = (split(path), self.attrs.lock()) {
-            c.pop(if dir.is_empty() { "/" } else { dir });
+        if let (Some(dir), Ok(mut c)) = (parent_key(path), self.attrs.lock()) {
+            c.pop(dir);
         }
     }
 
@@ -227,6 +238,11 @@ impl MetaCache {
     pub fn len(&self) -> usize {
         self.attrs.lock().map(|c| c.len()).unwrap_or(0)
     }
+}
+
+/// The cache key of `path`'s directory.
+pub fn parent_key(path: &str) -> Option<&str> {
+    split(path).map(|(dir, _)| if dir.is_empty() { "/" } else { dir })
 }
 
 #[cfg(test)]

@@ -211,7 +211,11 @@ impl<R: Remote> Fs<R> {
         self.cache.invalidate(&path);
         // The lstat goes out right behind the mkdir: one round trip for both (servers
         // answer in order; if one did not, the lstat is simply sent again).
-        let (made, seen) = tokio::join!(self.remote.mkdir(&path, perm), self.remote.lstat(&path));
+        let (made, seen, dir) = tokio::join!(
+            self.remote.mkdir(&path, perm),
+            self.remote.lstat(&path),
+            self.dir_after(&path)
+        );
         if let Err(e) = made {
             self.cache.unsure(&path);
             return Err(self.refine(e, &path, Op::Create).await);
@@ -226,6 +230,7 @@ impl<R: Remote> Fs<R> {
             attrs.mode = Some(libc::S_IFDIR | perm);
         }
         self.cache.created(&path, Some(&attrs));
+        self.cache.parent_seen(&path, dir);
         // Nothing is in it yet: lookups of new names inside cost no round trip.
         self.cache.dirs.put_empty(&path);
         self.entry(parent, name, &attrs)
@@ -239,14 +244,24 @@ impl<R: Remote> Fs<R> {
         if let Some(ino) = open {
             return self.unlink_open(parent, name, ino).await;
         }
-        let r = self.remote.remove(&path).await;
+        let (r, dir) = tokio::join!(self.remote.remove(&path), self.dir_after(&path));
         if let Err(e) = r {
             self.cache.unsure(&path);
             return Err(self.refine(e, &path, Op::Unlink).await);
         }
         self.cache.removed(&path);
+        self.cache.parent_seen(&path, dir);
         self.with_inodes(|t| t.unlink(parent, name))?;
         Ok(())
+    }
+
+    /// The attributes of `path`'s directory, asked right behind a change to `path` just
+    /// sent (same connection, so the answer shows the change).
+    pub(super) async fn dir_after(&self, path: &str) -> crate::session::RemoteResult<Attrs> {
+        match super::cache::parent_key(path) {
+            Some(dir) => self.remote.lstat_after(dir, path).await,
+            None => Err(crate::session::RemoteError::BadHandle),
+        }
     }
 
     /// unlink(2) of a file a descriptor holds open: the file moves to a hidden name in its
@@ -298,8 +313,11 @@ impl<R: Remote> Fs<R> {
     pub async fn symlink(&self, parent: u64, name: &str, target: &str) -> FsResult<Entry> {
         let path = self.child_path(parent, name)?;
         self.cache.invalidate(&path);
-        let (made, seen) =
-            tokio::join!(self.remote.symlink(target, &path), self.remote.lstat(&path));
+        let (made, seen, dir) = tokio::join!(
+            self.remote.symlink(target, &path),
+            self.remote.lstat(&path),
+            self.dir_after(&path)
+        );
         if let Err(e) = made {
             self.cache.unsure(&path);
             return Err(self.refine(e, &path, Op::Create).await);
@@ -309,6 +327,7 @@ impl<R: Remote> Fs<R> {
             _ => self.remote.lstat(&path).await?,
         };
         self.cache.created(&path, Some(&attrs));
+        self.cache.parent_seen(&path, dir);
         self.entry(parent, name, &attrs)
     }
 

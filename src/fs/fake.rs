@@ -173,6 +173,10 @@ impl Remote for FakeRemote {
         Ok(self.node(path)?.attrs)
     }
 
+    async fn lstat_after(&self, path: &str, _after: &str) -> RemoteResult<Attrs> {
+        self.lstat(path).await
+    }
+
     async fn stat(&self, path: &str) -> RemoteResult<Attrs> {
         let n = self.node(path)?;
         if n.attrs.kind() == Kind::Symlink {

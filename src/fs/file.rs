@@ -64,9 +64,10 @@ impl<R: Remote> Fs<R> {
         // The lstat goes out right behind the open: one round trip for both. Servers
         // answer in order; a reply that cannot be after this open (not a file, or not
         // empty after O_TRUNC) is asked again through the handle.
-        let (opened, seen) = tokio::join!(
+        let (opened, seen, dir) = tokio::join!(
             self.remote.open(&path, open, Some(perm)),
-            self.remote.lstat(&path)
+            self.remote.lstat(&path),
+            self.dir_after(&path)
         );
         let fid = match opened {
             Ok(f) => f,
@@ -95,6 +96,7 @@ impl<R: Remote> Fs<R> {
                 attrs.mode = Some(libc::S_IFREG | perm);
             }
             self.cache.created(&path, Some(&attrs));
+            self.cache.parent_seen(&path, dir);
             self.entry(parent, name, &attrs)
         };
         match finish.await {

@@ -114,6 +114,14 @@ pub trait Remote: Send + Sync + 'static {
     /// Whether a working connection exists right now (requests would not wait).
     fn is_connected(&self) -> bool;
     fn lstat(&self, path: &str) -> impl Future<Output = RemoteResult<Attrs>> + Send;
+    /// [`Remote::lstat`] of `path`, sent where requests about `after` go, so the answer
+    /// comes after theirs: a directory's new mtime right behind a change inside it, in the
+    /// same round trip.
+    fn lstat_after(
+        &self,
+        path: &str,
+        after: &str,
+    ) -> impl Future<Output = RemoteResult<Attrs>> + Send;
     fn stat(&self, path: &str) -> impl Future<Output = RemoteResult<Attrs>> + Send;
     fn setstat(&self, path: &str, attrs: &Attrs) -> impl Future<Output = RemoteResult<()>> + Send;
     /// Lists a directory; `None` when it holds more than `max` entries.
