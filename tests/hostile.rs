@@ -59,6 +59,7 @@ fn lstat_errno(m: &Mount, name: &str) -> i32 {
 #[test]
 fn status_codes_past_8_map_to_errnos() {
     for (code, want) in [
+        ("9", libc::EBADF),
         ("11", libc::EEXIST),
         ("14", libc::ENOSPC),
         ("99", libc::EIO),

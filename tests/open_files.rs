@@ -51,6 +51,63 @@ for fd in fds:
 print("closed", flush=True)
 "#;
 
+/// A process holding files open (see [`HOLDER`]), as `uid` if given.
+struct Holder {
+    child: std::process::Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Holder {
+    fn start(dir: &Path, n: usize, tag: &str, uid: Option<u32>) -> Holder {
+        let mut cmd = match uid {
+            Some(uid) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={uid}"),
+                    "--clear-groups",
+                    "/usr/bin/python3",
+                ]);
+                c
+            }
+            None => Command::new("/usr/bin/python3"),
+        };
+        let mut child = cmd
+            .args(["-c", HOLDER])
+            .arg(dir)
+            .args([n.to_string().as_str(), tag])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Holder { child, lines }
+    }
+
+    /// Waits until every file is open, written and read back.
+    fn wait_open(&mut self, m: &Mount) {
+        if self.lines.next().and_then(Result::ok).as_deref() != Some("open") {
+            let _ = self.child.kill();
+            let mut err = String::new();
+            if let Some(mut e) = self.child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!("holder failed: {err}\n{}", m.log());
+        }
+    }
+
+    /// Closes every file and waits for a clean exit.
+    fn close_all(mut self) {
+        writeln!(self.child.stdin.as_mut().expect("stdin")).unwrap();
+        assert_eq!(
+            self.lines.next().and_then(Result::ok).as_deref(),
+            Some("closed")
+        );
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
 #[test]
 fn a_thousand_files_open_at_once_as_two_users() {
     let s = Server::start();
@@ -58,53 +115,20 @@ fn a_thousand_files_open_at_once_as_two_users() {
     let dir = m.p("many");
     std::fs::create_dir(&dir).unwrap();
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    let mut holders: Vec<_> = [(991, "mastodon"), (70, "postgres")]
-        .iter()
-        .map(|(uid, tag)| {
-            Command::new("setpriv")
-                .args([
-                    &format!("--reuid={uid}"),
-                    &format!("--regid={uid}"),
-                    "--clear-groups",
-                    "/usr/bin/python3",
-                    "-c",
-                    HOLDER,
-                ])
-                .arg(&dir)
-                .args(["500", tag])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("python3")
-        })
-        .collect();
-    let mut lines: Vec<_> = holders
-        .iter_mut()
-        .map(|h| BufReader::new(h.stdout.take().unwrap()).lines())
-        .collect();
-    for (l, h) in lines.iter_mut().zip(&mut holders) {
-        let first = l.next().and_then(Result::ok);
-        if first.as_deref() != Some("open") {
-            let _ = h.kill();
-            let mut err = String::new();
-            if let Some(mut e) = h.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
-            panic!("holder failed: {err}\n{}", m.log());
-        }
+    let mut holders = [
+        Holder::start(&dir, 500, "mastodon", Some(991)),
+        Holder::start(&dir, 500, "postgres", Some(70)),
+    ];
+    for h in &mut holders {
+        h.wait_open(&m);
     }
     let held = server_handles(&s, &s.served);
     assert!(
         held >= 1000,
         "the server holds {held} handles for 1000 open files"
     );
-    for h in &mut holders {
-        writeln!(h.stdin.as_mut().unwrap()).unwrap();
-    }
-    for (l, h) in lines.iter_mut().zip(&mut holders) {
-        assert_eq!(l.next().and_then(Result::ok).as_deref(), Some("closed"));
-        assert!(h.wait().unwrap().success());
+    for h in holders {
+        h.close_all();
     }
     wait_until(
         Duration::from_secs(20),
@@ -123,29 +147,11 @@ fn a_server_with_few_handles_still_serves_hundreds_of_open_files() {
     let m = Mount::new(&s, "");
     let dir = m.p("many");
     std::fs::create_dir(&dir).unwrap();
-    let mut holder = Command::new("/usr/bin/python3")
-        .args(["-c", HOLDER])
-        .arg(&dir)
-        .args(["300", "one"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
-    if lines.next().and_then(Result::ok).as_deref() != Some("open") {
-        let _ = holder.kill();
-        let mut err = String::new();
-        if let Some(mut e) = holder.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
-        panic!("holder failed: {err}\n{}", m.log());
-    }
+    let mut holder = Holder::start(&dir, 300, "one", None);
+    holder.wait_open(&m);
     let held = server_handles(&s, &s.served);
     assert!(held <= 64, "the server holds {held} handles");
-    writeln!(holder.stdin.as_mut().unwrap()).unwrap();
-    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("closed"));
-    assert!(holder.wait().unwrap().success());
+    holder.close_all();
     for i in [0, 150, 299] {
         assert_eq!(
             std::fs::read_to_string(s.served.join(format!("many/one-{i}"))).unwrap(),

@@ -21,8 +21,9 @@ use super::writeback::WriteBehind;
 /// Orders uses of remote handles, so the least recently used idle one can be closed.
 static USES: AtomicU64 = AtomicU64::new(0);
 
-/// Handles kept free for directory listings when a server limits a session's handles.
-const LISTING_HANDLES: usize = 4;
+/// Handles kept free for directory listings (background listings run 16 at once) when a
+/// server limits a session's handles.
+const LISTING_HANDLES: usize = 24;
 
 /// The file's handle on one SFTP session (channel) of one connection.
 struct Slot {

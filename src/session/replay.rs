@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::meta::Kind;
 use crate::name_bytes::encode as w;
-use crate::sftp::{Kind, SftpError};
+use crate::sftp::SftpError;
 
 use super::remote::{RemoteError, RemoteResult};
 use super::supervisor::{Link, Supervisor};

@@ -24,10 +24,40 @@ pub const DEFAULT_IO_SIZE: u32 = 261_120;
 /// 1 byte must not turn one kernel read into a million requests.
 pub const MIN_IO_SIZE: u32 = 4096;
 
-/// A directory listing is refused beyond this many bytes of names and attributes (each
-/// entry counted as its name plus 64): a server sending entries without end cannot grow the
-/// daemon's memory past it.
+/// A directory listing is refused beyond this many bytes of NAME replies: a server sending
+/// entries without end cannot grow the daemon's memory past it.
 pub const LISTING_BYTES: usize = 32 << 20;
+
+/// All listings on their way at once hold at most this many bytes of replies; past it,
+/// the listing that would grow them fails (only a hostile or broken server gets there).
+pub const ALL_LISTINGS_BYTES: usize = 128 << 20;
+
+/// Bytes of NAME replies held by listings on their way, process-wide.
+static LISTINGS_HELD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One listing's share of [`LISTINGS_HELD`], given back when the listing ends.
+#[derive(Default)]
+struct ListingBytes(usize);
+
+impl ListingBytes {
+    /// Takes `n` more bytes; false when this listing or all of them together would pass
+    /// their bound.
+    fn take(&mut self, n: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        self.0 += n;
+        let all = LISTINGS_HELD.fetch_add(n, Ordering::Relaxed) + n;
+        self.0 <= LISTING_BYTES && all <= ALL_LISTINGS_BYTES
+    }
+}
+
+impl Drop for ListingBytes {
+    fn drop(&mut self) {
+        LISTINGS_HELD.fetch_sub(self.0, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Handles one gesftpserver session can hold (its MAXHANDLES).
+const GESFTPSERVER_HANDLES: usize = 128;
 
 /// Empty READDIR batches tolerated in one listing before it is given up (a server that
 /// answers without entries and without EOF would loop forever).
@@ -41,6 +71,10 @@ pub struct Extensions {
     pub fsync: bool,
     pub hardlink: bool,
     pub limits: bool,
+    /// SSH_FXP_SYMLINK takes the link path first, as the draft says
+    /// (`symlink-order@rjk.greenend.org.uk: linkpath-targetpath`, gesftpserver). OpenSSH
+    /// and most servers read the target first.
+    pub symlink_link_first: bool,
 }
 
 /// A remote handle: opaque bytes, valid only on the session that returned it. Dropping
@@ -107,6 +141,9 @@ impl SftpClient {
             fsync: has("fsync@openssh.com"),
             hardlink: has("hardlink@openssh.com"),
             limits: has("limits@openssh.com"),
+            symlink_link_first: ext.iter().any(|(n, d)| {
+                n == "symlink-order@rjk.greenend.org.uk" && &d[..] == b"linkpath-targetpath"
+            }),
         };
         let mut client = SftpClient {
             conn,
@@ -121,6 +158,12 @@ impl SftpClient {
                 client.max_write = write;
                 client.max_handles = handles;
             }
+        }
+        // gesftpserver (the only server declaring its symlink order) keeps at most 128
+        // handles per session and hands out one past its table after that (which it then
+        // calls invalid): stay below.
+        if client.extensions.symlink_link_first && client.max_handles.is_none() {
+            client.max_handles = Some(GESFTPSERVER_HANDLES);
         }
         Ok(client)
     }
@@ -208,7 +251,6 @@ impl SftpClient {
     fn decode_attrs(&self, body: Bytes) -> R<Attrs> {
         Reader::new(body)
             .attrs()
-            .map(Attrs::from)
             .map_err(|e| self.conn.confused(format!("ATTRS: {e}")))
     }
 
@@ -250,11 +292,7 @@ impl SftpClient {
     pub async fn setstat(&self, path: impl AsRef<[u8]>, attrs: &Attrs) -> R<()> {
         let path = path.as_ref();
         let r = self
-            .call(|id| {
-                path_packet(kind::SETSTAT, id, path)
-                    .attrs(&attrs.into())
-                    .finish()
-            })
+            .call(|id| path_packet(kind::SETSTAT, id, path).attrs(attrs).finish())
             .await?;
         self.status(r)
     }
@@ -263,7 +301,7 @@ impl SftpClient {
         self.handle_status(|id| {
             Packet::new(kind::FSETSTAT, id, 40 + h.id.len())
                 .bytes(&h.id)
-                .attrs(&attrs.into())
+                .attrs(attrs)
                 .finish()
         })
         .await
@@ -294,7 +332,7 @@ impl SftpClient {
             .call(|id| {
                 path_packet(kind::OPEN, id, path)
                     .u32(open_flags(mode))
-                    .attrs(&attrs.into())
+                    .attrs(attrs)
                     .finish()
             })
             .await?;
@@ -362,8 +400,9 @@ impl SftpClient {
         self.check_handle(self.status(r))
     }
 
-    /// One READDIR batch: the entries, or `None` at EOF.
-    async fn readdir(&self, handle: &Bytes) -> R<Option<Vec<DirEntry>>> {
+    /// One READDIR batch: the entries and the size of the reply holding them (the names
+    /// are slices of it), or `None` at EOF.
+    async fn readdir(&self, handle: &Bytes) -> R<Option<(Vec<DirEntry>, usize)>> {
         let r = self
             .call(|id| {
                 Packet::new(kind::READDIR, id, 4 + handle.len())
@@ -378,7 +417,8 @@ impl SftpClient {
             }) => return Ok(None),
             Err(e) => return Err(e),
         };
-        self.names(body).map(Some)
+        let size = body.len();
+        self.names(body).map(|n| Some((n, size)))
     }
 
     /// Decodes a NAME reply (the long names are skipped).
@@ -397,7 +437,7 @@ impl SftpClient {
         for _ in 0..n {
             let name = r.bytes("filename").map_err(bad)?;
             r.bytes("longname").map_err(bad)?;
-            let attrs = r.attrs().map_err(bad)?.into();
+            let attrs = r.attrs().map_err(bad)?;
             out.push(DirEntry { name, attrs });
         }
         Ok(out)
@@ -408,7 +448,8 @@ impl SftpClient {
     /// go out first (most directories are small); every batch that comes back doubles how
     /// many are in flight, up to `READDIR_DEPTH`, so a big listing takes a few round trips
     /// instead of one per batch. `None` when the directory holds more than `max` entries
-    /// (listing stops there). A listing past [`LISTING_BYTES`] or without end fails.
+    /// (listing stops there). A listing past [`LISTING_BYTES`] (or all together past
+    /// [`ALL_LISTINGS_BYTES`]) or without end fails.
     pub async fn read_dir(&self, path: impl AsRef<[u8]>, max: usize) -> R<Option<Vec<DirEntry>>> {
         use futures::stream::{FuturesOrdered, StreamExt};
         const READDIR_DEPTH: usize = 64;
@@ -417,7 +458,7 @@ impl SftpClient {
             .await?;
         let handle = self.handle_of(r)?;
         let mut out = Vec::new();
-        let mut bytes = 0usize;
+        let mut bytes = ListingBytes::default();
         let mut empty = 0usize;
         let mut pending = FuturesOrdered::new();
         let mut depth = 2;
@@ -427,7 +468,7 @@ impl SftpClient {
         let mut result = Ok(());
         while let Some(r) = pending.next().await {
             match r {
-                Ok(Some(batch)) => {
+                Ok(Some((batch, size))) => {
                     if batch.is_empty() {
                         empty += 1;
                         if empty > EMPTY_BATCHES {
@@ -438,18 +479,19 @@ impl SftpClient {
                             break;
                         }
                     }
-                    bytes += batch.iter().map(|e| e.name.len() + 64).sum::<usize>();
                     out.extend(batch);
                     if out.len() > max {
                         break;
                     }
-                    if bytes > LISTING_BYTES {
+                    if !bytes.take(size) {
                         tracing::warn!(entries = out.len(), "directory listing too large; refused");
                         result = Err(SftpError::Status {
                             code: status::FAILURE,
                             message: format!(
-                                "directory listing larger than {} MiB",
-                                LISTING_BYTES >> 20
+                                "directory listing larger than {} MiB (or all listings on \
+                                 their way larger than {} MiB)",
+                                LISTING_BYTES >> 20,
+                                ALL_LISTINGS_BYTES >> 20
                             ),
                         });
                         break;
@@ -480,11 +522,7 @@ impl SftpClient {
     pub async fn mkdir(&self, path: impl AsRef<[u8]>, attrs: &Attrs) -> R<()> {
         let path = path.as_ref();
         let r = self
-            .call(|id| {
-                path_packet(kind::MKDIR, id, path)
-                    .attrs(&attrs.into())
-                    .finish()
-            })
+            .call(|id| path_packet(kind::MKDIR, id, path).attrs(attrs).finish())
             .await?;
         self.status(r)
     }
@@ -534,14 +572,17 @@ impl SftpClient {
     }
 
     /// Creates a symlink at `link` pointing to `target`. OpenSSH (and servers compatible
-    /// with it) read SSH_FXP_SYMLINK's arguments in the reverse order of the draft.
+    /// with it) read SSH_FXP_SYMLINK's arguments in the reverse order of the draft; a
+    /// server that declares the draft's order gets that.
     pub async fn symlink(&self, target: impl AsRef<[u8]>, link: impl AsRef<[u8]>) -> R<()> {
+        let (target, link) = (target.as_ref(), link.as_ref());
+        let (first, second) = if self.extensions.symlink_link_first {
+            (link, target)
+        } else {
+            (target, link)
+        };
         let r = self
-            .call(|id| {
-                path_packet(kind::SYMLINK, id, target.as_ref())
-                    .bytes(link.as_ref())
-                    .finish()
-            })
+            .call(|id| path_packet(kind::SYMLINK, id, first).bytes(second).finish())
             .await?;
         self.status(r)
     }

@@ -1,16 +1,15 @@
 //! SFTP v3 client: typed requests over one SSH channel, extensions, errno mapping.
 //!
-//! Owns the protocol of one session ([`client::SftpClient`]), file attributes ([`attrs`])
-//! and status-to-errno mapping ([`error`]). It sits on top of [`crate::ssh`] and knows
-//! nothing of reconnecting, inodes or the kernel.
+//! Owns the wire format ([`wire`]), the transport of one session (`conn`), its typed
+//! requests ([`client::SftpClient`]) and status-to-errno mapping ([`error`]). The only
+//! place that sees a packet. It sits on top of the SSH channel and knows nothing of
+//! reconnecting, inodes or the kernel.
 
-pub mod attrs;
 pub mod client;
 mod conn;
 pub mod error;
 pub mod wire;
 
-pub use attrs::Kind;
 pub use client::{RemoteHandle, SftpClient};
 pub use error::SftpError;
 

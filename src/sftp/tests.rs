@@ -193,3 +193,61 @@ async fn odd_names_come_through_as_bytes() {
     assert!(names.iter().any(|n| &n[..] == b"latin1-\xe9t\xe9"));
     assert!(names.iter().any(|n| &n[..] == b"nul\0name"));
 }
+
+#[tokio::test]
+async fn symlinks_go_out_in_the_order_the_server_declares() {
+    for mode in [Mode::Plain, Mode::DraftSymlink] {
+        let (c, d) = client(mode).await;
+        assert_eq!(c.extensions.symlink_link_first, mode == Mode::DraftSymlink);
+        c.symlink("the-target", path(&d, "link")).await.unwrap();
+        assert_eq!(
+            std::fs::read_link(d.path().join("link")).unwrap(),
+            std::path::Path::new("the-target"),
+            "{mode:?}"
+        );
+    }
+}
+
+/// gesftpserver, driven over its stdin/stdout: its handles are 8 raw bytes (past the
+/// 128th they are not UTF-8-safe), it declares the draft's symlink order, and it holds at
+/// most 128 handles per session, which the client learns.
+#[tokio::test]
+async fn gesftpserver_is_recognized() {
+    let d = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new("/usr/libexec/gesftpserver")
+        .current_dir(d.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("gesftpserver (scripts/install-deps.sh installs it)");
+    let io = tokio::io::join(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+    let c = SftpClient::start(io, Duration::from_secs(5), "gesftpserver")
+        .await
+        .unwrap();
+    assert!(c.extensions.symlink_link_first);
+    assert_eq!(c.max_handles, Some(128));
+    let mode = OpenMode {
+        read: true,
+        write: true,
+        create: true,
+        ..Default::default()
+    };
+    for i in 0..100 {
+        let h = c
+            .open(path(&d, &format!("f{i}")), mode, &Attrs::default())
+            .await
+            .unwrap();
+        assert_eq!(h.id.len(), 8);
+        c.write(&h, 0, Bytes::from(format!("{i}"))).await.unwrap();
+        assert_eq!(
+            &c.read(&h, 0, 10).await.unwrap()[..],
+            format!("{i}").as_bytes()
+        );
+    }
+    c.symlink("the-target", path(&d, "link")).await.unwrap();
+    assert_eq!(
+        std::fs::read_link(d.path().join("link")).unwrap(),
+        std::path::Path::new("the-target")
+    );
+}

@@ -8,6 +8,8 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::meta::Attrs;
+
 /// The largest packet accepted from the server (and sent to it), as OpenSSH's own client:
 /// 256 KiB. A READ or WRITE of [`super::client::DEFAULT_IO_SIZE`] bytes fits with its header.
 pub const MAX_PACKET: usize = 256 * 1024;
@@ -154,9 +156,9 @@ impl Reader {
         Ok(String::from_utf8_lossy(&self.bytes(what)?).into_owned())
     }
 
-    pub fn attrs(&mut self) -> D<WireAttrs> {
+    pub fn attrs(&mut self) -> D<Attrs> {
         let flags = self.u32("attribute flags")?;
-        let mut a = WireAttrs::default();
+        let mut a = Attrs::default();
         if flags & attr::SIZE != 0 {
             a.size = Some(self.u64("size")?);
         }
@@ -182,17 +184,6 @@ impl Reader {
         }
         Ok(a)
     }
-}
-
-/// Attributes as they travel; the plain struct above the codec is [`super::Attrs`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WireAttrs {
-    pub size: Option<u64>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub mode: Option<u32>,
-    pub atime: Option<u32>,
-    pub mtime: Option<u32>,
 }
 
 /// Builds one packet: length, type, request id, then the fields. The length is filled in
@@ -231,7 +222,7 @@ impl Packet {
         self
     }
 
-    pub fn attrs(mut self, a: &WireAttrs) -> Self {
+    pub fn attrs(mut self, a: &Attrs) -> Self {
         let mut flags = 0;
         if a.size.is_some() {
             flags |= attr::SIZE;
@@ -322,7 +313,7 @@ mod tests {
         let p = Packet::new(kind::OPEN, 7, 0)
             .bytes(b"/a")
             .u32(pflags::READ)
-            .attrs(&WireAttrs::default())
+            .attrs(&Attrs::default())
             .finish();
         assert_eq!(
             &p[..],
@@ -332,7 +323,7 @@ mod tests {
 
     #[test]
     fn attrs_roundtrip() {
-        let a = WireAttrs {
+        let a = Attrs {
             size: Some(u64::MAX),
             uid: Some(1),
             gid: Some(2),
@@ -348,7 +339,7 @@ mod tests {
 
     #[test]
     fn v3_sets_pairs_together() {
-        let a = WireAttrs {
+        let a = Attrs {
             mtime: Some(20),
             uid: Some(5),
             ..Default::default()

@@ -45,6 +45,9 @@ pub enum Mode {
     /// The first request of this packet type is carried out, then the connection drops
     /// before the reply (a reply lost with the link).
     LoseReply(u8),
+    /// Well-behaved, but SSH_FXP_SYMLINK takes the link path first, as the draft (and
+    /// gesftpserver) say, declared in VERSION as `symlink-order@rjk.greenend.org.uk`.
+    DraftSymlink,
 }
 
 impl Mode {
@@ -61,6 +64,7 @@ impl Mode {
             "huge-packet" => Mode::HugePacket,
             "silent" => Mode::Silent,
             "invalid-handle" => Mode::InvalidHandle,
+            "draft-symlink" => Mode::DraftSymlink,
             s if s.starts_with("lose-reply-") => {
                 Mode::LoseReply(s.strip_prefix("lose-reply-")?.parse().ok()?)
             }
@@ -239,6 +243,11 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, root: PathBuf, 
                 }
                 if mode == Mode::TinyLimits {
                     o = o.bytes(b"limits@openssh.com").bytes(b"1");
+                }
+                if mode == Mode::DraftSymlink {
+                    o = o
+                        .bytes(b"symlink-order@rjk.greenend.org.uk")
+                        .bytes(b"linkpath-targetpath");
                 }
                 o.done()
             }
@@ -501,9 +510,12 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, root: PathBuf, 
                 Err(e) => io_status(id, e),
             },
             20 => {
-                // OpenSSH's order: target, then link path.
-                let target = r.bytes();
-                let link = path_of(&r.bytes());
+                // OpenSSH's order: target, then link path; the draft's the other way.
+                let (mut target, mut link) = (r.bytes(), r.bytes());
+                if mode == Mode::DraftSymlink {
+                    std::mem::swap(&mut target, &mut link);
+                }
+                let link = path_of(&link);
                 match std::os::unix::fs::symlink(OsStr::from_bytes(&target), link) {
                     Ok(()) => status(id, 0, ""),
                     Err(e) => io_status(id, e),
