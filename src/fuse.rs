@@ -135,8 +135,8 @@ fn errno(op: &str, e: FsError) -> Errno {
 }
 
 /// A name from the kernel (bytes) as the filesystem logic keeps it ([`name_bytes`]).
-fn utf8(name: &OsStr) -> Result<String, Errno> {
-    Ok(name_bytes::decode(name.as_bytes()))
+fn text(name: &OsStr) -> String {
+    name_bytes::decode(name.as_bytes())
 }
 
 /// A name of the filesystem logic as the kernel's bytes.
@@ -173,10 +173,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let fs = self.fs.clone();
         let neg = self.negative_ttl;
-        let name = match utf8(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = text(name);
         self.spawn(async move {
             tracing::trace!(op = "lookup", %name, "kernel request");
             match fs.stats.track("lookup", fs.lookup(parent.0, &name).await) {
@@ -273,10 +270,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
             // SFTP has no way to make device nodes, FIFOs or sockets.
             return reply.error(Errno::EPERM);
         }
-        let name = match utf8(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = text(name);
         self.reply_entry("mknod", reply, move |fs| async move {
             let (entry, fh) = fs
                 .create(parent.0, &name, mode, libc::O_WRONLY | libc::O_EXCL)
@@ -293,28 +287,19 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let name = match utf8(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = text(name);
         self.reply_entry("mkdir", reply, move |fs| async move {
             fs.mkdir(parent.0, &name, mode).await
         });
     }
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let name = match utf8(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = text(name);
         self.reply_empty("unlink", reply, move |fs| async move {
             fs.unlink(parent.0, &name).await
         });
     }
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let name = match utf8(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = text(name);
         self.reply_empty("rmdir", reply, move |fs| async move {
             fs.rmdir(parent.0, &name).await
         });
@@ -327,10 +312,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let (name, target) = match (utf8(link_name), utf8(target.as_os_str())) {
-            (Ok(n), Ok(t)) => (n, t),
-            _ => return reply.error(Errno::EINVAL),
-        };
+        let (name, target) = (text(link_name), text(target.as_os_str()));
         self.reply_entry("symlink", reply, move |fs| async move {
             fs.symlink(parent.0, &name, &target).await
         });
@@ -351,10 +333,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
             return reply.error(Errno::EINVAL);
         }
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        let (name, newname) = match (utf8(name), utf8(newname)) {
-            (Ok(a), Ok(b)) => (a, b),
-            _ => return reply.error(Errno::EINVAL),
-        };
+        let (name, newname) = (text(name), text(newname));
         self.reply_empty("rename", reply, move |fs| async move {
             fs.rename(parent.0, &name, newparent.0, &newname, noreplace)
                 .await
@@ -368,10 +347,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let name = match utf8(newname) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = text(newname);
         self.reply_entry("link", reply, move |fs| async move {
             fs.link(ino.0, newparent.0, &name).await
         });
@@ -615,10 +591,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let name = match utf8(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = text(name);
         self.run(
             "create",
             move |fs| async move { fs.create(parent.0, &name, mode, flags).await },
