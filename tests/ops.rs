@@ -327,14 +327,21 @@ fn acknowledged_writes_are_seen_at_once_by_stat_and_other_descriptors() {
 #[test]
 fn a_file_another_client_creates_is_visible_at_once() {
     let s = Server::start();
-    let m = Mount::new(&s, "dir_timeout=1");
+    let m = Mount::new(&s, "dir_timeout=5");
     fs::create_dir(m.p("mine")).unwrap();
     assert_eq!(fs::read_dir(m.path()).unwrap().count(), 1);
     fs::write(s.served.join("theirs"), b"t").unwrap();
     // A listing proves no absence (negative_timeout=0): the new name is asked for.
     assert_eq!(fs::read(m.p("theirs")).unwrap(), b"t");
-    // A directory this mount made is trusted to stay as it left it for dir_timeout.
+    // A directory this mount made is trusted to stay as it left it for dir_timeout: a
+    // name another client adds is not seen at once (well within the 5 s)...
     fs::write(s.served.join("mine/theirs"), b"u").unwrap();
+    assert_eq!(
+        errno(fs::read(m.p("mine/theirs")).unwrap_err()),
+        libc::ENOENT,
+        "trusted for dir_timeout"
+    );
+    // ... and is once dir_timeout has passed.
     wait_until(
         Duration::from_secs(10),
         "file visible after dir_timeout",
