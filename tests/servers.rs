@@ -176,3 +176,42 @@ fn gesftpserver_symlinks_and_binary_handles() {
         assert_eq!(got, i.to_string(), "server has {on_server:?}\n{}", m.log());
     }
 }
+
+/// ProFTPD answers READ with EOF at the size the file had when the handle was opened, even
+/// after the file grew. A reader holding the file open must still see what another
+/// descriptor appended, and a file extended by truncate reads as zeros.
+#[test]
+fn proftpd_reader_follows_a_file_that_grew_after_it_opened() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let s = Server::proftpd();
+    let m = Mount::new(&s, "");
+    std::fs::write(m.p("grow"), b"first").unwrap();
+    let mut r = std::fs::File::open(m.p("grow")).unwrap();
+    let tail: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let mut w = std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.p("grow"))
+        .unwrap();
+    w.write_all(&tail).unwrap();
+    w.sync_all().unwrap();
+    drop(w);
+    // The kernel must ask the server, not its page cache.
+    std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+    r.seek(SeekFrom::Start(65_536)).unwrap();
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), 5 + tail.len() - 65_536, "{}", m.log());
+    assert!(got[..] == tail[65_536 - 5..]);
+    // Extended by truncate while open for reading elsewhere: zeros.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.p("grow"))
+        .unwrap();
+    f.set_len(300_000).unwrap();
+    std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+    let mut end = vec![1u8; 10];
+    r.seek(SeekFrom::Start(299_990)).unwrap();
+    r.read_exact(&mut end).unwrap();
+    assert_eq!(end, vec![0u8; 10]);
+}

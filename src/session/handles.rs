@@ -118,7 +118,20 @@ impl OpenFile {
 
     /// Closes every remote handle whose connection still lives (answers not awaited).
     pub async fn close_all(&self) {
-        for r in self.remote.lock().await.drain(..) {
+        self.close_where(|_| true).await
+    }
+
+    /// Closes the handles no request holds right now; the file is reopened by path at its
+    /// next use (a fresh handle sees the file as it is now).
+    pub async fn close_idle(&self) {
+        self.close_where(Slot::idle).await
+    }
+
+    async fn close_where(&self, pick: impl Fn(&Slot) -> bool) {
+        let mut slots = self.remote.lock().await;
+        let (gone, keep): (Vec<Slot>, Vec<Slot>) = slots.drain(..).partition(|r| pick(r));
+        *slots = keep;
+        for r in gone {
             if let Some(l) = r.link.upgrade().filter(|l| !l.is_dead()) {
                 l.channel(r.channel).close_nowait(&r.handle);
             }

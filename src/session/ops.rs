@@ -35,13 +35,6 @@ impl Remote for Session {
         .await
     }
 
-    async fn lstat_after(&self, path: &str, after: &str) -> RemoteResult<Attrs> {
-        self.run("lstat", (after, 0), |l, _| async move {
-            l.sftp.lstat(w(path)).await
-        })
-        .await
-    }
-
     async fn stat(&self, path: &str) -> RemoteResult<Attrs> {
         self.settle_paths(|p| p == path).await;
         self.run("stat", (path, 0), |l, _| async move {
@@ -198,53 +191,23 @@ impl Remote for Session {
         len: u32,
         size: Option<u64>,
     ) -> RemoteResult<Bytes> {
-        use futures::stream::{self, StreamExt, TryStreamExt};
-        /// Requests of one read in flight at once (a server with tiny limits makes many).
-        const PARTS_IN_FLIGHT: usize = 64;
-        self.with_handle("read", f, |l, h| async move {
-            let chunk = l.sftp.max_read;
-            // Pipeline: the chunks of the request in flight together, in order.
-            let parts = (0..len.div_ceil(chunk)).map(|i| {
-                let off = offset + (i * chunk) as u64;
-                let n = chunk.min(len - i * chunk);
-                let l = &l;
-                let h = &h;
-                async move { l.sftp.read(h, off, n).await.map(|d| (n, d)) }
-            });
-            let parts: Vec<(u32, Bytes)> = stream::iter(parts)
-                .buffered(PARTS_IN_FLIGHT)
-                .try_collect()
-                .await?;
-            // The data ends at the first short part. That is the end of the file if a
-            // later part came back empty or the known size ends there (no round trip
-            // more); else the server returned less than asked: read on until EOF or full.
-            let short = parts
-                .iter()
-                .position(|(asked, d)| (d.len() as u32) < *asked);
-            let keep = short.map_or(parts.len(), |i| i + 1);
-            let got: u64 = parts[..keep].iter().map(|(_, d)| d.len() as u64).sum();
-            let eof_known = short.is_none_or(|i| {
-                size == Some(offset + got) || parts[i + 1..].iter().any(|(_, d)| d.is_empty())
-            });
-            if keep == 1 && eof_known {
-                // One part: the packet's bytes go to the kernel as they came.
-                return Ok(parts.into_iter().next().map(|(_, d)| d).unwrap_or_default());
+        let data = self.read_once(f, offset, len, size).await?;
+        // Some servers (ProFTPD) answer EOF at the size the file had when the handle was
+        // opened, even after it grew. An end below the size known here is not believed:
+        // the file is reopened (a fresh handle sees it as it is now) and read again.
+        let end = offset + data.len() as u64;
+        if (data.len() as u32) < len && size.is_some_and(|s| end < s) {
+            if let Some(file) = self.handles.get(f) {
+                file.close_idle().await;
+                return self.read_once(f, offset, len, size).await;
             }
-            let mut out = bytes::BytesMut::with_capacity(len as usize);
-            for (_, d) in parts.into_iter().take(keep) {
-                out.extend_from_slice(&d);
-            }
-            while !eof_known && (out.len() as u32) < len {
-                let more = l
-                    .sftp
-                    .read(&h, offset + out.len() as u64, len - out.len() as u32)
-                    .await?;
-                if more.is_empty() {
-                    break;
-                }
-                out.extend_from_slice(&more);
-            }
-            Ok(out.freeze())
+        }
+        Ok(data)
+    }
+
+    async fn lstat_after(&self, path: &str, after: &str) -> RemoteResult<Attrs> {
+        self.run("lstat", (after, 0), |l, _| async move {
+            l.sftp.lstat(w(path)).await
         })
         .await
     }
@@ -311,5 +274,66 @@ impl Remote for Session {
         let file = self.handles.remove(f).ok_or(RemoteError::BadHandle)?;
         file.close_all().await;
         written
+    }
+}
+
+impl Session {
+    /// One read as the server answers it (see [`Remote::read`]).
+    async fn read_once(
+        &self,
+        f: FileId,
+        offset: u64,
+        len: u32,
+        size: Option<u64>,
+    ) -> RemoteResult<Bytes> {
+        use futures::stream::{self, StreamExt, TryStreamExt};
+        /// Requests of one read in flight at once (a server with tiny limits makes many).
+        const PARTS_IN_FLIGHT: usize = 64;
+        self.with_handle("read", f, |l, h| async move {
+            let chunk = l.sftp.max_read;
+            // Pipeline: the chunks of the request in flight together, in order.
+            let parts = (0..len.div_ceil(chunk)).map(|i| {
+                let off = offset + (i * chunk) as u64;
+                let n = chunk.min(len - i * chunk);
+                let l = &l;
+                let h = &h;
+                async move { l.sftp.read(h, off, n).await.map(|d| (n, d)) }
+            });
+            let parts: Vec<(u32, Bytes)> = stream::iter(parts)
+                .buffered(PARTS_IN_FLIGHT)
+                .try_collect()
+                .await?;
+            // The data ends at the first short part. That is the end of the file if a
+            // later part came back empty or the known size ends there (no round trip
+            // more); else the server returned less than asked: read on until EOF or full.
+            let short = parts
+                .iter()
+                .position(|(asked, d)| (d.len() as u32) < *asked);
+            let keep = short.map_or(parts.len(), |i| i + 1);
+            let got: u64 = parts[..keep].iter().map(|(_, d)| d.len() as u64).sum();
+            let eof_known = short.is_none_or(|i| {
+                size == Some(offset + got) || parts[i + 1..].iter().any(|(_, d)| d.is_empty())
+            });
+            if keep == 1 && eof_known {
+                // One part: the packet's bytes go to the kernel as they came.
+                return Ok(parts.into_iter().next().map(|(_, d)| d).unwrap_or_default());
+            }
+            let mut out = bytes::BytesMut::with_capacity(len as usize);
+            for (_, d) in parts.into_iter().take(keep) {
+                out.extend_from_slice(&d);
+            }
+            while !eof_known && (out.len() as u32) < len {
+                let more = l
+                    .sftp
+                    .read(&h, offset + out.len() as u64, len - out.len() as u32)
+                    .await?;
+                if more.is_empty() {
+                    break;
+                }
+                out.extend_from_slice(&more);
+            }
+            Ok(out.freeze())
+        })
+        .await
     }
 }
