@@ -114,24 +114,23 @@ impl Server {
 
     /// `sshd_extra`: sshd_config lines that win over the defaults (sshd keeps the first).
     pub fn start_configured(key_kind: &str, sshd_extra: &str) -> Server {
-        Self::start_kind(Kind::OpenSsh, key_kind, sshd_extra)
+        Self::start_kind(Kind::OpenSsh, key_kind, sshd_extra, None)
     }
 
     /// OpenSSH whose SFTP server processes may hold at most `nofile` descriptors (so it
     /// runs out of handles early).
     pub fn start_nofile(nofile: u64) -> Server {
-        let mut s = Self::start();
-        s.nofile = Some(nofile);
-        s.restart();
-        s
+        Self::start_kind(Kind::OpenSsh, "ed25519", "", Some(nofile))
     }
 
     /// A ProFTPD mod_sftp server (see [`Kind::ProFtpd`]).
     pub fn proftpd() -> Server {
-        Self::start_kind(Kind::ProFtpd, "ed25519", "")
+        Self::start_kind(Kind::ProFtpd, "ed25519", "", None)
     }
 
-    fn start_kind(kind: Kind, key_kind: &str, sshd_extra: &str) -> Server {
+    /// `nofile`: RLIMIT_NOFILE for sshd and its SFTP servers (set from the start: a
+    /// restart would free the port for a parallel test to take).
+    fn start_kind(kind: Kind, key_kind: &str, sshd_extra: &str, nofile: Option<u64>) -> Server {
         std::fs::create_dir_all("/run/sshd").ok();
         let dir = tempfile::Builder::new()
             .prefix("mastofs-test-")
@@ -164,7 +163,7 @@ impl Server {
             user_key: d.join("user_key"),
             sshd: None,
             sshd_extra: sshd_extra.to_string(),
-            nofile: None,
+            nofile,
             dir,
         };
         server.launch();
