@@ -429,9 +429,10 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         // The kernel ignores release's outcome (close(2) got flush's): answer at once and
         // close the remote handle behind the application's back, saving it a round trip.
         reply.ok();
+        let ino = self.fs.released(fh.0);
         self.run(
             "release",
-            move |fs| async move { fs.release(fh.0).await },
+            move |fs| async move { fs.close_released(fh.0, ino).await },
             |_| (),
         );
     }

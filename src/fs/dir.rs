@@ -279,6 +279,11 @@ impl<R: Remote> Fs<R> {
         self.cache.invalidate(&to);
         self.with_inodes(|t| t.rename(parent, name, parent, &hidden))?;
         self.unlinked.insert(ino, parent, hidden);
+        // The last descriptor may have closed while the rename was on its way (the kernel
+        // sends RELEASE after close(2) returns): then nobody else removes the file.
+        if !self.is_open(ino) {
+            self.last_close(ino).await;
+        }
         Ok(())
     }
 

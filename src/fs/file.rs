@@ -185,11 +185,25 @@ impl<R: Remote> Fs<R> {
         }
     }
 
+    /// The kernel let go of `fh`: forgotten at once, in the order of the kernel's requests
+    /// (an unlink right after close(2) must not find the file still open). Returns its
+    /// inode for [`Fs::release`].
+    pub fn released(&self, fh: u64) -> Option<u64> {
+        self.open.lock().ok().and_then(|mut o| o.remove(&fh))
+    }
+
+    /// [`Fs::released`] and [`Fs::close_released`] in one.
     pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let ino = self.released(fh);
+        self.close_released(fh, ino).await
+    }
+
+    /// Closes the remote side of `fh` (see [`Fs::released`]); a file unlinked while open
+    /// goes with its last descriptor.
+    pub async fn close_released(&self, fh: u64, ino: Option<u64>) -> FsResult<()> {
         // Every write already dropped the file's cached attributes (and getattr waits for
         // pending writes), so closing changes nothing the cache holds.
         let closed = self.remote.close(FileId(fh)).await;
-        let ino = self.open.lock().ok().and_then(|mut o| o.remove(&fh));
         if let Some(ino) = ino.filter(|i| !self.is_open(*i)) {
             self.last_close(ino).await;
         }
