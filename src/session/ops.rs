@@ -35,6 +35,13 @@ impl Remote for Session {
         .await
     }
 
+    async fn lstat_after(&self, path: &str, after: &str) -> RemoteResult<Attrs> {
+        self.run("lstat", (after, 0), |l, _| async move {
+            l.sftp.lstat(w(path)).await
+        })
+        .await
+    }
+
     async fn stat(&self, path: &str) -> RemoteResult<Attrs> {
         self.settle_paths(|p| p == path).await;
         self.run("stat", (path, 0), |l, _| async move {
@@ -203,13 +210,6 @@ impl Remote for Session {
             }
         }
         Ok(data)
-    }
-
-    async fn lstat_after(&self, path: &str, after: &str) -> RemoteResult<Attrs> {
-        self.run("lstat", (after, 0), |l, _| async move {
-            l.sftp.lstat(w(path)).await
-        })
-        .await
     }
 
     async fn write(&self, f: FileId, offset: u64, data: Bytes) -> RemoteResult<()> {

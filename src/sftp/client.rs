@@ -121,9 +121,10 @@ pub struct SftpClient {
 
 type R<T> = Result<T, SftpError>;
 
-/// A request packet for `kind` with a path as its first field.
-fn path_packet(k: u8, id: u32, path: &[u8]) -> Packet {
-    Packet::new(k, id, 4 + path.len()).bytes(path)
+/// A request packet for `kind` whose first field is a path or a handle (room for a few
+/// more fields behind it).
+fn packet_on(k: u8, id: u32, first: &[u8]) -> Packet {
+    Packet::new(k, id, 40 + first.len()).bytes(first)
 }
 
 impl SftpClient {
@@ -213,6 +214,17 @@ impl SftpClient {
         }
     }
 
+    /// A reply to a request on a handle that must be `want`, or EOF (`None`).
+    fn expect_or_eof(&self, r: Reply, want: u8, what: &str) -> R<Option<Bytes>> {
+        match self.check_handle(self.expect(r, want, what)) {
+            Ok(b) => Ok(Some(b)),
+            Err(SftpError::Status {
+                code: status::EOF, ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A reply that must be a STATUS: Ok for OK, its error otherwise.
     fn status(&self, r: Reply) -> R<()> {
         if r.kind != kind::STATUS {
@@ -255,12 +267,12 @@ impl SftpClient {
     }
 
     async fn attrs_of(&self, k: u8, path: &[u8]) -> R<Attrs> {
-        let r = self.call(|id| path_packet(k, id, path).finish()).await?;
+        let r = self.call(|id| packet_on(k, id, path).finish()).await?;
         self.decode_attrs(self.expect(r, kind::ATTRS, "stat")?)
     }
 
     async fn path_status(&self, k: u8, path: &[u8]) -> R<()> {
-        let r = self.call(|id| path_packet(k, id, path).finish()).await?;
+        let r = self.call(|id| packet_on(k, id, path).finish()).await?;
         self.status(r)
     }
 
@@ -279,11 +291,7 @@ impl SftpClient {
 
     pub async fn fstat(&self, h: &RemoteHandle) -> R<Attrs> {
         let r = self
-            .call(|id| {
-                Packet::new(kind::FSTAT, id, 4 + h.id.len())
-                    .bytes(&h.id)
-                    .finish()
-            })
+            .call(|id| packet_on(kind::FSTAT, id, &h.id).finish())
             .await?;
         let body = self.check_handle(self.expect(r, kind::ATTRS, "fstat"))?;
         self.decode_attrs(body)
@@ -292,19 +300,14 @@ impl SftpClient {
     pub async fn setstat(&self, path: impl AsRef<[u8]>, attrs: &Attrs) -> R<()> {
         let path = path.as_ref();
         let r = self
-            .call(|id| path_packet(kind::SETSTAT, id, path).attrs(attrs).finish())
+            .call(|id| packet_on(kind::SETSTAT, id, path).attrs(attrs).finish())
             .await?;
         self.status(r)
     }
 
     pub async fn fsetstat(&self, h: &RemoteHandle, attrs: &Attrs) -> R<()> {
-        self.handle_status(|id| {
-            Packet::new(kind::FSETSTAT, id, 40 + h.id.len())
-                .bytes(&h.id)
-                .attrs(attrs)
-                .finish()
-        })
-        .await
+        self.handle_status(|id| packet_on(kind::FSETSTAT, id, &h.id).attrs(attrs).finish())
+            .await
     }
 
     fn handle_of(&self, r: Reply) -> R<RemoteHandle> {
@@ -330,7 +333,7 @@ impl SftpClient {
         let path = path.as_ref();
         let r = self
             .call(|id| {
-                path_packet(kind::OPEN, id, path)
+                packet_on(kind::OPEN, id, path)
                     .u32(open_flags(mode))
                     .attrs(attrs)
                     .finish()
@@ -342,11 +345,8 @@ impl SftpClient {
     /// Sends CLOSE without waiting for the answer (it is then ignored). Requests sent
     /// later are processed after it, so nothing can use the handle by mistake.
     pub fn close_nowait(&self, h: &RemoteHandle) {
-        self.conn.send_only(|id| {
-            Packet::new(kind::CLOSE, id, 4 + h.id.len())
-                .bytes(&h.id)
-                .finish()
-        });
+        self.conn
+            .send_only(|id| packet_on(kind::CLOSE, id, &h.id).finish());
     }
 
     /// Reads up to `len` bytes (capped at `max_read`); an empty result means end of file.
@@ -355,19 +355,14 @@ impl SftpClient {
         let len = len.min(self.max_read);
         let r = self
             .call(|id| {
-                Packet::new(kind::READ, id, 16 + h.id.len())
-                    .bytes(&h.id)
+                packet_on(kind::READ, id, &h.id)
                     .u64(offset)
                     .u32(len)
                     .finish()
             })
             .await?;
-        let body = match self.check_handle(self.expect(r, kind::DATA, "read")) {
-            Ok(b) => b,
-            Err(SftpError::Status {
-                code: status::EOF, ..
-            }) => return Ok(Bytes::new()),
-            Err(e) => return Err(e),
+        let Some(body) = self.expect_or_eof(r, kind::DATA, "read")? else {
+            return Ok(Bytes::new());
         };
         let data = Reader::new(body)
             .bytes("data")
@@ -388,8 +383,7 @@ impl SftpClient {
             .conn
             .call(
                 |id| {
-                    Packet::new(kind::WRITE, id, 16 + h.id.len())
-                        .bytes(&h.id)
+                    packet_on(kind::WRITE, id, &h.id)
                         .u64(offset)
                         .u32(len as u32)
                         .finish_tail(len)
@@ -404,18 +398,10 @@ impl SftpClient {
     /// are slices of it), or `None` at EOF.
     async fn readdir(&self, handle: &Bytes) -> R<Option<(Vec<DirEntry>, usize)>> {
         let r = self
-            .call(|id| {
-                Packet::new(kind::READDIR, id, 4 + handle.len())
-                    .bytes(handle)
-                    .finish()
-            })
+            .call(|id| packet_on(kind::READDIR, id, handle).finish())
             .await?;
-        let body = match self.check_handle(self.expect(r, kind::NAME, "readdir")) {
-            Ok(b) => b,
-            Err(SftpError::Status {
-                code: status::EOF, ..
-            }) => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(body) = self.expect_or_eof(r, kind::NAME, "readdir")? else {
+            return Ok(None);
         };
         let size = body.len();
         self.names(body).map(|n| Some((n, size)))
@@ -454,7 +440,7 @@ impl SftpClient {
         use futures::stream::{FuturesOrdered, StreamExt};
         const READDIR_DEPTH: usize = 64;
         let r = self
-            .call(|id| path_packet(kind::OPENDIR, id, path.as_ref()).finish())
+            .call(|id| packet_on(kind::OPENDIR, id, path.as_ref()).finish())
             .await?;
         let handle = self.handle_of(r)?;
         let mut out = Vec::new();
@@ -522,7 +508,7 @@ impl SftpClient {
     pub async fn mkdir(&self, path: impl AsRef<[u8]>, attrs: &Attrs) -> R<()> {
         let path = path.as_ref();
         let r = self
-            .call(|id| path_packet(kind::MKDIR, id, path).attrs(attrs).finish())
+            .call(|id| packet_on(kind::MKDIR, id, path).attrs(attrs).finish())
             .await?;
         self.status(r)
     }
@@ -535,7 +521,7 @@ impl SftpClient {
     pub async fn rename(&self, from: impl AsRef<[u8]>, to: impl AsRef<[u8]>) -> R<()> {
         let r = self
             .call(|id| {
-                path_packet(kind::RENAME, id, from.as_ref())
+                packet_on(kind::RENAME, id, from.as_ref())
                     .bytes(to.as_ref())
                     .finish()
             })
@@ -543,20 +529,22 @@ impl SftpClient {
         self.status(r)
     }
 
-    /// An extended request `name` with fields added by `fields`; the reply's body when it
-    /// is an EXTENDED_REPLY, its error when a STATUS.
+    /// Sends the extended request `name` with fields added by `fields`.
+    async fn call_extended(&self, name: &str, fields: impl FnOnce(Packet) -> Packet) -> R<Reply> {
+        self.call(|id| fields(packet_on(kind::EXTENDED, id, name.as_bytes())).finish())
+            .await
+    }
+
+    /// An extended request answered by data: the EXTENDED_REPLY's body, or the STATUS's
+    /// error.
     async fn extended(&self, name: &str, fields: impl FnOnce(Packet) -> Packet) -> R<Bytes> {
-        let r = self
-            .call(|id| fields(Packet::new(kind::EXTENDED, id, 64).bytes(name.as_bytes())).finish())
-            .await?;
+        let r = self.call_extended(name, fields).await?;
         self.expect(r, kind::EXTENDED_REPLY, name)
     }
 
     /// An extended request answered by a status.
     async fn extended_status(&self, name: &str, fields: impl FnOnce(Packet) -> Packet) -> R<()> {
-        let r = self
-            .call(|id| fields(Packet::new(kind::EXTENDED, id, 64).bytes(name.as_bytes())).finish())
-            .await?;
+        let r = self.call_extended(name, fields).await?;
         self.status(r)
     }
 
@@ -582,14 +570,14 @@ impl SftpClient {
             (target, link)
         };
         let r = self
-            .call(|id| path_packet(kind::SYMLINK, id, first).bytes(second).finish())
+            .call(|id| packet_on(kind::SYMLINK, id, first).bytes(second).finish())
             .await?;
         self.status(r)
     }
 
     /// The first name of a NAME reply to a path request (READLINK, REALPATH).
     async fn one_name(&self, k: u8, path: &[u8], what: &str) -> R<Bytes> {
-        let r = self.call(|id| path_packet(k, id, path).finish()).await?;
+        let r = self.call(|id| packet_on(k, id, path).finish()).await?;
         let body = self.expect(r, kind::NAME, what)?;
         self.names(body)?
             .into_iter()
