@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::fs::Fs;
+use crate::session::probe::ServerTraits;
 use crate::session::supervisor::LinkState;
 use crate::session::Session;
-use crate::status::report::{DiskUse, Snapshot};
+use crate::status::report::{DiskUse, ServerCapabilities, Snapshot};
 use crate::status::Source;
 
 pub struct Monitor {
@@ -197,6 +198,7 @@ impl Source for Monitor {
             server: server.id,
             sftp_sessions_per_connection: server.sftp_sessions as u64,
             sftp_sessions_reason: server.sftp_sessions_reason,
+            server_capabilities: (server.sftp_sessions > 0).then(|| capabilities(&server.traits)),
             inodes: self.fs.inode_count() as u64,
             bytes_read: load(&self.fs.stats.bytes_read),
             bytes_written: load(&self.fs.stats.bytes_written),
@@ -223,5 +225,25 @@ mod tests {
             rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000)),
             "2026-11-18T11:06:40Z"
         );
+    }
+}
+
+/// The status socket's view of a capability record.
+fn capabilities(t: &ServerTraits) -> ServerCapabilities {
+    ServerCapabilities {
+        sftp_version: t.sftp_version,
+        extensions: t.extensions.clone(),
+        max_read: t.max_read,
+        max_write: t.max_write,
+        max_handles: t.max_handles,
+        symlink_link_first: t.symlink_link_first,
+        lstat_follows_links: t.lstat_follows_links,
+        readlink_resolves: t.readlink_resolves,
+        append_refused: t.append_refused,
+        read_stops_at_open_size: t.read_stops_at_open_size,
+        open_umask: format!("{:03o}", t.open_umask),
+        mkdir_umask: format!("{:03o}", t.mkdir_umask),
+        source: t.source.clone(),
+        summary: t.summary(),
     }
 }

@@ -196,8 +196,11 @@ pub fn run(cfg: MountConfig, target: Target, ready: &mut Ready) -> Result<(), St
         .thread_name("mastofs")
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))?;
+    // The server's behaviour is probed in the mounted tree, unless the mount is read-only.
+    let probe_dir = (!cfg.read_only).then(|| cfg.remote_path.clone());
     let session = Session::new(
         target,
+        probe_dir,
         cfg.timeout,
         cfg.write_behind,
         cfg.max_conns as usize,

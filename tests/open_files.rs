@@ -123,10 +123,19 @@ fn a_thousand_files_open_at_once_as_two_users() {
         h.wait_open(&m);
     }
     let held = server_handles(&s, &s.served);
-    assert!(
-        held >= 1000,
-        "the server holds {held} handles for 1000 open files"
-    );
+    if s.kind == Kind::Gesftpserver {
+        // gesftpserver keeps at most 128 handles a session: idle ones were closed, to be
+        // reopened by path when next used (the documented exception).
+        assert!(
+            (1..=128).contains(&held),
+            "gesftpserver holds {held} handles for 1000 open files"
+        );
+    } else {
+        assert!(
+            held >= 1000,
+            "the server holds {held} handles for 1000 open files"
+        );
+    }
     for h in holders {
         h.close_all();
     }

@@ -149,7 +149,7 @@ fn openssh_keeps_several_sessions_per_connection() {
 /// link asked for, and many files open at once work.
 #[test]
 fn gesftpserver_symlinks_and_binary_handles() {
-    let s = Server::start_configured("ed25519", "Subsystem sftp /usr/libexec/gesftpserver\n");
+    let s = Server::gesftpserver();
     let m = Mount::new(&s, "");
     std::os::unix::fs::symlink("the-target", m.p("link")).unwrap();
     assert_eq!(

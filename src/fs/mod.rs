@@ -414,7 +414,9 @@ impl<R: Remote> Fs<R> {
     pub async fn readlink(&self, ino: u64) -> FsResult<String> {
         let rel = self.rel_path(ino)?;
         let target = self.remote.readlink(&self.remote_path(&rel)).await?;
-        if !self.cfg.transform_symlinks {
+        // A server whose READLINK resolves the link answers an absolute path (unless the
+        // session knew the link's text): shown relative where it lies inside the mount.
+        if !self.cfg.transform_symlinks && !self.remote.capabilities().readlink_resolves {
             return Ok(target);
         }
         let abs_root = self.abs_root.read().ok().and_then(|r| r.clone());

@@ -1,4 +1,6 @@
-//! `transform_symlinks`: absolute link targets inside the mounted tree become relative.
+//! Absolute link targets inside the mounted tree become relative to the link's directory:
+//! with `transform_symlinks`, and always on servers whose READLINK answers the resolved
+//! path instead of the link's text (ProFTPD).
 //!
 //! Owns only the path arithmetic; it never reads the server.
 
@@ -16,13 +18,12 @@ pub fn transform(root: &str, link_rel: &str, target: &str) -> String {
     let Some(inside) = inside else {
         return target.to_string();
     };
-    let depth = link_rel
-        .split('/')
-        .filter(|c| !c.is_empty())
-        .count()
-        .saturating_sub(1);
-    let mut out: Vec<&str> = vec![".."; depth];
-    out.extend(inside.split('/').filter(|c| !c.is_empty()));
+    let dir: Vec<&str> = link_rel.split('/').filter(|c| !c.is_empty()).collect();
+    let dir = &dir[..dir.len().saturating_sub(1)];
+    let to: Vec<&str> = inside.split('/').filter(|c| !c.is_empty()).collect();
+    let common = dir.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut out: Vec<&str> = vec![".."; dir.len() - common];
+    out.extend(&to[common..]);
     if out.is_empty() {
         ".".to_string()
     } else {
@@ -43,6 +44,13 @@ mod tests {
         assert_eq!(transform("/home/media", "link", "/home/media/c"), "c");
         assert_eq!(transform("/home/media/", "a/link", "/home/media"), "..");
         assert_eq!(transform("/home/media", "link", "/home/media"), ".");
+        // Shared directories are not climbed out of and back into.
+        assert_eq!(
+            transform("/r", "backup/st/latest", "/r/backup/st/20261129-F"),
+            "20261129-F"
+        );
+        assert_eq!(transform("/r", "a/b/link", "/r/a/c"), "../c");
+        assert_eq!(transform("/r", "a/b/link", "/r/a/b"), ".");
     }
 
     #[test]

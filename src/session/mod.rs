@@ -11,6 +11,7 @@
 pub mod connector;
 pub mod handles;
 mod ops;
+pub mod probe;
 pub mod remote;
 pub mod replay;
 pub mod sftp_sessions;
@@ -34,6 +35,12 @@ use replay::{OnConfused, ReplayStats};
 pub use sftp_sessions::SftpSessions;
 use supervisor::{Link, LinkState, Supervisor};
 
+/// Symlink texts remembered for servers whose READLINK resolves links.
+const LINK_TEXTS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(4096) {
+    Some(n) => n,
+    None => std::num::NonZeroUsize::MIN,
+};
+
 pub struct Session {
     me: Weak<Session>,
     /// One supervisor per connection (`max_conns`); the first is the primary, whose state
@@ -43,6 +50,9 @@ pub struct Session {
     timeout: Duration,
     pub replay_stats: ReplayStats,
     caps: std::sync::Mutex<Capabilities>,
+    /// The text of symlinks this mount made, by path, for servers whose READLINK answers
+    /// the resolved path instead ([`ops`] checks the text still resolves to that answer).
+    link_texts: std::sync::Mutex<lru::LruCache<String, String>>,
     /// Bytes of acknowledged, unconfirmed writes allowed across all files.
     write_budget: Arc<Semaphore>,
     /// The budget's size; 0 means every write waits for the server (sync writes).
@@ -53,9 +63,11 @@ impl Session {
     /// `timeout` bounds how long one operation waits for a working connection;
     /// `write_behind` is how many bytes of writes may be acknowledged before the server
     /// confirmed them (0: none); `conns` how many connections carry requests, `sessions`
-    /// how many SFTP sessions each may use.
+    /// how many SFTP sessions each may use; `probe_dir` where the server's behaviour may be
+    /// probed ([`probe`]; None: assumed from its identification).
     pub fn new(
         target: Target,
+        probe_dir: Option<String>,
         timeout: Duration,
         write_behind: usize,
         conns: usize,
@@ -68,6 +80,7 @@ impl Session {
         let connector = Arc::new(connector::Ssh(Arc::new(target)));
         Self::with_connector(
             connector,
+            probe::Prober::new(probe_dir),
             request_timeout,
             timeout,
             write_behind,
@@ -79,21 +92,26 @@ impl Session {
     /// A session whose connections come from `connector` (tests use in-memory servers).
     pub fn with_connector(
         connector: Arc<dyn connector::Connector>,
+        prober: probe::Prober,
         request_timeout: Duration,
         timeout: Duration,
         write_behind: usize,
         conns: usize,
         sessions: SftpSessions,
     ) -> Arc<Self> {
+        let prober = Arc::new(prober);
         Arc::new_cyclic(|me| Session {
             me: me.clone(),
             sups: (0..conns.max(1))
-                .map(|_| Supervisor::new(connector.clone(), request_timeout, sessions))
+                .map(|_| {
+                    Supervisor::new(connector.clone(), prober.clone(), request_timeout, sessions)
+                })
                 .collect(),
             handles: handles::Handles::default(),
             timeout,
             replay_stats: ReplayStats::default(),
             caps: std::sync::Mutex::new(Capabilities::default()),
+            link_texts: std::sync::Mutex::new(lru::LruCache::new(LINK_TEXTS)),
             write_budget: Arc::new(Semaphore::new(write_behind)),
             write_behind,
         })
@@ -136,6 +154,7 @@ impl Session {
                 hardlink: e.hardlink,
                 fsync: e.fsync,
                 statvfs: e.statvfs,
+                readlink_resolves: link.traits.readlink_resolves,
             };
         }
     }

@@ -29,9 +29,11 @@ impl Remote for Session {
 
     async fn lstat(&self, path: &str) -> RemoteResult<Attrs> {
         self.settle_paths(|p| p == path).await;
-        self.run("lstat", (path, 0), |l, _| async move {
-            l.sftp.lstat(w(path)).await
-        })
+        self.run(
+            "lstat",
+            (path, 0),
+            |l, _| async move { l.lstat(&w(path)).await },
+        )
         .await
     }
 
@@ -78,11 +80,24 @@ impl Remote for Session {
     }
 
     async fn readlink(&self, path: &str) -> RemoteResult<String> {
-        self.run("readlink", (path, 0), |l, _| async move {
-            l.sftp.readlink(w(path)).await
+        let (l, answer) = self
+            .run("readlink", (path, 0), |l, _| async move {
+                let t = l.sftp.readlink(w(path)).await?;
+                Ok((l, decode(&t)))
+            })
+            .await?;
+        if !l.traits.readlink_resolves {
+            return Ok(answer);
+        }
+        let known = self
+            .link_texts
+            .lock()
+            .ok()
+            .and_then(|mut t| t.get(path).cloned());
+        Ok(match known {
+            Some(text) if resolves_to(path, &text, &answer) => text,
+            _ => answer,
         })
-        .await
-        .map(|t| decode(&t))
     }
 
     async fn realpath(&self, path: &str) -> RemoteResult<String> {
@@ -146,7 +161,11 @@ impl Remote for Session {
             let r = l.sftp.symlink(w(target), w(link)).await;
             exists_is_done(&l, replay, link, Kind::Symlink, r).await
         })
-        .await
+        .await?;
+        if let Ok(mut t) = self.link_texts.lock() {
+            t.put(link.to_string(), target.to_string());
+        }
+        Ok(())
     }
 
     async fn hardlink(&self, from: &str, to: &str) -> RemoteResult<()> {
@@ -335,5 +354,41 @@ impl Session {
             Ok(out.freeze())
         })
         .await
+    }
+}
+
+/// Whether link `text` of the link at `link` names `resolved` (an absolute path), by
+/// path arithmetic alone (a directory on the way that is itself a link makes it false).
+fn resolves_to(link: &str, text: &str, resolved: &str) -> bool {
+    let mut parts: Vec<&str> = Vec::new();
+    let dir = link.rsplit_once('/').map_or("", |(d, _)| d);
+    let start = if text.starts_with('/') { "" } else { dir };
+    for c in start.split('/').chain(text.split('/')) {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    let want: Vec<&str> = resolved
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    parts == want
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolves_to;
+
+    #[test]
+    fn link_text_checked_against_the_resolved_answer() {
+        assert!(resolves_to("/r/b/st/latest", "2026-F", "/r/b/st/2026-F"));
+        assert!(resolves_to("/r/a/l", "../c/./d", "/r/c/d"));
+        assert!(resolves_to("/r/a/l", "/etc/x", "/etc/x"));
+        assert!(!resolves_to("/r/a/l", "x", "/r/a/y"));
+        assert!(!resolves_to("/r/a/l", "../x", "/r/a/x"));
     }
 }

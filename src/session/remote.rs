@@ -106,6 +106,8 @@ pub struct Capabilities {
     pub hardlink: bool,
     pub fsync: bool,
     pub statvfs: bool,
+    /// READLINK answers the resolved path, not the link's text (see `probe`).
+    pub readlink_resolves: bool,
 }
 
 /// Remote file operations by absolute remote path. All methods may run concurrently.

@@ -173,7 +173,7 @@ pub async fn exists_is_done(
     r: Result<(), SftpError>,
 ) -> Result<(), SftpError> {
     match r {
-        Err(e) if replay => match link.sftp.lstat(w(path)).await {
+        Err(e) if replay => match link.lstat(&w(path)).await {
             Ok(a) if a.kind() == want => Ok(()),
             _ => Err(e),
         },

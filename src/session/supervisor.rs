@@ -12,10 +12,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{watch, Notify};
 
+use crate::meta::Attrs;
 use crate::sftp::{SftpClient, SftpError};
 use crate::ssh::SshError;
 
 use super::connector::{Connector, Transport};
+use super::probe::{Prober, ServerTraits};
 
 use super::sftp_sessions::{self, SftpSessions};
 
@@ -30,6 +32,8 @@ pub struct Link {
     /// Further SFTP sessions on the same connection, for writes only (may be empty if the
     /// server refused them).
     extra: Vec<SftpClient>,
+    /// What this connection's server does where servers differ ([`probe`]).
+    pub traits: ServerTraits,
     transport: Box<dyn Transport>,
     dead: watch::Sender<bool>,
 }
@@ -46,6 +50,26 @@ impl Link {
     /// How many SFTP sessions this link has.
     pub fn channels(&self) -> usize {
         1 + self.extra.len()
+    }
+
+    /// LSTAT of `path` as OpenSSH answers it, on any server: where the server's LSTAT
+    /// follows links, a READLINK sent with it (same round trip) tells whether `path` is a
+    /// link, and a link is answered as one (mode 0777, size of its text as read).
+    pub async fn lstat(&self, path: &[u8]) -> Result<Attrs, SftpError> {
+        if !self.traits.lstat_follows_links {
+            return self.sftp.lstat(path).await;
+        }
+        let (attrs, text) = tokio::join!(self.sftp.lstat(path), self.sftp.readlink(path));
+        match (attrs, text) {
+            (Err(e), _) | (_, Err(e)) if e.is_transport() => Err(e),
+            // Owner and times are the target's where it exists (the server shows no other).
+            (attrs, Ok(text)) => Ok(Attrs {
+                size: Some(text.len() as u64),
+                mode: Some(libc::S_IFLNK | 0o777),
+                ..attrs.unwrap_or_default()
+            }),
+            (attrs, Err(_)) => attrs,
+        }
     }
 
     pub fn is_dead(&self) -> bool {
@@ -99,6 +123,8 @@ pub struct ServerFacts {
     /// SFTP sessions per connection in use, and why that many.
     pub sftp_sessions: usize,
     pub sftp_sessions_reason: String,
+    /// Its capability record.
+    pub traits: ServerTraits,
 }
 
 impl LinkStats {
@@ -113,6 +139,7 @@ impl LinkStats {
 
 pub struct Supervisor {
     connector: Arc<dyn Connector>,
+    prober: Arc<Prober>,
     request_timeout: Duration,
     sessions: SftpSessions,
     state: watch::Sender<LinkState>,
@@ -127,12 +154,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 impl Supervisor {
     pub fn new(
         connector: Arc<dyn Connector>,
+        prober: Arc<Prober>,
         request_timeout: Duration,
         sessions: SftpSessions,
     ) -> Arc<Self> {
         let (state, _) = watch::channel(LinkState::Connecting);
         Arc::new(Supervisor {
             connector,
+            prober,
             request_timeout,
             sessions,
             state,
@@ -158,6 +187,14 @@ impl Supervisor {
     pub async fn connect_once(&self) -> Result<Arc<Link>, SshError> {
         let conn = self.connector.connect().await?;
         let sftp = self.open_sftp(conn.as_ref()).await?;
+        let traits = self
+            .prober
+            .traits(conn.server_id(), &sftp)
+            .await
+            .map_err(|e| SshError::Subsystem {
+                host: self.connector.host().to_string(),
+                reason: format!("probing the server: {e}"),
+            })?;
         let mut choice = sftp_sessions::decide(self.sessions, conn.server_id());
         let extra =
             futures::future::join_all((1..choice.sessions).map(|_| self.open_sftp(conn.as_ref())))
@@ -176,6 +213,7 @@ impl Supervisor {
             id: conn.server_id().to_string(),
             sftp_sessions: choice.sessions,
             sftp_sessions_reason: choice.reason,
+            traits: traits.clone(),
         };
         if let Ok(mut f) = self.stats.server.lock() {
             if f.id != facts.id || f.sftp_sessions != facts.sftp_sessions {
@@ -188,6 +226,7 @@ impl Supervisor {
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
             sftp,
             extra,
+            traits,
             transport: conn,
             dead: watch::Sender::new(false),
         }))

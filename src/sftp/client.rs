@@ -110,6 +110,10 @@ pub struct DirEntry {
 
 pub struct SftpClient {
     conn: Conn,
+    /// The protocol version the server answered with.
+    pub version: u32,
+    /// The names of the extensions it advertised, in its order.
+    pub extension_names: Vec<String>,
     pub extensions: Extensions,
     /// Largest READ payload this client sends.
     pub max_read: u32,
@@ -134,7 +138,7 @@ impl SftpClient {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let (conn, _version, ext) = Conn::start(stream, request_timeout, server).await?;
+        let (conn, version, ext) = Conn::start(stream, request_timeout, server).await?;
         let has = |name: &str| ext.iter().any(|(n, _)| n == name);
         let extensions = Extensions {
             posix_rename: has("posix-rename@openssh.com"),
@@ -148,6 +152,8 @@ impl SftpClient {
         };
         let mut client = SftpClient {
             conn,
+            version,
+            extension_names: ext.iter().map(|(n, _)| n.clone()).collect(),
             extensions,
             max_read: DEFAULT_IO_SIZE,
             max_write: DEFAULT_IO_SIZE,
@@ -330,11 +336,23 @@ impl SftpClient {
         mode: OpenMode,
         attrs: &Attrs,
     ) -> R<RemoteHandle> {
-        let path = path.as_ref();
+        self.open_flags(path.as_ref(), open_flags(mode), attrs)
+            .await
+    }
+
+    /// OPEN of an existing file with WRITE|APPEND: only the server probe asks (whether the
+    /// server accepts APPEND at all); mastofs writes at explicit offsets.
+    pub async fn open_append(&self, path: impl AsRef<[u8]>) -> R<RemoteHandle> {
+        let flags = pflags::WRITE | pflags::APPEND;
+        self.open_flags(path.as_ref(), flags, &Attrs::default())
+            .await
+    }
+
+    async fn open_flags(&self, path: &[u8], flags: u32, attrs: &Attrs) -> R<RemoteHandle> {
         let r = self
             .call(|id| {
                 packet_on(kind::OPEN, id, path)
-                    .u32(open_flags(mode))
+                    .u32(flags)
                     .attrs(attrs)
                     .finish()
             })

@@ -88,6 +88,7 @@ pub mod status {
 pub mod pflags {
     pub const READ: u32 = 0x01;
     pub const WRITE: u32 = 0x02;
+    pub const APPEND: u32 = 0x04;
     pub const CREAT: u32 = 0x08;
     pub const TRUNC: u32 = 0x10;
     pub const EXCL: u32 = 0x20;

@@ -59,6 +59,13 @@ fn summary(v: &serde_json::Value) -> String {
             s("sftp_sessions_reason"),
         ));
     }
+    if let Some(c) = v
+        .get("server_capabilities")
+        .and_then(|c| c.get("summary"))
+        .and_then(|c| c.as_str())
+    {
+        out.push_str(&format!("  server capabilities: {c}\n"));
+    }
     if let Some(rtt) = v.get("rtt_ms_smoothed").and_then(|x| x.as_f64()) {
         out.push_str(&format!("  round trip {rtt:.1} ms\n"));
     }

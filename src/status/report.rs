@@ -22,6 +22,28 @@ pub struct DiskUse {
     pub measured_at: String,
 }
 
+/// What the server does where SFTP servers differ (the session's capability record).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServerCapabilities {
+    pub sftp_version: u32,
+    pub extensions: Vec<String>,
+    pub max_read: u32,
+    pub max_write: u32,
+    pub max_handles: Option<usize>,
+    pub symlink_link_first: bool,
+    pub lstat_follows_links: bool,
+    pub readlink_resolves: bool,
+    pub append_refused: bool,
+    pub read_stops_at_open_size: bool,
+    /// Permission bits the server takes away in OPEN and MKDIR (octal text).
+    pub open_umask: String,
+    pub mkdir_umask: String,
+    /// "probed", or why the behaviours are assumed.
+    pub source: String,
+    /// All of it in one line.
+    pub summary: String,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Snapshot {
     /// `connected`, `reconnecting` or `down`.
@@ -53,6 +75,8 @@ pub struct Snapshot {
     /// SFTP sessions per connection in use, and why that many.
     pub sftp_sessions_per_connection: u64,
     pub sftp_sessions_reason: String,
+    /// None until a connection was made.
+    pub server_capabilities: Option<ServerCapabilities>,
     pub inodes: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,

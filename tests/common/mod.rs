@@ -80,6 +80,21 @@ pub enum Kind {
     /// ProFTPD 1.3.8's mod_sftp, defaults but for what a test needs (its own port, files
     /// and `AllowOverwrite on`), logged in as an unprivileged virtual user.
     ProFtpd,
+    /// gesftpserver as OpenSSH sshd's sftp subsystem, logged in as the test's own user.
+    Gesftpserver,
+}
+
+impl Kind {
+    /// The server the general tests run against: `MASTOFS_TEST_SERVER` = `openssh`
+    /// (default), `proftpd` or `gesftpserver`. `.ci/run` runs the suite once per server.
+    pub fn from_env() -> Kind {
+        match std::env::var("MASTOFS_TEST_SERVER").as_deref() {
+            Ok("proftpd") => Kind::ProFtpd,
+            Ok("gesftpserver") => Kind::Gesftpserver,
+            Ok("openssh") | Ok("") | Err(_) => Kind::OpenSsh,
+            Ok(other) => panic!("MASTOFS_TEST_SERVER={other}: openssh, proftpd or gesftpserver"),
+        }
+    }
 }
 
 /// The unprivileged uid/gid ProFTPD's virtual test user logs in as.
@@ -103,18 +118,26 @@ pub struct Server {
 }
 
 impl Server {
+    /// The server chosen by [`Kind::from_env`].
     pub fn start() -> Server {
         Self::start_with("ed25519")
     }
 
-    /// `key_kind`: the type of the user key (ed25519, ecdsa, rsa).
+    /// The server chosen by [`Kind::from_env`]; `key_kind`: the type of the user key
+    /// (ed25519, ecdsa, rsa).
     pub fn start_with(key_kind: &str) -> Server {
-        Self::start_configured(key_kind, "")
+        Self::start_kind(Kind::from_env(), key_kind, "", None)
     }
 
-    /// `sshd_extra`: sshd_config lines that win over the defaults (sshd keeps the first).
+    /// OpenSSH whatever the environment says. `sshd_extra`: sshd_config lines that win over
+    /// the defaults (sshd keeps the first).
     pub fn start_configured(key_kind: &str, sshd_extra: &str) -> Server {
         Self::start_kind(Kind::OpenSsh, key_kind, sshd_extra, None)
+    }
+
+    /// gesftpserver as sshd's sftp subsystem.
+    pub fn gesftpserver() -> Server {
+        Self::start_kind(Kind::Gesftpserver, "ed25519", "", None)
     }
 
     /// OpenSSH whose SFTP server processes may hold at most `nofile` descriptors (so it
@@ -145,9 +168,11 @@ impl Server {
         keygen(&d.join("user_key"), key_kind);
         std::fs::copy(d.join("user_key.pub"), d.join("authorized_keys")).expect("authorized_keys");
         let login = match kind {
-            Kind::OpenSsh => String::from_utf8_lossy(&run(Command::new("id").arg("-un")).stdout)
-                .trim()
-                .to_string(),
+            Kind::OpenSsh | Kind::Gesftpserver => {
+                String::from_utf8_lossy(&run(Command::new("id").arg("-un")).stdout)
+                    .trim()
+                    .to_string()
+            }
             Kind::ProFtpd => {
                 prepare_proftpd(&d);
                 "tester".to_string()
@@ -210,7 +235,7 @@ impl Server {
                 self.port
             };
             let mut cmd = match self.kind {
-                Kind::OpenSsh => self.sshd_command(port),
+                Kind::OpenSsh | Kind::Gesftpserver => self.sshd_command(port),
                 Kind::ProFtpd => proftpd_command(&d, port),
             };
             let log = std::fs::File::create(d.join("sshd.log")).expect("sshd.log");
@@ -269,6 +294,8 @@ impl Server {
                     // sshd refuses a second Subsystem line: a test's own one wins.
                     if self.sshd_extra.contains("Subsystem sftp") {
                         ""
+                    } else if self.kind == Kind::Gesftpserver {
+                        "Subsystem sftp /usr/libexec/gesftpserver\n"
                     } else {
                         "Subsystem sftp internal-sftp\n"
                     }
@@ -308,6 +335,28 @@ impl Server {
     pub fn restart(&mut self) {
         self.stop();
         self.launch();
+    }
+
+    /// Hands what a test made on the server as root to the login user where that is not
+    /// root (ProFTPD's virtual user): the tree is then the login's own, as it is on
+    /// OpenSSH here. Entries owned by anyone else are left alone. [`Mount::new`] calls it
+    /// for the whole served tree.
+    pub fn give(&self, path: &Path) {
+        if self.kind != Kind::ProFtpd {
+            return;
+        }
+        use std::os::unix::fs::MetadataExt;
+        let Ok(md) = std::fs::symlink_metadata(path) else {
+            return;
+        };
+        if md.uid() == 0 {
+            std::os::unix::fs::lchown(path, Some(PROFTPD_UID), Some(PROFTPD_UID)).ok();
+        }
+        if md.is_dir() {
+            for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
+                self.give(&e.path());
+            }
+        }
     }
 
     /// `user@host:path` source for the served directory, through the "box" alias.
@@ -426,6 +475,7 @@ pub fn is_mounted(p: &Path) -> bool {
 impl Mount {
     /// Mounts `source` with `-F ssh_config -o opts`; Err(stderr) if mastofs exits instead.
     pub fn try_new(server: &Server, source: &str, opts: &str) -> Result<Mount, String> {
+        server.give(&server.served);
         let dir = tempfile::Builder::new()
             .prefix("mastofs-mnt-")
             .tempdir()

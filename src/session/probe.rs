@@ -1,0 +1,249 @@
+//! What the server does where SFTP servers differ, found out by trying, once per server.
+//!
+//! Owns [`ServerTraits`], the capability record every connection carries: what the VERSION
+//! handshake said (protocol version, extensions, limits, symlink argument order) and what a
+//! probe saw (does LSTAT follow links, does READLINK answer the link's text or the resolved
+//! path, is APPEND accepted, does READ stop at the size the file had at OPEN, what umask the
+//! server applies to OPEN and MKDIR). The probe works in a scratch directory of its own
+//! under the mount's remote root and removes it; a connection to a server already probed
+//! (same SSH identification and SFTP extensions) reuses the record. Where the probe cannot
+//! run (read-only tree, no permission), the record says what the server's identification
+//! implies, and says so. It must never touch anything but its scratch directory, and never
+//! decide what to do with a trait (the operations in `ops` and the filesystem consult it).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::meta::{Attrs, Kind, OpenMode};
+use crate::sftp::{SftpClient, SftpError};
+
+/// The capability record of one server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerTraits {
+    /// The SFTP protocol version it answered with.
+    pub sftp_version: u32,
+    /// The extensions it advertised.
+    pub extensions: Vec<String>,
+    /// READ and WRITE payloads sent (its limits, or OpenSSH's where it names none).
+    pub max_read: u32,
+    pub max_write: u32,
+    /// Handles one session may hold, where known.
+    pub max_handles: Option<usize>,
+    /// SSH_FXP_SYMLINK takes the link path first (the draft's order).
+    pub symlink_link_first: bool,
+    /// LSTAT answers a symlink with its target's attributes (ProFTPD).
+    pub lstat_follows_links: bool,
+    /// READLINK answers the resolved absolute path, not the link's text (ProFTPD).
+    pub readlink_resolves: bool,
+    /// OPEN with APPEND is refused (ProFTPD without `AllowStoreRestart`).
+    pub append_refused: bool,
+    /// READ at or past the size the file had when the handle was opened answers EOF.
+    pub read_stops_at_open_size: bool,
+    /// Permission bits the server takes away from the mode asked in OPEN and MKDIR.
+    pub open_umask: u32,
+    pub mkdir_umask: u32,
+    /// How the behaviours were found: "probed", or why they are assumed.
+    pub source: String,
+}
+
+impl ServerTraits {
+    /// The handshake's part of the record, behaviours not yet known.
+    fn from_handshake(sftp: &SftpClient) -> Self {
+        ServerTraits {
+            sftp_version: sftp.version,
+            extensions: sftp.extension_names.clone(),
+            max_read: sftp.max_read,
+            max_write: sftp.max_write,
+            max_handles: sftp.max_handles,
+            symlink_link_first: sftp.extensions.symlink_link_first,
+            open_umask: 0o022,
+            mkdir_umask: 0o022,
+            ..Default::default()
+        }
+    }
+
+    /// The behaviours the server's identification implies: ProFTPD's mod_sftp as measured
+    /// on 1.3.8, OpenSSH's sftp-server otherwise.
+    fn assume(&mut self, server_id: &str, why: &str) {
+        let proftpd = server_id.contains("mod_sftp") || server_id.contains("ProFTPD");
+        self.lstat_follows_links = proftpd;
+        self.readlink_resolves = proftpd;
+        self.append_refused = proftpd;
+        self.read_stops_at_open_size = proftpd;
+        self.open_umask = if proftpd { 0 } else { 0o022 };
+        self.mkdir_umask = 0o022;
+        let like = if proftpd { "ProFTPD" } else { "OpenSSH" };
+        self.source = format!("assumed as for {like} ({why})");
+    }
+
+    /// One line for logs and `mastofs status`.
+    pub fn summary(&self) -> String {
+        let yes = |b: bool, s: &'static str| if b { Some(s) } else { None };
+        let odd: Vec<&str> = [
+            yes(self.lstat_follows_links, "LSTAT follows links"),
+            yes(self.readlink_resolves, "READLINK resolves"),
+            yes(self.append_refused, "no APPEND"),
+            yes(self.read_stops_at_open_size, "READ stops at open-time size"),
+            yes(self.symlink_link_first, "SYMLINK link first"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        format!(
+            "SFTP v{}, {} extensions, read/write {}/{} bytes, umask OPEN {:03o} MKDIR {:03o}, {}; {}",
+            self.sftp_version,
+            self.extensions.len(),
+            self.max_read,
+            self.max_write,
+            self.open_umask,
+            self.mkdir_umask,
+            if odd.is_empty() {
+                "behaves as OpenSSH".to_string()
+            } else {
+                odd.join(", ")
+            },
+            self.source
+        )
+    }
+}
+
+/// Probes servers for the connections of one mount, remembering the last record.
+pub struct Prober {
+    /// The remote directory the scratch directory goes into (None: never probe).
+    dir: Option<String>,
+    /// The last record and the server it is for; a lock held through a probe, so that
+    /// connections made at once wait for one probe.
+    known: tokio::sync::Mutex<Option<(String, ServerTraits)>>,
+}
+
+static SCRATCH: AtomicU64 = AtomicU64::new(0);
+
+impl Prober {
+    /// `dir`: the mount's remote root (None: assume from the identification only).
+    pub fn new(dir: Option<String>) -> Self {
+        Prober {
+            dir,
+            known: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The record for a connection to `server_id` whose first SFTP session is `sftp`.
+    /// A transport error fails the connection; anything else leaves an assumed record.
+    pub async fn traits(
+        &self,
+        server_id: &str,
+        sftp: &SftpClient,
+    ) -> Result<ServerTraits, SftpError> {
+        let mut base = ServerTraits::from_handshake(sftp);
+        let key = format!("{server_id}\n{:?}", base.extensions);
+        let mut known = self.known.lock().await;
+        if let Some((k, t)) = known.as_ref() {
+            if *k == key {
+                return Ok(t.clone());
+            }
+        }
+        let Some(root) = &self.dir else {
+            base.assume(server_id, "not probed");
+            return Ok(base);
+        };
+        let name = format!(
+            ".mastofs-probe-{}-{}",
+            std::process::id(),
+            SCRATCH.fetch_add(1, Ordering::Relaxed)
+        );
+        let scratch = if root.is_empty() {
+            name
+        } else {
+            format!("{}/{name}", root.trim_end_matches('/'))
+        };
+        let scratch = crate::name_bytes::encode(&scratch).into_owned();
+        match probe(sftp, &scratch, &mut base).await {
+            Ok(()) => base.source = "probed".to_string(),
+            Err(e) if e.is_transport() => return Err(e),
+            Err(e) => {
+                tracing::info!(error = %e, "cannot probe the server's behaviour; assuming it");
+                base.assume(server_id, &format!("probe refused: {e}"));
+            }
+        }
+        cleanup(sftp, &scratch).await;
+        tracing::info!(server = %server_id, traits = %base.summary(), "server probed");
+        *known = Some((key, base.clone()));
+        Ok(base)
+    }
+}
+
+/// Tries each behaviour in `dir` (made here): a status error on the directory or the file
+/// ends the probe; one on a single behaviour leaves that one as OpenSSH has it.
+async fn probe(sftp: &SftpClient, dir: &[u8], t: &mut ServerTraits) -> Result<(), SftpError> {
+    sftp.mkdir(dir, &Attrs::with_perm(0o777)).await?;
+    let perm = |a: &Attrs| a.mode.unwrap_or(0) & 0o777;
+    t.mkdir_umask = 0o777 & !perm(&sftp.lstat(dir).await?);
+    let file = [dir, b"/f"].concat();
+    let create = OpenMode {
+        read: true,
+        write: true,
+        create: true,
+        truncate: true,
+        exclusive: false,
+    };
+    let w = sftp.open(&file, create, &Attrs::with_perm(0o666)).await?;
+    sftp.write(&w, 0, bytes::Bytes::from_static(b"a")).await?;
+    t.open_umask = 0o666 & !perm(&sftp.fstat(&w).await?);
+    // A second handle opened at size 1, then the file grows through the first; a READ
+    // past the old end (ProFTPD answers EOF beyond, not at, the size it saw at OPEN).
+    let read_only = OpenMode {
+        read: true,
+        ..Default::default()
+    };
+    let r = sftp.open(&file, read_only, &Attrs::default()).await?;
+    sftp.write(&w, 1, bytes::Bytes::from_static(b"bc")).await?;
+    t.read_stops_at_open_size = sftp.read(&r, 2, 1).await?.is_empty();
+    sftp.close_nowait(&r);
+    sftp.close_nowait(&w);
+    t.append_refused = match sftp.open_append(&file).await {
+        Ok(h) => {
+            sftp.close_nowait(&h);
+            false
+        }
+        Err(e) if e.is_transport() => return Err(e),
+        Err(_) => true,
+    };
+    let link = [dir, b"/l"].concat();
+    sftp.symlink("f", &link).await?;
+    t.lstat_follows_links = sftp.lstat(&link).await?.kind() != Kind::Symlink;
+    t.readlink_resolves = &sftp.readlink(&link).await?[..] != b"f";
+    Ok(())
+}
+
+/// Removes what [`probe`] made, whatever it got to (errors ignored: each may be missing).
+async fn cleanup(sftp: &SftpClient, dir: &[u8]) {
+    for f in [&b"/l"[..], b"/f"] {
+        let _ = sftp.remove([dir, f].concat()).await;
+    }
+    if let Err(e) = sftp.rmdir(dir).await {
+        if !e.is_not_found() {
+            let dir = String::from_utf8_lossy(dir);
+            tracing::warn!(error = %e, %dir, "could not remove the probe's scratch directory");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServerTraits;
+
+    #[test]
+    fn assumed_traits_follow_the_identification() {
+        let mut t = ServerTraits::default();
+        t.assume("SSH-2.0-mod_sftp/1.0.0", "not probed");
+        assert!(t.lstat_follows_links && t.readlink_resolves && t.append_refused);
+        assert_eq!((t.open_umask, t.mkdir_umask), (0, 0o022));
+        t.assume("SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3", "not probed");
+        assert!(!t.lstat_follows_links && !t.readlink_resolves && !t.append_refused);
+        assert_eq!(t.open_umask, 0o022);
+        assert!(
+            t.summary().contains("behaves as OpenSSH"),
+            "{}",
+            t.summary()
+        );
+    }
+}
