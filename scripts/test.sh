@@ -7,4 +7,12 @@ bash scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --no-fail-fast 2>&1 | tee target/test.log
+# The tests of filesystem behaviour once more against each other SFTP server (the first
+# run used OpenSSH): the same assertions, a server's documented exceptions inside them.
+for server in proftpd gesftpserver; do
+    echo "== the filesystem tests against $server"
+    MASTOFS_TEST_SERVER=$server cargo test --no-fail-fast \
+        --test behaviour --test ops --test errors --test ownership --test reconnect \
+        --test status --test mounting --test open_files 2>&1 | tee -a target/test.log
+done
 bash scripts/bench.sh --quick

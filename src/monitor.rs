@@ -213,21 +213,6 @@ impl Source for Monitor {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::rfc3339;
-    use std::time::{Duration, SystemTime};
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000)),
-            "2026-11-18T11:06:40Z"
-        );
-    }
-}
-
 /// The status socket's view of a capability record.
 fn capabilities(t: &ServerTraits) -> ServerCapabilities {
     ServerCapabilities {
@@ -245,5 +230,20 @@ fn capabilities(t: &ServerTraits) -> ServerCapabilities {
         mkdir_umask: format!("{:03o}", t.mkdir_umask),
         source: t.source.clone(),
         summary: t.summary(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000)),
+            "2026-11-18T11:06:40Z"
+        );
     }
 }

@@ -166,6 +166,7 @@ impl Remote for FakeRemote {
             hardlink: true,
             fsync: true,
             statvfs: true,
+            readlink_resolves: false,
         }
     }
 

@@ -10,6 +10,7 @@
 
 pub mod connector;
 pub mod handles;
+mod links;
 mod ops;
 pub mod probe;
 pub mod remote;
@@ -34,12 +35,6 @@ pub use remote::{
 use replay::{OnConfused, ReplayStats};
 pub use sftp_sessions::SftpSessions;
 use supervisor::{Link, LinkState, Supervisor};
-
-/// Symlink texts remembered for servers whose READLINK resolves links.
-const LINK_TEXTS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(4096) {
-    Some(n) => n,
-    None => std::num::NonZeroUsize::MIN,
-};
 
 pub struct Session {
     me: Weak<Session>,
@@ -111,7 +106,7 @@ impl Session {
             timeout,
             replay_stats: ReplayStats::default(),
             caps: std::sync::Mutex::new(Capabilities::default()),
-            link_texts: std::sync::Mutex::new(lru::LruCache::new(LINK_TEXTS)),
+            link_texts: std::sync::Mutex::new(lru::LruCache::new(links::LINK_TEXTS)),
             write_budget: Arc::new(Semaphore::new(write_behind)),
             write_behind,
         })

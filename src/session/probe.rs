@@ -34,6 +34,11 @@ pub struct ServerTraits {
     pub lstat_follows_links: bool,
     /// READLINK answers the resolved absolute path, not the link's text (ProFTPD).
     pub readlink_resolves: bool,
+    /// RENAME of a link to an existing target moves the target (ProFTPD).
+    pub rename_follows_links: bool,
+    /// The login directory (REALPATH "."), against which such a server answers some
+    /// paths; empty where unknown.
+    pub home: String,
     /// OPEN with APPEND is refused (ProFTPD without `AllowStoreRestart`).
     pub append_refused: bool,
     /// READ at or past the size the file had when the handle was opened answers EOF.
@@ -67,6 +72,7 @@ impl ServerTraits {
         let proftpd = server_id.contains("mod_sftp") || server_id.contains("ProFTPD");
         self.lstat_follows_links = proftpd;
         self.readlink_resolves = proftpd;
+        self.rename_follows_links = proftpd;
         self.append_refused = proftpd;
         self.read_stops_at_open_size = proftpd;
         self.open_umask = if proftpd { 0 } else { 0o022 };
@@ -81,6 +87,7 @@ impl ServerTraits {
         let odd: Vec<&str> = [
             yes(self.lstat_follows_links, "LSTAT follows links"),
             yes(self.readlink_resolves, "READLINK resolves"),
+            yes(self.rename_follows_links, "RENAME follows links"),
             yes(self.append_refused, "no APPEND"),
             yes(self.read_stops_at_open_size, "READ stops at open-time size"),
             yes(self.symlink_link_first, "SYMLINK link first"),
@@ -134,6 +141,11 @@ impl Prober {
         sftp: &SftpClient,
     ) -> Result<ServerTraits, SftpError> {
         let mut base = ServerTraits::from_handshake(sftp);
+        match sftp.realpath(".").await {
+            Ok(home) => base.home = crate::name_bytes::decode(&home),
+            Err(e) if e.is_transport() => return Err(e),
+            Err(_) => {}
+        }
         let key = format!("{server_id}\n{:?}", base.extensions);
         let mut known = self.known.lock().await;
         if let Some((k, t)) = known.as_ref() {
@@ -211,12 +223,18 @@ async fn probe(sftp: &SftpClient, dir: &[u8], t: &mut ServerTraits) -> Result<()
     sftp.symlink("f", &link).await?;
     t.lstat_follows_links = sftp.lstat(&link).await?.kind() != Kind::Symlink;
     t.readlink_resolves = &sftp.readlink(&link).await?[..] != b"f";
+    sftp.rename(&link, [dir, b"/m"].concat()).await?;
+    t.rename_follows_links = match sftp.lstat(&file).await {
+        Ok(_) => false,
+        Err(e) if e.is_transport() => return Err(e),
+        Err(_) => true,
+    };
     Ok(())
 }
 
 /// Removes what [`probe`] made, whatever it got to (errors ignored: each may be missing).
 async fn cleanup(sftp: &SftpClient, dir: &[u8]) {
-    for f in [&b"/l"[..], b"/f"] {
+    for f in [&b"/l"[..], b"/m", b"/f"] {
         let _ = sftp.remove([dir, f].concat()).await;
     }
     if let Err(e) = sftp.rmdir(dir).await {
@@ -229,7 +247,48 @@ async fn cleanup(sftp: &SftpClient, dir: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::ServerTraits;
+    use super::{Prober, ServerTraits};
+    use crate::sftp::SftpClient;
+    use std::time::Duration;
+
+    /// A client of the tests' SFTP server (plain mode: POSIX as the local disk does it).
+    async fn client() -> (SftpClient, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let mode = crate::hostile::Mode::Plain;
+        tokio::spawn(crate::hostile::serve(b, dir.path().to_path_buf(), mode));
+        let c = SftpClient::start(a, Duration::from_secs(2), "x")
+            .await
+            .unwrap();
+        (c, dir)
+    }
+
+    #[tokio::test]
+    async fn a_posix_server_is_probed_as_such_and_the_scratch_removed() {
+        let (c, dir) = client().await;
+        let root = dir.path().display().to_string();
+        let p = Prober::new(Some(root.clone()));
+        let t = p.traits("SSH-2.0-OpenSSH_9.2p1", &c).await.unwrap();
+        assert_eq!(t.source, "probed", "{t:?}");
+        assert!(!t.lstat_follows_links && !t.readlink_resolves && !t.rename_follows_links);
+        assert!(!t.append_refused && !t.read_stops_at_open_size, "{t:?}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // The same server again: the record is reused.
+        assert_eq!(p.traits("SSH-2.0-OpenSSH_9.2p1", &c).await.unwrap(), t);
+    }
+
+    #[tokio::test]
+    async fn where_nothing_can_be_made_the_traits_are_assumed() {
+        let (c, dir) = client().await;
+        let p = Prober::new(Some(format!("{}/missing", dir.path().display())));
+        let t = p.traits("SSH-2.0-mod_sftp", &c).await.unwrap();
+        assert!(
+            t.source.starts_with("assumed as for ProFTPD"),
+            "{}",
+            t.source
+        );
+        assert!(t.lstat_follows_links && t.rename_follows_links);
+    }
 
     #[test]
     fn assumed_traits_follow_the_identification() {

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{watch, Notify};
 
-use crate::meta::Attrs;
 use crate::sftp::{SftpClient, SftpError};
 use crate::ssh::SshError;
 
@@ -50,26 +49,6 @@ impl Link {
     /// How many SFTP sessions this link has.
     pub fn channels(&self) -> usize {
         1 + self.extra.len()
-    }
-
-    /// LSTAT of `path` as OpenSSH answers it, on any server: where the server's LSTAT
-    /// follows links, a READLINK sent with it (same round trip) tells whether `path` is a
-    /// link, and a link is answered as one (mode 0777, size of its text as read).
-    pub async fn lstat(&self, path: &[u8]) -> Result<Attrs, SftpError> {
-        if !self.traits.lstat_follows_links {
-            return self.sftp.lstat(path).await;
-        }
-        let (attrs, text) = tokio::join!(self.sftp.lstat(path), self.sftp.readlink(path));
-        match (attrs, text) {
-            (Err(e), _) | (_, Err(e)) if e.is_transport() => Err(e),
-            // Owner and times are the target's where it exists (the server shows no other).
-            (attrs, Ok(text)) => Ok(Attrs {
-                size: Some(text.len() as u64),
-                mode: Some(libc::S_IFLNK | 0o777),
-                ..attrs.unwrap_or_default()
-            }),
-            (attrs, Err(_)) => attrs,
-        }
     }
 
     pub fn is_dead(&self) -> bool {

@@ -82,7 +82,7 @@ async fn session(first: Mode, later: Mode, timeout: Duration) -> (Arc<Session>, 
     });
     let s = Session::with_connector(
         mem,
-        super::probe::Prober::new(Some(String::new())),
+        super::probe::Prober::new(None),
         Duration::from_secs(60),
         timeout,
         32 << 20,
