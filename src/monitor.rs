@@ -224,6 +224,7 @@ fn capabilities(t: &ServerTraits) -> ServerCapabilities {
         symlink_link_first: t.symlink_link_first,
         lstat_follows_links: t.lstat_follows_links,
         readlink_resolves: t.readlink_resolves,
+        rename_follows_links: t.rename_follows_links,
         append_refused: t.append_refused,
         read_stops_at_open_size: t.read_stops_at_open_size,
         open_umask: format!("{:03o}", t.open_umask),

@@ -305,3 +305,50 @@ fn renaming_a_link_moves_the_link_not_its_target() {
     assert_eq!(fs::read_link(sv("lf2")).unwrap(), Path::new("f"));
     assert_eq!(fs::read(sv("f")).unwrap(), b"F");
 }
+
+/// The probe finds what each server does, `/status` and `mastofs status` show it, and the
+/// probe's scratch directory is gone.
+#[test]
+fn the_probe_finds_what_the_server_does() {
+    let s = Server::start();
+    let sock = s.dir.path().join("status.sock");
+    let m = Mount::new(&s, &format!("status_socket={}", sock.display()));
+    let caps = status_json(&sock)["server_capabilities"].clone();
+    let flag = |k: &str| caps[k].as_bool().unwrap_or_else(|| panic!("{k} in {caps}"));
+    let proftpd = s.kind == Kind::ProFtpd;
+    assert_eq!(caps["source"], "probed", "{caps}");
+    assert_eq!(flag("lstat_follows_links"), proftpd, "{caps}");
+    assert_eq!(flag("readlink_resolves"), proftpd, "{caps}");
+    assert_eq!(flag("rename_follows_links"), proftpd, "{caps}");
+    assert_eq!(flag("append_refused"), proftpd, "{caps}");
+    assert_eq!(flag("read_stops_at_open_size"), proftpd, "{caps}");
+    assert_eq!(
+        flag("symlink_link_first"),
+        s.kind == Kind::Gesftpserver,
+        "{caps}"
+    );
+    assert_eq!(caps["sftp_version"], 3);
+    let umasks = match s.kind {
+        Kind::OpenSsh => ("022", "022"),
+        Kind::ProFtpd => ("000", "022"),
+        Kind::Gesftpserver => ("000", "000"),
+    };
+    assert_eq!(
+        (&caps["open_umask"], &caps["mkdir_umask"]),
+        (&umasks.0.into(), &umasks.1.into()),
+        "{caps}"
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--socket"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("server capabilities: SFTP v3"), "{text}");
+    let left: Vec<_> = fs::read_dir(&s.served)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    drop(m);
+}

@@ -278,3 +278,23 @@ fn a_full_remote_disk_is_enospc_and_nothing_else_breaks() {
     let log = m.log();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// Host keys and ciphers that servers without ed25519 or chacha20 offer: RSA with
+/// rsa-sha2-512 and rsa-sha2-256, ECDSA, AES-CTR and AES-GCM alone.
+#[test]
+fn host_key_types_and_ciphers_other_servers_offer() {
+    for (host, extra) in [
+        ("rsa", "HostKeyAlgorithms rsa-sha2-512\n"),
+        ("rsa", "HostKeyAlgorithms rsa-sha2-256\n"),
+        ("ecdsa", ""),
+        ("ed25519", "Ciphers aes128-ctr\n"),
+        ("ed25519", "Ciphers aes256-ctr\n"),
+        ("ed25519", "Ciphers aes256-gcm@openssh.com\n"),
+    ] {
+        let s = Server::start_host(host, extra);
+        let m = Mount::try_new(&s, &s.source(), "")
+            .unwrap_or_else(|e| panic!("{host} host key, {extra}: {e}"));
+        std::fs::write(m.p("ok"), host).unwrap();
+        assert_eq!(std::fs::read_to_string(s.served.join("ok")).unwrap(), host);
+    }
+}

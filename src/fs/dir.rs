@@ -270,7 +270,10 @@ impl<R: Remote> Fs<R> {
         let from = self.child_path(parent, name)?;
         let hidden = self.unlinked.name_for(ino);
         let to = self.child_path(parent, &hidden)?;
-        let r = self.remote.rename(&from, &to, RenameMode::NoReplace).await;
+        let r = self
+            .remote
+            .rename(&from, &to, RenameMode::NoReplace, false)
+            .await;
         if let Err(e) = r {
             self.cache.unsure(&from);
             return Err(self.refine(e, &from, Op::Unlink).await);
@@ -378,7 +381,14 @@ impl<R: Remote> Fs<R> {
         } else {
             RenameMode::Replace
         };
-        let r = self.remote.rename(&from, &to, mode).await;
+        // Whether either name may be a symlink, from what the kernel's lookups just cached
+        // (a server whose RENAME follows links then checks both first).
+        let maybe_link = |p: &str| match self.cache.peek(p) {
+            Some(a) => a.kind() == Kind::Symlink,
+            None => !self.cache.is_missing(p),
+        };
+        let links = maybe_link(&from) || maybe_link(&to);
+        let r = self.remote.rename(&from, &to, mode, links).await;
         self.cache.invalidate_tree(&from);
         self.cache.invalidate_tree(&to);
         if let Err(e) = r {

@@ -273,7 +273,13 @@ impl Remote for FakeRemote {
         Ok(())
     }
 
-    async fn rename(&self, from: &str, to: &str, mode: RenameMode) -> RemoteResult<()> {
+    async fn rename(
+        &self,
+        from: &str,
+        to: &str,
+        mode: RenameMode,
+        _links: bool,
+    ) -> RemoteResult<()> {
         self.node(from)?;
         if mode == RenameMode::NoReplace && self.exists(to) {
             return Err(failure());

@@ -119,9 +119,15 @@ impl Remote for Session {
         .await
     }
 
-    async fn rename(&self, from: &str, to: &str, mode: RenameMode) -> RemoteResult<()> {
+    async fn rename(
+        &self,
+        from: &str,
+        to: &str,
+        mode: RenameMode,
+        links: bool,
+    ) -> RemoteResult<()> {
         self.run("rename", (from, 0), |l, replay| async move {
-            if l.traits.rename_follows_links {
+            if links && l.traits.rename_follows_links {
                 if let Some(r) = self.rename_around_links(&l, from, to, mode).await {
                     return renamed_is_done(&l, replay, from, to, r).await;
                 }

@@ -137,11 +137,14 @@ pub trait Remote: Send + Sync + 'static {
     fn mkdir(&self, path: &str, perm: u32) -> impl Future<Output = RemoteResult<()>> + Send;
     fn rmdir(&self, path: &str) -> impl Future<Output = RemoteResult<()>> + Send;
     fn remove(&self, path: &str) -> impl Future<Output = RemoteResult<()>> + Send;
+    /// `links`: the caller cannot rule out that `from` or `to` is a symlink (only
+    /// servers whose RENAME follows links look closer then, see `links`).
     fn rename(
         &self,
         from: &str,
         to: &str,
         mode: RenameMode,
+        links: bool,
     ) -> impl Future<Output = RemoteResult<()>> + Send;
     fn symlink(&self, target: &str, link: &str) -> impl Future<Output = RemoteResult<()>> + Send;
     fn hardlink(&self, from: &str, to: &str) -> impl Future<Output = RemoteResult<()>> + Send;

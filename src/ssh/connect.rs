@@ -148,8 +148,18 @@ fn preferred(target: &Target) -> russh::Preferred {
             cipher::AES_256_CTR,
         ],
     };
+    // Host key algorithms whose keys known_hosts holds for this host go first, so that a
+    // server offering several host keys shows one that can be verified.
+    let known = known_hosts::known_key_types(&target.known_hosts_files, &target.host, target.port);
+    let mut key: Vec<russh::keys::Algorithm> = russh::Preferred::default().key.to_vec();
+    key.sort_by_key(|a| {
+        !known
+            .iter()
+            .any(|k| k == a || (k.clone().is_rsa() && a.clone().is_rsa()))
+    });
     russh::Preferred {
         cipher: Cow::Owned(names),
+        key: Cow::Owned(key),
         ..Default::default()
     }
 }

@@ -84,6 +84,44 @@ fn hosts_match(patterns: &str, name: &str) -> bool {
     matched
 }
 
+/// One key line of a known_hosts file.
+struct Entry<'a> {
+    file: &'a PathBuf,
+    line: usize,
+    /// `@revoked`, `@cert-authority`, or None.
+    marker: Option<&'a str>,
+    hosts: &'a str,
+    key: PublicKey,
+}
+
+/// Every parsable key line of `text` (from `file`), in order.
+fn entries<'a>(file: &'a PathBuf, text: &'a str) -> impl Iterator<Item = Entry<'a>> {
+    text.lines().enumerate().filter_map(move |(i, line)| {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            return None;
+        }
+        let mut fields = line.split_whitespace();
+        let mut first = fields.next()?;
+        let marker = if first.starts_with('@') {
+            let m = first;
+            first = fields.next()?;
+            Some(m)
+        } else {
+            None
+        };
+        let (_kind, blob) = (fields.next()?, fields.next()?);
+        let key = russh::keys::parse_public_key_base64(blob).ok()?;
+        Some(Entry {
+            file,
+            line: i + 1,
+            marker,
+            hosts: first,
+            key,
+        })
+    })
+}
+
 /// Checks `key` for `host`:`port` against every file, in order. A revocation anywhere wins;
 /// then a matching key; then a differing key of the same type.
 pub fn check(files: &[PathBuf], host: &str, port: u16, key: &PublicKey) -> Verdict {
@@ -94,46 +132,27 @@ pub fn check(files: &[PathBuf], host: &str, port: u16, key: &PublicKey) -> Verdi
         let Ok(text) = std::fs::read_to_string(file) else {
             continue;
         };
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let mut fields = line.split_whitespace();
-            let mut first = fields.next().unwrap_or_default();
-            let marker = if first.starts_with('@') {
-                let m = first;
-                first = fields.next().unwrap_or_default();
-                Some(m)
-            } else {
-                None
-            };
-            let (Some(_kind), Some(blob)) = (fields.next(), fields.next()) else {
-                continue;
-            };
-            let Ok(listed) = russh::keys::parse_public_key_base64(blob) else {
-                continue;
-            };
-            let same_key = listed.key_data() == key.key_data();
-            match marker {
+        for e in entries(file, &text) {
+            let same_key = e.key.key_data() == key.key_data();
+            match e.marker {
                 Some("@revoked") => {
                     if same_key {
                         return Verdict::Revoked {
                             file: file.clone(),
-                            line: i + 1,
+                            line: e.line,
                         };
                     }
                 }
                 // Host certificates are not accepted; such lines vouch for nothing here.
                 Some(_) => {}
                 None => {
-                    if !hosts_match(first, &name) {
+                    if !hosts_match(e.hosts, &name) {
                         continue;
                     }
                     if same_key {
                         known = true;
-                    } else if listed.algorithm() == key.algorithm() && changed.is_none() {
-                        changed = Some((file.clone(), i + 1));
+                    } else if e.key.algorithm() == key.algorithm() && changed.is_none() {
+                        changed = Some((e.file.clone(), e.line));
                     }
                 }
             }
@@ -144,6 +163,26 @@ pub fn check(files: &[PathBuf], host: &str, port: u16, key: &PublicKey) -> Verdi
         (false, Some((file, line))) => Verdict::Changed { file, line },
         (false, None) => Verdict::Unknown,
     }
+}
+
+/// The key types (ssh-ed25519, ssh-rsa, ecdsa-sha2-nistp256, ...) known for
+/// `host`:`port`, so that key exchange can ask for a host key that can be verified (as
+/// OpenSSH's client orders its HostKeyAlgorithms).
+pub fn known_key_types(files: &[PathBuf], host: &str, port: u16) -> Vec<russh::keys::Algorithm> {
+    let name = host_entry_name(host, port);
+    let mut out = Vec::new();
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for e in entries(file, &text) {
+            let kind = e.key.algorithm();
+            if e.marker.is_none() && hosts_match(e.hosts, &name) && !out.contains(&kind) {
+                out.push(kind);
+            }
+        }
+    }
+    out
 }
 
 /// Appends `key` for `host`:`port` to `file` (StrictHostKeyChecking=accept-new).
@@ -252,6 +291,18 @@ mod tests {
             Verdict::Known
         );
         assert_eq!(check(&[p], "127.0.0.1", 2223, &key(ED1)), Verdict::Unknown);
+    }
+
+    #[test]
+    fn known_key_types_of_one_host_in_order() {
+        const EC: &str = "AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBOSGoNuR0H6cPVdrgPEx+rt6Qec+xg8pLIBRWsqpixA16lp1Kfn31tMrM4pbTqDs0bfz9G2zkU7tQZrJ+azGnqI=";
+        let (p, _g) = file(&format!(
+            "other ssh-ed25519 {ED1}\n[box]:23 ecdsa-sha2-nistp256 {EC}\n\
+             @revoked [box]:23 ssh-ed25519 {ED2}\n[box]:23 ssh-ed25519 {ED1}\n"
+        ));
+        let kinds = known_key_types(&[p], "box", 23);
+        let names: Vec<&str> = kinds.iter().map(|a| a.as_str()).collect();
+        assert_eq!(names, ["ecdsa-sha2-nistp256", "ssh-ed25519"]);
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub struct ServerCapabilities {
     pub symlink_link_first: bool,
     pub lstat_follows_links: bool,
     pub readlink_resolves: bool,
+    pub rename_follows_links: bool,
     pub append_refused: bool,
     pub read_stops_at_open_size: bool,
     /// Permission bits the server takes away in OPEN and MKDIR (octal text).

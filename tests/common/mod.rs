@@ -100,6 +100,31 @@ impl Kind {
 /// The unprivileged uid/gid ProFTPD's virtual test user logs in as.
 pub const PROFTPD_UID: u32 = 64_123;
 
+/// How a [`Server`] is set up.
+struct Setup<'a> {
+    kind: Kind,
+    /// Types of the user's key and the host key (ed25519, ecdsa, rsa).
+    key_kind: &'a str,
+    host_kind: &'a str,
+    /// sshd_config lines that win over the defaults.
+    sshd_extra: &'a str,
+    /// RLIMIT_NOFILE for sshd and its SFTP servers (set from the start: a restart would
+    /// free the port for a parallel test to take).
+    nofile: Option<u64>,
+}
+
+impl Setup<'_> {
+    fn new(kind: Kind) -> Self {
+        Setup {
+            kind,
+            key_kind: "ed25519",
+            host_kind: "ed25519",
+            sshd_extra: "",
+            nofile: None,
+        }
+    }
+}
+
 /// A running SFTP server serving `served`.
 pub struct Server {
     pub kind: Kind,
@@ -126,34 +151,52 @@ impl Server {
     /// The server chosen by [`Kind::from_env`]; `key_kind`: the type of the user key
     /// (ed25519, ecdsa, rsa).
     pub fn start_with(key_kind: &str) -> Server {
-        Self::start_kind(Kind::from_env(), key_kind, "", None)
+        Self::start_kind(Setup {
+            key_kind,
+            ..Setup::new(Kind::from_env())
+        })
     }
 
     /// OpenSSH whatever the environment says. `sshd_extra`: sshd_config lines that win over
     /// the defaults (sshd keeps the first).
     pub fn start_configured(key_kind: &str, sshd_extra: &str) -> Server {
-        Self::start_kind(Kind::OpenSsh, key_kind, sshd_extra, None)
+        Self::start_kind(Setup {
+            key_kind,
+            sshd_extra,
+            ..Setup::new(Kind::OpenSsh)
+        })
+    }
+
+    /// OpenSSH with a host key of `host_kind` (ed25519, ecdsa, rsa) and `sshd_extra`.
+    pub fn start_host(host_kind: &str, sshd_extra: &str) -> Server {
+        Self::start_kind(Setup {
+            host_kind,
+            sshd_extra,
+            ..Setup::new(Kind::OpenSsh)
+        })
     }
 
     /// gesftpserver as sshd's sftp subsystem.
     pub fn gesftpserver() -> Server {
-        Self::start_kind(Kind::Gesftpserver, "ed25519", "", None)
+        Self::start_kind(Setup::new(Kind::Gesftpserver))
     }
 
     /// OpenSSH whose SFTP server processes may hold at most `nofile` descriptors (so it
     /// runs out of handles early).
     pub fn start_nofile(nofile: u64) -> Server {
-        Self::start_kind(Kind::OpenSsh, "ed25519", "", Some(nofile))
+        Self::start_kind(Setup {
+            nofile: Some(nofile),
+            ..Setup::new(Kind::OpenSsh)
+        })
     }
 
     /// A ProFTPD mod_sftp server (see [`Kind::ProFtpd`]).
     pub fn proftpd() -> Server {
-        Self::start_kind(Kind::ProFtpd, "ed25519", "", None)
+        Self::start_kind(Setup::new(Kind::ProFtpd))
     }
 
-    /// `nofile`: RLIMIT_NOFILE for sshd and its SFTP servers (set from the start: a
-    /// restart would free the port for a parallel test to take).
-    fn start_kind(kind: Kind, key_kind: &str, sshd_extra: &str, nofile: Option<u64>) -> Server {
+    fn start_kind(setup: Setup) -> Server {
+        let (kind, key_kind) = (setup.kind, setup.key_kind);
         std::fs::create_dir_all("/run/sshd").ok();
         let dir = tempfile::Builder::new()
             .prefix("mastofs-test-")
@@ -164,7 +207,7 @@ impl Server {
         std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).ok();
         let served = d.join("served");
         std::fs::create_dir(&served).expect("served dir");
-        keygen(&d.join("host_key"), "ed25519");
+        keygen(&d.join("host_key"), setup.host_kind);
         keygen(&d.join("user_key"), key_kind);
         std::fs::copy(d.join("user_key.pub"), d.join("authorized_keys")).expect("authorized_keys");
         let login = match kind {
@@ -187,8 +230,8 @@ impl Server {
             known_hosts: d.join("known_hosts"),
             user_key: d.join("user_key"),
             sshd: None,
-            sshd_extra: sshd_extra.to_string(),
-            nofile,
+            sshd_extra: setup.sshd_extra.to_string(),
+            nofile: setup.nofile,
             dir,
         };
         server.launch();
