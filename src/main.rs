@@ -18,6 +18,7 @@ mod logging;
 mod meta;
 mod monitor;
 mod mount;
+mod mountpoint;
 mod name_bytes;
 mod options;
 mod session;
@@ -178,7 +179,7 @@ fn main() {
     if cli.config_file.is_some() {
         cfg.ssh.config_file = cli.config_file.clone();
     }
-    cfg.mountpoint = mount::check_mountpoint(&cfg.mountpoint).unwrap_or_else(|e| fail(e));
+    cfg.mountpoint = mountpoint::check(&cfg.mountpoint, !cli.fake).unwrap_or_else(|e| fail(e));
     let target = ssh::config::resolve(&cfg.host, cfg.spec_user.as_deref(), &cfg.ssh)
         .unwrap_or_else(|e| fail(e));
     if cli.fake {

@@ -4,7 +4,7 @@
 //! `delay_connect`, then mount, then report readiness) and shutdown (signals unmount; the
 //! kernel ending the session ends the daemon). It holds no filesystem or protocol logic.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,51 +18,6 @@ use crate::options::MountConfig;
 use crate::session::Session;
 use crate::ssh::Target;
 use crate::status;
-
-/// The mountpoint must be an existing directory that nothing is mounted on yet.
-pub fn check_mountpoint(p: &Path) -> Result<PathBuf, String> {
-    let canon = std::fs::canonicalize(p).map_err(|e| format!("mountpoint {}: {e}", p.display()))?;
-    let meta = std::fs::metadata(&canon).map_err(|e| format!("mountpoint {}: {e}", p.display()))?;
-    if !meta.is_dir() {
-        return Err(format!("mountpoint {} is not a directory", p.display()));
-    }
-    if is_mounted(&canon) {
-        return Err(format!("mountpoint {} is already mounted", p.display()));
-    }
-    Ok(canon)
-}
-
-/// Whether something is mounted exactly on `p` (per /proc/self/mountinfo).
-pub fn is_mounted(p: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = p.to_string_lossy();
-    info.lines().any(|l| {
-        l.split(' ')
-            .nth(4)
-            .map(unescape_mountinfo)
-            .is_some_and(|m| m == want)
-    })
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    let mut out = String::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v as char);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i] as char);
-        i += 1;
-    }
-    out
-}
 
 fn mount_options(cfg: &MountConfig) -> fuser::Config {
     let mut opts = vec![
@@ -98,15 +53,7 @@ const READAHEAD_KB: u32 = 8192;
 
 /// Raises the mount's readahead through sysfs (root only; best effort).
 fn raise_readahead(mountpoint: &Path) {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let want = mountpoint.to_string_lossy();
-    let dev = info.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        (f.len() > 4 && unescape_mountinfo(f[4]) == want).then(|| f[2].to_string())
-    });
-    if let Some(dev) = dev {
+    if let Some(dev) = crate::mountpoint::device_of(mountpoint) {
         let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
         if let Err(e) = std::fs::write(&path, READAHEAD_KB.to_string()) {
             tracing::debug!(%path, error = %e, "cannot raise readahead");
@@ -302,22 +249,4 @@ pub fn run(cfg: MountConfig, target: Target, ready: &mut Ready) -> Result<(), St
     tracing::info!("unmounted");
     rt.shutdown_timeout(Duration::from_secs(2));
     served.map_err(|e| format!("fuse session ended with an error: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), "/mnt/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-    }
-
-    #[test]
-    fn root_is_mounted_and_missing_mountpoint_is_an_error() {
-        assert!(is_mounted(Path::new("/")));
-        let e = check_mountpoint(Path::new("/nonexistent/mastofs-mp")).unwrap_err();
-        assert!(e.contains("No such file"), "{e}");
-    }
 }

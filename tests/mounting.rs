@@ -270,3 +270,31 @@ fn the_fstab_line_mounts_with_mount() {
         daemons_for(mnt.path()).is_empty()
     });
 }
+
+/// A daemon killed with SIGKILL leaves a dead mount ("Transport endpoint is not
+/// connected"); a new daemon on the same path unmounts it and mounts again (so systemd's
+/// `Restart=` works), and the mount serves.
+#[test]
+fn a_crashed_daemons_dead_mount_is_replaced_on_restart() {
+    let s = Server::start();
+    let mut m = Mount::new(&s, "");
+    std::fs::write(m.p("f"), b"before").unwrap();
+    m.crash();
+    assert_eq!(
+        std::fs::metadata(m.path()).unwrap_err().raw_os_error(),
+        Some(libc::ENOTCONN)
+    );
+    m.restart(&s, "")
+        .unwrap_or_else(|e| panic!("restart failed: {e}"));
+    assert_eq!(std::fs::read(m.p("f")).unwrap(), b"before");
+    std::fs::write(m.p("g"), b"after").unwrap();
+    assert_eq!(std::fs::read(s.served.join("g")).unwrap(), b"after");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let here = m.path().to_string_lossy().into_owned();
+    let count = mounts
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(here.as_str()))
+        .count();
+    assert_eq!(count, 1, "one mount on the path: {mounts}");
+    assert!(m.log().contains("dead mount"), "{}", m.log());
+}

@@ -530,15 +530,31 @@ impl Mount {
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default()
         ));
+        let mut m = Mount {
+            dir,
+            child: None,
+            stderr_path,
+        };
+        m.start(server, source, opts)?;
+        Ok(m)
+    }
+
+    /// Starts a daemon on this mountpoint and waits until it serves (or exits: Err(log)).
+    fn start(&mut self, server: &Server, source: &str, opts: &str) -> Result<(), String> {
         let mut cmd = Command::new(BIN);
         cmd.arg(source)
-            .arg(dir.path())
+            .arg(self.dir.path())
             .arg("-f")
             .arg("-F")
             .arg(&server.ssh_config);
         if !opts.is_empty() {
             cmd.arg("-o").arg(opts);
         }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_path)
+            .expect("log");
         let mut child = cmd
             .env(
                 "MASTOFS_LOG",
@@ -546,24 +562,18 @@ impl Mount {
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path).expect("log"))
+            .stderr(log)
             .spawn()
             .expect("spawn mastofs");
         let start = Instant::now();
         loop {
-            if is_mounted(dir.path()) {
-                return Ok(Mount {
-                    dir,
-                    child: Some(child),
-                    stderr_path,
-                });
+            // Mounted and answering (a dead mount left by a crash is in mountinfo too).
+            if is_mounted(self.dir.path()) && std::fs::metadata(self.dir.path()).is_ok() {
+                self.child = Some(child);
+                return Ok(());
             }
             if let Ok(Some(_)) = child.try_wait() {
-                let mut s = String::new();
-                std::fs::File::open(&stderr_path)
-                    .and_then(|mut f| f.read_to_string(&mut s))
-                    .ok();
-                return Err(s);
+                return Err(self.log());
             }
             if start.elapsed() > Duration::from_secs(30) {
                 let _ = child.kill();
@@ -572,6 +582,19 @@ impl Mount {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would: its mount stays, dead.
+    pub fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a new daemon on this mountpoint (after [`Mount::crash`]).
+    pub fn restart(&mut self, server: &Server, opts: &str) -> Result<(), String> {
+        self.start(server, &server.source(), opts)
     }
 
     pub fn new(server: &Server, opts: &str) -> Mount {
