@@ -4,7 +4,7 @@
 # and a 'backup-sync' group). Idempotent; needs root.
 set -euo pipefail
 need=()
-for pkg in fuse3 openssh-server openssh-client sshfs util-linux python3 proftpd-core proftpd-mod-crypto gesftpserver; do
+for pkg in fuse3 openssh-server openssh-client sshfs util-linux python3 proftpd-core proftpd-mod-crypto gesftpserver groff-base systemd dpkg-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+# cargo deb builds the Debian package that tests/install.rs installs and purges.
+cargo deb --version >/dev/null 2>&1 || cargo install --quiet --locked cargo-deb
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --no-fail-fast 2>&1 | tee target/test.log

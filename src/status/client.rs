@@ -114,7 +114,7 @@ pub fn run(args: &[String]) -> i32 {
         }
     }
     if all || sockets.is_empty() {
-        let mut found: Vec<PathBuf> = std::fs::read_dir(super::RUN_DIR)
+        let mut found: Vec<PathBuf> = std::fs::read_dir(super::run_dir())
             .map(|d| {
                 d.flatten()
                     .map(|e| e.path())
@@ -128,7 +128,7 @@ pub fn run(args: &[String]) -> i32 {
     if sockets.is_empty() {
         eprintln!(
             "mastofs status: no mastofs mounts found in {}",
-            super::RUN_DIR
+            super::run_dir().display()
         );
         return 2;
     }

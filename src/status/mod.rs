@@ -25,7 +25,26 @@ pub trait Source: Send + Sync + 'static {
     fn snapshot(&self) -> Snapshot;
 }
 
+/// Where root's mounts keep their sockets.
 pub const RUN_DIR: &str = "/run/mastofs";
+
+/// The directory for the status sockets of this user's mounts: [`RUN_DIR`] for root; for
+/// anyone else (a `user` line in fstab) `mastofs` in their runtime directory
+/// (`$XDG_RUNTIME_DIR`, else `/run/user/UID`), else `/tmp/mastofs-UID`.
+pub fn run_dir() -> PathBuf {
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        return PathBuf::from(RUN_DIR);
+    }
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.is_absolute() && d.is_dir())
+        .or_else(|| Some(PathBuf::from(format!("/run/user/{uid}"))).filter(|d| d.is_dir()));
+    match runtime {
+        Some(d) => d.join("mastofs"),
+        None => PathBuf::from(format!("/tmp/mastofs-{uid}")),
+    }
+}
 
 /// `systemd-escape --path`: strip slashes at the ends, `/` -> `-`, and `\xNN` for anything
 /// but ASCII alphanumerics, `_`, and a `.` that does not lead.
@@ -49,7 +68,7 @@ pub fn systemd_escape_path(p: &Path) -> String {
 
 /// The default socket of the mount on `mountpoint`.
 pub fn default_socket(mountpoint: &Path) -> PathBuf {
-    Path::new(RUN_DIR).join(format!("{}.sock", systemd_escape_path(mountpoint)))
+    run_dir().join(format!("{}.sock", systemd_escape_path(mountpoint)))
 }
 
 /// Binds the socket at `path` with mode 0660 (group `group` if given). A stale socket left
@@ -58,6 +77,20 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("status socket dir {}: {e}", dir.display()))?;
+        // A directory of our own in /tmp must be ours and closed to others.
+        if dir.starts_with("/tmp") {
+            use std::os::unix::fs::MetadataExt;
+            let md = std::fs::symlink_metadata(dir)
+                .map_err(|e| format!("status socket dir {}: {e}", dir.display()))?;
+            if !md.is_dir() || md.uid() != nix::unistd::geteuid().as_raw() {
+                return Err(format!(
+                    "status socket dir {} is not a directory of this user's",
+                    dir.display()
+                ));
+            }
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
