@@ -4,7 +4,6 @@
 //! `delay_connect`, then mount, then report readiness) and shutdown (signals unmount; the
 //! kernel ending the session ends the daemon). It holds no filesystem or protocol logic.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use crate::daemon::{self, Ready};
 use crate::fs::Fs;
 use crate::fuse::FuseFs;
 use crate::monitor::Monitor;
+use crate::mountpoint;
 use crate::options::MountConfig;
 use crate::session::Session;
 use crate::ssh::Target;
@@ -44,84 +44,6 @@ fn mount_options(cfg: &MountConfig) -> fuser::Config {
     };
     c.n_threads = Some(2);
     c
-}
-
-/// Readahead of the mount's backing device, in KiB. The kernel offers FUSE only 128 KiB
-/// at INIT, which at 13 ms round trip caps one sequential reader near 10-20 MB/s; a
-/// deeper window keeps several 1 MiB reads in flight.
-const READAHEAD_KB: u32 = 8192;
-
-/// Raises the mount's readahead through sysfs (root only; best effort).
-fn raise_readahead(mountpoint: &Path) {
-    if let Some(dev) = crate::mountpoint::device_of(mountpoint) {
-        let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
-        if let Err(e) = std::fs::write(&path, READAHEAD_KB.to_string()) {
-            tracing::debug!(%path, error = %e, "cannot raise readahead");
-        }
-    }
-}
-
-/// Unmounts `p`: as root with umount2, otherwise through fusermount3.
-pub fn unmount(p: &Path) -> Result<(), String> {
-    if nix::unistd::geteuid().is_root() {
-        nix::mount::umount2(p, nix::mount::MntFlags::empty())
-            .or_else(|_| nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH))
-            .map_err(|e| e.to_string())
-    } else {
-        let st = std::process::Command::new("fusermount3")
-            .arg("-u")
-            .arg("-z")
-            .arg(p)
-            .status()
-            .map_err(|e| e.to_string())?;
-        if st.success() {
-            Ok(())
-        } else {
-            Err(format!("fusermount3 -u failed: {st}"))
-        }
-    }
-}
-
-/// mount(2) of /dev/fuse on the mountpoint with type `fuse.mastofs` (root only).
-fn kernel_mount(cfg: &MountConfig) -> Result<std::os::fd::OwnedFd, String> {
-    use nix::mount::MsFlags;
-    use std::os::fd::AsRawFd;
-    let dev = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .map_err(|e| format!("cannot open /dev/fuse: {e} (is the fuse module loaded?)"))?;
-    let mut data = format!(
-        "fd={},rootmode=40000,user_id={},group_id={}",
-        dev.as_raw_fd(),
-        nix::unistd::getuid(),
-        nix::unistd::getgid()
-    );
-    if cfg.allow_other || cfg.allow_root {
-        data.push_str(",allow_other");
-    }
-    if cfg.default_permissions {
-        data.push_str(",default_permissions");
-    }
-    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    for (on, f) in [
-        (cfg.read_only, MsFlags::MS_RDONLY),
-        (cfg.noexec, MsFlags::MS_NOEXEC),
-        (cfg.noatime, MsFlags::MS_NOATIME),
-    ] {
-        if on {
-            flags |= f;
-        }
-    }
-    nix::mount::mount(
-        Some(cfg.source().as_str()),
-        &cfg.mountpoint,
-        Some("fuse.mastofs"),
-        flags,
-        Some(data.as_str()),
-    )
-    .map_err(|e| format!("mount: {e}"))?;
-    Ok(dev.into())
 }
 
 /// Mounts and serves until unmounted. Errors are one line for the operator.
@@ -207,20 +129,19 @@ pub fn run(cfg: MountConfig, target: Target, ready: &mut Ready) -> Result<(), St
 
     let adapter = FuseFs::new(fs.clone(), rt.handle().clone());
     let options = mount_options(&cfg);
-    let fuse = if nix::unistd::geteuid().is_root() {
-        // Mount ourselves so the kernel records the type as fuse.mastofs (fuser's own
-        // mount(2) says plain "fuse"); fusermount3 below does that for other users.
-        let fd = kernel_mount(&cfg)?;
-        fuser::Session::from_fd(adapter, fd, options.acl, options.clone())
-    } else {
-        fuser::Session::new(adapter, &cfg.mountpoint, &options)
-    }
-    .map_err(|e| {
-        let _ = std::fs::remove_file(&socket);
-        format!("cannot mount on {}: {e}", cfg.mountpoint.display())
-    })?;
+    // Mounted here rather than by fuser, so that the kernel records the type as
+    // fuse.mastofs (fuser's own mount(2) says plain "fuse").
+    let fuse = mountpoint::mount(&cfg)
+        .and_then(|fd| {
+            fuser::Session::from_fd(adapter, fd, options.acl, options.clone())
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&socket);
+            format!("cannot mount on {}: {e}", cfg.mountpoint.display())
+        })?;
     tracing::info!(mountpoint = %cfg.mountpoint.display(), source = %cfg.source(), "mounted");
-    raise_readahead(&cfg.mountpoint);
+    mountpoint::raise_readahead(&cfg.mountpoint);
     ready.ok();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
@@ -228,7 +149,7 @@ pub fn run(cfg: MountConfig, target: Target, ready: &mut Ready) -> Result<(), St
     rt.spawn(async move {
         daemon::termination().await;
         tracing::info!(mountpoint = %mountpoint.display(), "signal received, unmounting");
-        if let Err(e) = unmount(&mountpoint) {
+        if let Err(e) = mountpoint::unmount(&mountpoint) {
             tracing::warn!(error = %e, "unmount failed");
         }
     });

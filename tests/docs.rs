@@ -139,7 +139,11 @@ fn man_pages_render_without_warnings() {
     let d = tempfile::tempdir().unwrap();
     std::fs::create_dir(d.path().join("man8")).unwrap();
     for page in ["mastofs.8", "mount.mastofs.8"] {
-        std::fs::copy(root().join("man").join(page), d.path().join("man8").join(page)).unwrap();
+        std::fs::copy(
+            root().join("man").join(page),
+            d.path().join("man8").join(page),
+        )
+        .unwrap();
     }
     for page in ["man8/mastofs.8", "man8/mount.mastofs.8"] {
         let out = Command::new("groff")

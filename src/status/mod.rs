@@ -40,10 +40,12 @@ pub fn run_dir() -> PathBuf {
         .map(PathBuf::from)
         .filter(|d| d.is_absolute() && d.is_dir())
         .or_else(|| Some(PathBuf::from(format!("/run/user/{uid}"))).filter(|d| d.is_dir()));
-    match runtime {
-        Some(d) => d.join("mastofs"),
-        None => PathBuf::from(format!("/tmp/mastofs-{uid}")),
-    }
+    runtime.map_or_else(tmp_run_dir, |d| d.join("mastofs"))
+}
+
+/// The last resort for a user without a runtime directory.
+fn tmp_run_dir() -> PathBuf {
+    PathBuf::from(format!("/tmp/mastofs-{}", nix::unistd::geteuid()))
 }
 
 /// `systemd-escape --path`: strip slashes at the ends, `/` -> `-`, and `\xNN` for anything
@@ -77,8 +79,8 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("status socket dir {}: {e}", dir.display()))?;
-        // A directory of our own in /tmp must be ours and closed to others.
-        if dir.starts_with("/tmp") {
+        // The directory of our own in /tmp must be ours and closed to others.
+        if dir == tmp_run_dir() {
             use std::os::unix::fs::MetadataExt;
             let md = std::fs::symlink_metadata(dir)
                 .map_err(|e| format!("status socket dir {}: {e}", dir.display()))?;
