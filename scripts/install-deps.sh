@@ -15,4 +15,7 @@ mkdir -p /run/sshd
 getent group mastodon >/dev/null || groupadd -g 991 mastodon
 getent passwd mastodon >/dev/null || useradd -u 991 -g mastodon -M -s /usr/sbin/nologin mastodon 2>/dev/null
 getent group backup-sync >/dev/null || groupadd backup-sync
+# uid/gid 70: postgres in the PostgreSQL image, which owns the pgBackRest repository.
+getent group 70 >/dev/null || groupadd -g 70 pgrepo
+getent passwd 70 >/dev/null || useradd -u 70 -g 70 -M -s /usr/sbin/nologin pgrepo 2>/dev/null
 [ -e /dev/fuse ] || { echo "no /dev/fuse: load the fuse module (modprobe fuse)" >&2; exit 1; }

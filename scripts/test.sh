@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+# The real programs tests/workloads.rs runs on mounts.
+need=()
+for pkg in postgresql-15 pgbackrest borgbackup rsync; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
 # cargo deb builds the Debian package that tests/install.rs installs and purges.
 cargo deb --version >/dev/null 2>&1 || cargo install --quiet --locked cargo-deb
 cargo fmt --all -- --check
