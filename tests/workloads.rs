@@ -76,9 +76,14 @@ fn mastodon_media_through_cuts() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/media.py");
     let mastodon = |args: &[&str]| {
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=991", "--regid=991", "--clear-groups", "python3"])
-            .arg(&script)
-            .args(args);
+        c.args([
+            "--reuid=991",
+            "--regid=991",
+            "--clear-groups",
+            "/usr/bin/python3",
+        ])
+        .arg(&script)
+        .args(args);
         c
     };
     let sys = system.display().to_string();
@@ -116,7 +121,7 @@ fn mastodon_media_through_cuts() {
     let served = rig.s.served.display().to_string();
     ok(
         "verify on the server",
-        &Command::new("python3")
+        &Command::new("/usr/bin/python3")
             .arg(&script)
             .args(["verify", &served, &n])
             .output()
@@ -126,7 +131,7 @@ fn mastodon_media_through_cuts() {
     ok("remove", &mastodon(&["remove", &sys, &n]).output().unwrap());
     ok(
         "what is left on the server",
-        &Command::new("python3")
+        &Command::new("/usr/bin/python3")
             .arg(&script)
             .args(["verify", &served, &n, &(MEDIA_FILES / 2).to_string()])
             .output()
@@ -404,7 +409,7 @@ fn pgbackrest_repository_through_cuts() {
     std::fs::write(
         &conf,
         format!(
-            "[global]\nrepo1-path={repo}\nlog-path={w}/log\nlock-path={w}/lock\n\
+            "[global]\nrepo1-path={repo}\nlog-path={w}/log\nlock-path={w}/lock\nspool-path={w}/spool\n\
              log-level-console=warn\nlog-level-file=detail\nstart-fast=y\narchive-timeout=600\n\
              io-timeout=600\ndb-timeout=600\n\n[main]\npg1-path={data}\npg1-port={port}\n\
              pg1-socket-path={w}\npg1-user=postgres\n",
@@ -414,6 +419,11 @@ fn pgbackrest_repository_through_cuts() {
         ),
     )
     .unwrap();
+    for d in ["log", "lock", "spool"] {
+        let d = work.path().join(d);
+        std::fs::create_dir(&d).unwrap();
+        std::os::unix::fs::chown(&d, Some(PG_UID), Some(PG_UID)).unwrap();
+    }
     let pg = Pg {
         work,
         conf,
@@ -484,6 +494,9 @@ fn pgbackrest_repository_through_cuts() {
     // segments more are archived, and blackholed for 20 s at 12.
     let start = pg.archived();
     let mut disrupted = 0;
+    // How long each segment took from the switch to archived, with and without a
+    // disruption in that round (for the notes: `--nocapture`).
+    let (mut calm, mut rough) = (Vec::new(), Vec::new());
     for round in 0..24 {
         ok(
             "pgbench",
@@ -509,18 +522,42 @@ fn pgbackrest_repository_through_cuts() {
             round * 20000,
             round * 20000 + 19999
         ));
-        pg.sql("select pg_switch_wal()");
         let done = pg.archived() - start;
-        if disrupted < 3 && done >= 3 * (disrupted + 1) {
-            rig.cut();
-            disrupted += 1;
+        let t0 = std::time::Instant::now();
+        let disrupt = if disrupted < 3 && done >= 3 * (disrupted + 1) {
+            // Cut while that segment is on its way.
+            std::thread::scope(|sc| {
+                sc.spawn(|| pg.switch_and_wait());
+                std::thread::sleep(Duration::from_millis(50));
+                rig.p.cut();
+            });
+            true
         } else if disrupted == 3 && done >= 12 {
             rig.p.set_mode(Mode::Blackhole);
-            std::thread::sleep(Duration::from_secs(20));
-            rig.p.set_mode(Mode::Pass);
+            std::thread::scope(|sc| {
+                sc.spawn(|| pg.switch_and_wait());
+                std::thread::sleep(Duration::from_secs(20));
+                rig.p.set_mode(Mode::Pass);
+            });
+            true
+        } else {
+            pg.switch_and_wait();
+            false
+        };
+        let took = t0.elapsed().as_millis();
+        if disrupt {
             disrupted += 1;
+            rough.push(took);
+        } else {
+            calm.push(took);
         }
     }
+    calm.sort_unstable();
+    eprintln!(
+        "archive latency: undisturbed median {} ms (max {:?}), disturbed rounds {rough:?} ms",
+        calm.get(calm.len() / 2).copied().unwrap_or(0),
+        calm.last()
+    );
     pg.switch_and_wait();
     assert!(
         pg.archived() - start >= 24,
