@@ -21,19 +21,6 @@ fn setup(opts: &str) -> (Server, Proxy, Mount) {
     (s, p, m)
 }
 
-/// Deterministic pseudo-random bytes.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn file_len(p: &std::path::Path) -> u64 {
     fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
@@ -426,4 +413,13 @@ fn max_conns_spreads_work_and_every_connection_recovers() {
     wait_until(Duration::from_secs(60), "three connections again", || {
         p.connections() == 3
     });
+    // Every connection carried writes: the three before the first cut and the three
+    // after the last (those in between too, but a reconnect may also have been tried and
+    // dropped there).
+    let per_conn = p.bytes_up_per_connection();
+    assert!(per_conn.len() >= 9, "{per_conn:?}");
+    let (first, last) = (&per_conn[..3], &per_conn[per_conn.len() - 3..]);
+    for b in first.iter().chain(last) {
+        assert!(*b > 1 << 20, "a connection carried {b} bytes: {per_conn:?}");
+    }
 }

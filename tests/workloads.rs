@@ -166,16 +166,10 @@ fn mastodon_media_through_cuts() {
 fn make_tree(dir: &Path, seed: u64, big_mib: usize) {
     use std::os::unix::ffi::OsStrExt;
     std::fs::create_dir_all(dir.join("sub/deeper")).unwrap();
-    let mut x = seed | 1;
-    let mut bytes = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+    let mut k = seed << 32;
+    let mut bytes = |n: usize| {
+        k += 1;
+        pattern(n, k)
     };
     for i in 0..200 {
         let sub = if i % 3 == 0 { "sub" } else { "sub/deeper" };
@@ -332,6 +326,18 @@ impl Pg {
             .unwrap()
     }
 
+    /// pgbench against the cluster, with `args` after the connection options.
+    fn pgbench(&self, args: &[&str]) -> Output {
+        let (dir, port) = (
+            self.work.path().display().to_string(),
+            self.port.to_string(),
+        );
+        let mut all = vec!["-h", &dir, "-p", &port, "-U", "postgres"];
+        all.extend_from_slice(args);
+        all.push("postgres");
+        self.run(&format!("{PG_BIN}/pgbench"), &all)
+    }
+
     fn pgbackrest(&self, args: &[&str]) -> Output {
         let conf = format!("--config={}", self.conf.display());
         let mut all = vec![conf.as_str(), "--stanza=main"];
@@ -471,24 +477,7 @@ fn pgbackrest_repository_through_cuts() {
     );
     ok("stanza-create", &pg.pgbackrest(&["stanza-create"]));
     ok("check", &pg.pgbackrest(&["check"]));
-    ok(
-        "pgbench -i",
-        &pg.run(
-            "/usr/lib/postgresql/15/bin/pgbench",
-            &[
-                "-h",
-                &w,
-                "-p",
-                &port.to_string(),
-                "-U",
-                "postgres",
-                "-i",
-                "-s",
-                "5",
-                "postgres",
-            ],
-        ),
-    );
+    ok("pgbench -i", &pg.pgbench(&["-i", "-s", "5"]));
     pg.sql("create table t (id int, pad text)");
     // Load: pgbench rounds, each ending in a WAL switch; the link is cut when 3, 6 and 9
     // segments more are archived, and blackholed for 20 s at 12.
@@ -498,25 +487,7 @@ fn pgbackrest_repository_through_cuts() {
     // disruption in that round (for the notes: `--nocapture`).
     let (mut calm, mut rough) = (Vec::new(), Vec::new());
     for round in 0..24 {
-        ok(
-            "pgbench",
-            &pg.run(
-                "/usr/lib/postgresql/15/bin/pgbench",
-                &[
-                    "-h",
-                    &w,
-                    "-p",
-                    &port.to_string(),
-                    "-U",
-                    "postgres",
-                    "-c",
-                    "4",
-                    "-t",
-                    "200",
-                    "postgres",
-                ],
-            ),
-        );
+        ok("pgbench", &pg.pgbench(&["-c", "4", "-t", "200"]));
         pg.sql(&format!(
             "insert into t select g, repeat('x', 200) from generate_series({}, {}) g",
             round * 20000,
@@ -598,6 +569,10 @@ fn pgbackrest_repository_through_cuts() {
         Duration::from_secs(120),
         "the incremental backup to send data",
         || rig.p.bytes_up() > before + (2 << 20) || matches!(incr.try_wait(), Ok(Some(_))),
+    );
+    assert!(
+        matches!(incr.try_wait(), Ok(None)),
+        "the incremental backup ended before the cut"
     );
     rig.cut();
     ok("backup incr (cut)", &incr.wait_with_output().unwrap());

@@ -14,17 +14,9 @@ use fuser::FileType;
 use crate::session::{Attrs, Kind, Remote, RenameMode};
 
 use super::error::{FsError, FsResult};
-use super::listings::{dir_key, split};
+use super::listings::{dir_key, split, DirEntryOut};
 use super::unlinked;
 use super::{file_type, inode, Entry, Fs};
-
-/// One listed name.
-#[derive(Debug, Clone)]
-pub struct DirEntryOut {
-    pub name: String,
-    pub kind: FileType,
-    pub attrs: Attrs,
-}
 
 /// A directory listing held open by the kernel.
 pub struct OpenDir {

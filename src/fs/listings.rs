@@ -17,7 +17,17 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
-use super::dir::DirEntryOut;
+use fuser::FileType;
+
+use crate::session::Attrs;
+
+/// One listed name.
+#[derive(Debug, Clone)]
+pub struct DirEntryOut {
+    pub name: String,
+    pub kind: FileType,
+    pub attrs: Attrs,
+}
 
 /// Directories known at once.
 const DIRS: usize = 4096;

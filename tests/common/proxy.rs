@@ -32,6 +32,8 @@ struct Shared {
     stop: AtomicBool,
     pub accepted: AtomicU64,
     pub bytes_up: AtomicU64,
+    /// Bytes client -> server per connection, in the order they were accepted.
+    per_conn_up: Mutex<Vec<Arc<AtomicU64>>>,
 }
 
 pub struct Proxy {
@@ -74,6 +76,7 @@ impl Proxy {
             stop: AtomicBool::new(false),
             accepted: AtomicU64::new(0),
             bytes_up: AtomicU64::new(0),
+            per_conn_up: Mutex::new(Vec::new()),
         });
         let sh = shared.clone();
         std::thread::spawn(move || {
@@ -136,6 +139,16 @@ impl Proxy {
     pub fn bytes_up(&self) -> u64 {
         self.shared.bytes_up.load(Ordering::Relaxed)
     }
+
+    /// Bytes forwarded client -> server by each connection that reached the server, in
+    /// the order they connected.
+    pub fn bytes_up_per_connection(&self) -> Vec<u64> {
+        self.shared
+            .per_conn_up
+            .lock()
+            .map(|v| v.iter().map(|b| b.load(Ordering::Relaxed)).collect())
+            .unwrap_or_default()
+    }
 }
 
 impl Drop for Proxy {
@@ -170,15 +183,20 @@ fn connect_pair(sh: Arc<Shared>, client: TcpStream) {
     if let Ok(mut conns) = sh.conns.lock() {
         conns.push((c3, s3));
     }
+    let counter = Arc::new(AtomicU64::new(0));
+    if let Ok(mut v) = sh.per_conn_up.lock() {
+        v.push(counter.clone());
+    }
     let up = sh.clone();
-    std::thread::spawn(move || pump(up, client, server, true));
-    std::thread::spawn(move || pump(sh, s2, c2, false));
+    std::thread::spawn(move || pump(up, client, server, Some(counter)));
+    std::thread::spawn(move || pump(sh, s2, c2, None));
 }
 
-/// Copies `from` -> `to`, obeying the mode and delay. `up`: client -> server. A reader
-/// stamps each chunk with its due time; a writer delivers it then, so delay does not
-/// throttle throughput.
-fn pump(sh: Arc<Shared>, mut from: TcpStream, mut to: TcpStream, up: bool) {
+/// Copies `from` -> `to`, obeying the mode and delay. `counted`: client -> server, with
+/// this connection's byte counter. A reader stamps each chunk with its due time; a writer
+/// delivers it then, so delay does not throttle throughput.
+fn pump(sh: Arc<Shared>, mut from: TcpStream, mut to: TcpStream, counted: Option<Arc<AtomicU64>>) {
+    let up = counted.is_some();
     let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
     let wsh = sh.clone();
     let Ok(from_w) = from.try_clone() else { return };
@@ -213,8 +231,9 @@ fn pump(sh: Arc<Shared>, mut from: TcpStream, mut to: TcpStream, up: bool) {
                 rst(&from_w);
                 return;
             }
-            if up {
+            if let Some(c) = &counted {
                 sh.bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
+                c.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
         }
     });
