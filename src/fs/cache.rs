@@ -67,14 +67,6 @@ impl MetaCache {
         }
     }
 
-    /// `path`'s attributes changed: the listing of its directory (which shows them) is
-    /// refetched, its names still hold.
-    fn touched(&self, path: &str) {
-        if let Some((dir, name)) = split(path) {
-            self.dirs.touched(dir, name);
-        }
-    }
-
     /// Fresh cached attributes of `path` (counted as a hit or miss).
     pub fn get(&self, path: &str) -> Option<Attrs> {
         let found = self.peek(path);
@@ -197,9 +189,12 @@ impl MetaCache {
         }
     }
 
-    /// Forgets the attributes of `path` (its directory's listing is refetched).
+    /// Forgets the attributes of `path` (its directory's listing, which shows them, is
+    /// refetched; its names still hold).
     pub fn invalidate(&self, path: &str) {
-        self.touched(path);
+        if let Some((dir, name)) = split(path) {
+            self.dirs.attrs_changed(dir, name);
+        }
         if let Ok(mut c) = self.attrs.lock() {
             c.pop(path);
         }

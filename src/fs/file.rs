@@ -126,7 +126,7 @@ impl<R: Remote> Fs<R> {
     }
 
     /// Drops cached attributes of the file behind `fh` (its size or times changed).
-    fn touched(&self, fh: u64) {
+    fn invalidate_open(&self, fh: u64) {
         if let Some(path) = self.open_path(fh) {
             self.cache.invalidate(&path);
         }
@@ -142,7 +142,7 @@ impl<R: Remote> Fs<R> {
     /// Writes `data` (perhaps acknowledged before the server confirmed it: a failure is
     /// then reported by `flush`, `fsync` or a later write).
     pub async fn write(&self, fh: u64, offset: u64, data: Bytes) -> FsResult<u32> {
-        self.touched(fh);
+        self.invalidate_open(fh);
         let n = data.len();
         match self.remote.write(FileId(fh), offset, data).await {
             Ok(()) => {

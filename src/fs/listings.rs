@@ -61,7 +61,7 @@ enum Change {
     Added(String),
     Removed(String),
     /// Attributes changed: the listing's copy of them is stale.
-    Touched(String),
+    AttrsChanged(String),
     /// The directory itself went or moved: the listing is worthless.
     Gone,
 }
@@ -213,7 +213,7 @@ impl Listings {
                     names.remove(n);
                     stale.insert(n.clone());
                 }
-                Change::Touched(n) => {
+                Change::AttrsChanged(n) => {
                     stale.insert(n.clone());
                 }
                 Change::Gone => return None,
@@ -276,10 +276,10 @@ impl Listings {
 
     /// An entry of `dir` changed its attributes: the listing (which shows them) is
     /// refetched on next use; the names still hold.
-    pub fn touched(&self, dir: &str, name: &str) {
+    pub fn attrs_changed(&self, dir: &str, name: &str) {
         let Ok(mut g) = self.inner.lock() else { return };
         let key = dir_key(dir);
-        g.log(key, || Change::Touched(name.to_string()));
+        g.log(key, || Change::AttrsChanged(name.to_string()));
         if let Some(d) = g.dirs.peek_mut(key) {
             d.snapshot = None;
         }
@@ -393,7 +393,7 @@ mod tests {
         let f = l.begin("/r");
         l.changed("/r", "new", true);
         l.changed("/r", "old", false);
-        l.touched("/r", "kept");
+        l.attrs_changed("/r", "kept");
         // The server's answer may predate or include the changes: either way they hold.
         let listed = ["old", "kept", "other"].iter().map(|n| entry(n)).collect();
         let stale = l.put(f, Arc::new(listed)).unwrap();
