@@ -179,7 +179,9 @@ fn main() {
     if cli.config_file.is_some() {
         cfg.ssh.config_file = cli.config_file.clone();
     }
-    cfg.mountpoint = mountpoint::check(&cfg.mountpoint, !cli.fake).unwrap_or_else(|e| fail(e));
+    let (canon, recovered) =
+        mountpoint::check(&cfg.mountpoint, !cli.fake).unwrap_or_else(|e| fail(e));
+    cfg.mountpoint = canon;
     let target = ssh::config::resolve(&cfg.host, cfg.spec_user.as_deref(), &cfg.ssh)
         .unwrap_or_else(|e| fail(e));
     if cli.fake {
@@ -190,7 +192,7 @@ fn main() {
     } else {
         daemon::daemonize().unwrap_or_else(|e| fail(e))
     };
-    if let Err(e) = mount::run(cfg, target, &mut ready) {
+    if let Err(e) = mount::run(cfg, target, recovered, &mut ready) {
         ready.fail(&e);
         fail(e);
     }

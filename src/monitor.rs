@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::fs::Fs;
+use crate::options::MountConfig;
 use crate::session::probe::ServerTraits;
 use crate::session::supervisor::LinkState;
 use crate::session::Session;
@@ -25,6 +26,9 @@ pub struct Monitor {
     pub remote_path: String,
     pub mountpoint: PathBuf,
     pub timeout: Duration,
+    /// When this daemon started, and how ([`Monitor::new`]).
+    started_at: SystemTime,
+    start: &'static str,
     disk: Mutex<Option<DiskUse>>,
     /// Cleared when the kernel's FUSE session loop has ended.
     pub fuse_alive: AtomicBool,
@@ -55,23 +59,25 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 impl Monitor {
+    /// `(host, port)`: the server; `start`: how this daemon started (`fresh`, or `crash
+    /// recovery` when it replaced the dead mount of one that died).
     pub fn new(
         session: Arc<Session>,
         fs: Arc<Fs<Session>>,
-        host: String,
-        port: u16,
-        remote_path: String,
-        mountpoint: PathBuf,
-        timeout: Duration,
+        (host, port): (String, u16),
+        cfg: &MountConfig,
+        start: &'static str,
     ) -> Arc<Self> {
         Arc::new(Monitor {
             session,
             fs,
             host,
             port,
-            remote_path,
-            mountpoint,
-            timeout,
+            remote_path: cfg.remote_path.clone(),
+            mountpoint: cfg.mountpoint.clone(),
+            timeout: cfg.timeout,
+            started_at: SystemTime::now(),
+            start,
             disk: Mutex::new(None),
             fuse_alive: AtomicBool::new(true),
         })
@@ -199,6 +205,8 @@ impl Source for Monitor {
             sftp_sessions_per_connection: server.sftp_sessions as u64,
             sftp_sessions_reason: server.sftp_sessions_reason,
             server_capabilities: (server.sftp_sessions > 0).then(|| capabilities(&server.traits)),
+            daemon_started_at: rfc3339(self.started_at),
+            daemon_start: self.start,
             inodes: self.fs.inode_count() as u64,
             bytes_read: load(&self.fs.stats.bytes_read),
             bytes_written: load(&self.fs.stats.bytes_written),

@@ -47,7 +47,13 @@ fn mount_options(cfg: &MountConfig) -> fuser::Config {
 }
 
 /// Mounts and serves until unmounted. Errors are one line for the operator.
-pub fn run(cfg: MountConfig, target: Target, ready: &mut Ready) -> Result<(), String> {
+/// `recovered`: a dead mount of a daemon that died was cleared from the mountpoint first.
+pub fn run(
+    cfg: MountConfig,
+    target: Target,
+    recovered: bool,
+    ready: &mut Ready,
+) -> Result<(), String> {
     let (target_host, target_port) = (target.host.clone(), target.port);
     if cfg.allow_other && !cfg.default_permissions {
         tracing::warn!(
@@ -102,11 +108,9 @@ pub fn run(cfg: MountConfig, target: Target, ready: &mut Ready) -> Result<(), St
     let monitor = Monitor::new(
         session.clone(),
         fs.clone(),
-        target_host,
-        target_port,
-        cfg.remote_path.clone(),
-        cfg.mountpoint.clone(),
-        cfg.timeout,
+        (target_host, target_port),
+        &cfg,
+        if recovered { "crash recovery" } else { "fresh" },
     );
     let socket = cfg
         .status_socket

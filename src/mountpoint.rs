@@ -14,11 +14,14 @@ use std::path::{Path, PathBuf};
 use crate::options::MountConfig;
 
 /// The mountpoint must be an existing directory that nothing is mounted on yet. With
-/// `clear_dead`, a dead mastofs mount on it is unmounted first.
-pub fn check(p: &Path, clear_dead: bool) -> Result<PathBuf, String> {
+/// `clear_dead`, a dead mastofs mount on it is unmounted first. Returns the canonical path
+/// and whether a dead mount was cleared.
+pub fn check(p: &Path, clear_dead: bool) -> Result<(PathBuf, bool), String> {
+    let mut cleared = false;
     if let Err(e) = std::fs::metadata(p) {
         if e.raw_os_error() == Some(libc::ENOTCONN) && clear_dead {
             clear_dead_mount(p)?;
+            cleared = true;
         }
     }
     let canon = std::fs::canonicalize(p).map_err(|e| format!("mountpoint {}: {e}", p.display()))?;
@@ -29,7 +32,7 @@ pub fn check(p: &Path, clear_dead: bool) -> Result<PathBuf, String> {
     if is_mounted(&canon) {
         return Err(format!("mountpoint {} is already mounted", p.display()));
     }
-    Ok(canon)
+    Ok((canon, cleared))
 }
 
 /// Unmounts (lazily) the `fuse.mastofs` mount on `p` whose daemon is gone.

@@ -277,7 +277,10 @@ fn the_fstab_line_mounts_with_mount() {
 #[test]
 fn a_crashed_daemons_dead_mount_is_replaced_on_restart() {
     let s = Server::start();
-    let mut m = Mount::new(&s, "");
+    let sock = s.dir.path().join("status.sock");
+    let opts = format!("status_socket={}", sock.display());
+    let mut m = Mount::new(&s, &opts);
+    assert_eq!(status_json(&sock)["daemon_start"], "fresh");
     std::fs::write(m.p("f"), b"before").unwrap();
     m.crash();
     assert_eq!(

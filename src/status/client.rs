@@ -66,6 +66,13 @@ fn summary(v: &serde_json::Value) -> String {
     {
         out.push_str(&format!("  server capabilities: {c}\n"));
     }
+    if !s("daemon_started_at").is_empty() {
+        out.push_str(&format!(
+            "  daemon started {} ({})\n",
+            s("daemon_started_at"),
+            s("daemon_start")
+        ));
+    }
     if let Some(rtt) = v.get("rtt_ms_smoothed").and_then(|x| x.as_f64()) {
         out.push_str(&format!("  round trip {rtt:.1} ms\n"));
     }

@@ -78,6 +78,10 @@ pub struct Snapshot {
     pub sftp_sessions_reason: String,
     /// None until a connection was made.
     pub server_capabilities: Option<ServerCapabilities>,
+    /// When this daemon started, and how: `fresh`, or `crash recovery` (it replaced the
+    /// dead mount a daemon that died had left).
+    pub daemon_started_at: String,
+    pub daemon_start: &'static str,
     pub inodes: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
