@@ -413,13 +413,12 @@ fn max_conns_spreads_work_and_every_connection_recovers() {
     wait_until(Duration::from_secs(60), "three connections again", || {
         p.connections() == 3
     });
-    // Every connection carried writes: the three before the first cut and the three
-    // after the last (those in between too, but a reconnect may also have been tried and
-    // dropped there).
+    // Each of the three connections carried writes before the first cut (all three were
+    // up before the copy began). After a cut the stripes of connections still
+    // reconnecting go to those already up, so how the rest is shared depends on timing.
     let per_conn = p.bytes_up_per_connection();
-    assert!(per_conn.len() >= 9, "{per_conn:?}");
-    let (first, last) = (&per_conn[..3], &per_conn[per_conn.len() - 3..]);
-    for b in first.iter().chain(last) {
+    assert!(per_conn.len() >= 6, "{per_conn:?}");
+    for b in &per_conn[..3] {
         assert!(*b > 1 << 20, "a connection carried {b} bytes: {per_conn:?}");
     }
 }
