@@ -198,19 +198,9 @@ async fn probe(sftp: &SftpClient, dir: &[u8], t: &mut ServerTraits) -> Result<()
         exclusive: false,
     };
     let w = sftp.open(&file, create, &Attrs::with_perm(0o666)).await?;
-    sftp.write(&w, 0, bytes::Bytes::from_static(b"a")).await?;
-    t.open_umask = 0o666 & !perm(&sftp.fstat(&w).await?);
-    // A second handle opened at size 1, then the file grows through the first; a READ
-    // past the old end (ProFTPD answers EOF beyond, not at, the size it saw at OPEN).
-    let read_only = OpenMode {
-        read: true,
-        ..Default::default()
-    };
-    let r = sftp.open(&file, read_only, &Attrs::default()).await?;
-    sftp.write(&w, 1, bytes::Bytes::from_static(b"bc")).await?;
-    t.read_stops_at_open_size = sftp.read(&r, 2, 1).await?.is_empty();
-    sftp.close_nowait(&r);
+    let grown = growth(sftp, &file, &w, t).await;
     sftp.close_nowait(&w);
+    grown?;
     t.append_refused = match sftp.open_append(&file).await {
         Ok(h) => {
             sftp.close_nowait(&h);
@@ -229,6 +219,33 @@ async fn probe(sftp: &SftpClient, dir: &[u8], t: &mut ServerTraits) -> Result<()
         Err(e) if e.is_transport() => return Err(e),
         Err(_) => true,
     };
+    Ok(())
+}
+
+/// The umask on OPEN, and whether a READ stops at the size a handle saw at OPEN: a second
+/// handle opened at size 1, then the file grows through `w`, and a READ past the old end
+/// (ProFTPD answers EOF beyond, not at, the size it saw). Closes what it opens.
+async fn growth(
+    sftp: &SftpClient,
+    file: &[u8],
+    w: &crate::sftp::RemoteHandle,
+    t: &mut ServerTraits,
+) -> Result<(), SftpError> {
+    let perm = |a: &Attrs| a.mode.unwrap_or(0) & 0o777;
+    sftp.write(w, 0, bytes::Bytes::from_static(b"a")).await?;
+    t.open_umask = 0o666 & !perm(&sftp.fstat(w).await?);
+    let read_only = OpenMode {
+        read: true,
+        ..Default::default()
+    };
+    let r = sftp.open(file, read_only, &Attrs::default()).await?;
+    let read = async {
+        sftp.write(w, 1, bytes::Bytes::from_static(b"bc")).await?;
+        sftp.read(&r, 2, 1).await
+    }
+    .await;
+    sftp.close_nowait(&r);
+    t.read_stops_at_open_size = read?.is_empty();
     Ok(())
 }
 
