@@ -1,5 +1,5 @@
 //! Plain facts about remote files that every layer shares: attributes, kinds, open modes,
-//! filesystem statistics.
+//! filesystem statistics, and what a server does where SFTP servers differ.
 //!
 //! Owns these data types only, so that the filesystem logic and the SFTP client can both
 //! use them without importing each other. It must never know a wire format, an errno
@@ -68,6 +68,81 @@ pub struct StatVfs {
     pub files: u64,
     pub ffree: u64,
     pub namemax: u64,
+}
+
+/// The capability record of one server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ServerTraits {
+    /// The SFTP protocol version it answered with.
+    pub sftp_version: u32,
+    /// The extensions it advertised.
+    pub extensions: Vec<String>,
+    /// READ and WRITE payloads sent (its limits, or OpenSSH's where it names none).
+    pub max_read: u32,
+    pub max_write: u32,
+    /// Handles one session may hold, where known.
+    pub max_handles: Option<usize>,
+    /// SSH_FXP_SYMLINK takes the link path first (the draft's order).
+    pub symlink_link_first: bool,
+    /// LSTAT answers a symlink with its target's attributes (ProFTPD).
+    pub lstat_follows_links: bool,
+    /// READLINK answers the resolved absolute path, not the link's text (ProFTPD).
+    pub readlink_resolves: bool,
+    /// RENAME of a link to an existing target moves the target (ProFTPD).
+    pub rename_follows_links: bool,
+    /// The login directory (REALPATH "."), against which such a server answers some
+    /// paths; empty where unknown.
+    #[serde(skip)]
+    pub home: String,
+    /// OPEN with APPEND is refused (ProFTPD without `AllowStoreRestart`).
+    pub append_refused: bool,
+    /// READ at or past the size the file had when the handle was opened answers EOF.
+    pub read_stops_at_open_size: bool,
+    /// Permission bits the server takes away from the mode asked in OPEN and MKDIR (shown
+    /// as octal text).
+    #[serde(serialize_with = "octal")]
+    pub open_umask: u32,
+    #[serde(serialize_with = "octal")]
+    pub mkdir_umask: u32,
+    /// How the behaviours were found: "probed", or why they are assumed.
+    pub source: String,
+}
+
+impl ServerTraits {
+    /// One line for logs and `mastofs status`.
+    pub fn summary(&self) -> String {
+        let yes = |b: bool, s: &'static str| if b { Some(s) } else { None };
+        let odd: Vec<&str> = [
+            yes(self.lstat_follows_links, "LSTAT follows links"),
+            yes(self.readlink_resolves, "READLINK resolves"),
+            yes(self.rename_follows_links, "RENAME follows links"),
+            yes(self.append_refused, "no APPEND"),
+            yes(self.read_stops_at_open_size, "READ stops at open-time size"),
+            yes(self.symlink_link_first, "SYMLINK link first"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        format!(
+            "SFTP v{}, {} extensions, read/write {}/{} bytes, umask OPEN {:03o} MKDIR {:03o}, {}; {}",
+            self.sftp_version,
+            self.extensions.len(),
+            self.max_read,
+            self.max_write,
+            self.open_umask,
+            self.mkdir_umask,
+            if odd.is_empty() {
+                "behaves as OpenSSH".to_string()
+            } else {
+                odd.join(", ")
+            },
+            self.source
+        )
+    }
+}
+
+fn octal<S: serde::Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:03o}"))
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ use std::time::{Duration, SystemTime};
 
 use crate::fs::Fs;
 use crate::options::MountConfig;
-use crate::session::probe::ServerTraits;
 use crate::session::supervisor::LinkState;
 use crate::session::Session;
 use crate::status::report::{DiskUse, ServerCapabilities, Snapshot};
@@ -204,7 +203,10 @@ impl Source for Monitor {
             server: server.id,
             sftp_sessions_per_connection: server.sftp_sessions as u64,
             sftp_sessions_reason: server.sftp_sessions_reason,
-            server_capabilities: (server.sftp_sessions > 0).then(|| capabilities(&server.traits)),
+            server_capabilities: (server.sftp_sessions > 0).then(|| ServerCapabilities {
+                summary: server.traits.summary(),
+                traits: server.traits,
+            }),
             daemon_started_at: rfc3339(self.started_at),
             daemon_start: self.start,
             inodes: self.fs.inode_count() as u64,
@@ -218,27 +220,6 @@ impl Source for Monitor {
             latency_count: load(&rs.latency_count),
             latency_sum: load(&rs.latency_sum_us) as f64 / 1e6,
         }
-    }
-}
-
-/// The status socket's view of a capability record.
-fn capabilities(t: &ServerTraits) -> ServerCapabilities {
-    ServerCapabilities {
-        sftp_version: t.sftp_version,
-        extensions: t.extensions.clone(),
-        max_read: t.max_read,
-        max_write: t.max_write,
-        max_handles: t.max_handles,
-        symlink_link_first: t.symlink_link_first,
-        lstat_follows_links: t.lstat_follows_links,
-        readlink_resolves: t.readlink_resolves,
-        rename_follows_links: t.rename_follows_links,
-        append_refused: t.append_refused,
-        read_stops_at_open_size: t.read_stops_at_open_size,
-        open_umask: format!("{:03o}", t.open_umask),
-        mkdir_umask: format!("{:03o}", t.mkdir_umask),
-        source: t.source.clone(),
-        summary: t.summary(),
     }
 }
 

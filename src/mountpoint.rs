@@ -4,7 +4,7 @@
 //!
 //! Owns reading /proc/self/mountinfo and the checks on the mountpoint: an existing
 //! directory with nothing mounted on it. A `fuse.mastofs` mount whose daemon is gone
-//! (`ENOTCONN`) is unmounted lazily here, with a log line, so that a restart (systemd's
+//! (`ENOTCONN`) is unmounted here (lazily if busy), with a log line, so that a restart (systemd's
 //! `Restart=`, or by hand) mounts again instead of failing; any other dead mount is left to
 //! the operator. It must never unmount a live mount.
 
@@ -47,18 +47,7 @@ fn clear_dead_mount(p: &Path) -> Result<(), String> {
             fstype.unwrap_or_else(|| "FUSE".into())
         ));
     }
-    let detached = if nix::unistd::geteuid().is_root() {
-        nix::mount::umount2(&abs, nix::mount::MntFlags::MNT_DETACH).map_err(|e| e.to_string())
-    } else {
-        std::process::Command::new("fusermount3")
-            .arg("-u")
-            .arg("-z")
-            .arg(&abs)
-            .status()
-            .map_err(|e| e.to_string())
-            .and_then(|s| s.success().then_some(()).ok_or(format!("fusermount3: {s}")))
-    };
-    detached.map_err(|e| {
+    unmount(&abs).map_err(|e| {
         format!(
             "mountpoint {}: cannot unmount the dead mastofs mount: {e}",
             p.display()

@@ -375,6 +375,21 @@ impl Pg {
             .unwrap_or(0)
     }
 
+    /// Whether an archive-push of this cluster is running.
+    fn pushing(&self) -> bool {
+        let conf = self.conf.display().to_string();
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.contains("archive-push") && c.contains(&conf)
+                })
+            })
+    }
+
     /// Ends the current WAL segment and waits until it is archived.
     fn switch_and_wait(&self) {
         // pg_walfile_name of the switch's end names the segment just ended.
@@ -496,10 +511,14 @@ fn pgbackrest_repository_through_cuts() {
         let done = pg.archived() - start;
         let t0 = std::time::Instant::now();
         let disrupt = if disrupted < 3 && done >= 3 * (disrupted + 1) {
-            // Cut while that segment is on its way.
+            // Cut while that segment is on its way: once its archive-push runs (or, if it
+            // was quicker than the look, once it is done).
+            let before = pg.archived();
             std::thread::scope(|sc| {
                 sc.spawn(|| pg.switch_and_wait());
-                std::thread::sleep(Duration::from_millis(50));
+                wait_until(Duration::from_secs(60), "the archive-push to start", || {
+                    pg.pushing() || pg.archived() > before
+                });
                 rig.p.cut();
             });
             true

@@ -8,9 +8,9 @@
 //! and remove. Every behaviour is switched on by the connection's [`ServerTraits`] only; on
 //! other servers nothing here runs. It must never choose connections or retry.
 //!
-//! [`ServerTraits`]: super::probe::ServerTraits
+//! [`ServerTraits`]: crate::meta::ServerTraits
 
-use super::remote::{Attrs, Kind, RenameMode};
+use super::remote::{Attrs, Bytes, Kind, RenameMode};
 use super::supervisor::Link;
 use super::Session;
 use crate::name_bytes::{decode, encode as w};
@@ -28,19 +28,27 @@ impl Link {
     /// follows links, a READLINK sent with it (same round trip) tells whether `path` is a
     /// link, and a link is answered as one (mode 0777, size of its text as read).
     pub async fn lstat(&self, path: &[u8]) -> Result<Attrs, SftpError> {
+        self.lstat_and_text(path).await.map(|(a, _)| a)
+    }
+
+    /// [`Link::lstat`], with the server's READLINK answer where it was asked for.
+    async fn lstat_and_text(&self, path: &[u8]) -> Result<(Attrs, Option<Bytes>), SftpError> {
         if !self.traits.lstat_follows_links {
-            return self.sftp.lstat(path).await;
+            return self.sftp.lstat(path).await.map(|a| (a, None));
         }
         let (attrs, text) = tokio::join!(self.sftp.lstat(path), self.sftp.readlink(path));
         match (attrs, text) {
             (Err(e), _) | (_, Err(e)) if e.is_transport() => Err(e),
             // Owner and times are the target's where it exists (the server shows no other).
-            (attrs, Ok(text)) => Ok(Attrs {
-                size: Some(text.len() as u64),
-                mode: Some(libc::S_IFLNK | 0o777),
-                ..attrs.unwrap_or_default()
-            }),
-            (attrs, Err(_)) => attrs,
+            (attrs, Ok(text)) => Ok((
+                Attrs {
+                    size: Some(text.len() as u64),
+                    mode: Some(libc::S_IFLNK | 0o777),
+                    ..attrs.unwrap_or_default()
+                },
+                Some(text),
+            )),
+            (attrs, Err(_)) => attrs.map(|a| (a, None)),
         }
     }
 }
@@ -88,16 +96,15 @@ impl Session {
         mode: RenameMode,
     ) -> Option<Result<(), SftpError>> {
         let (wfrom, wto) = (w(from), w(to));
-        let (src, dst) = tokio::join!(l.lstat(&wfrom), l.lstat(&wto));
-        let is_link =
-            |a: &Result<Attrs, SftpError>| matches!(a, Ok(a) if a.kind() == Kind::Symlink);
-        let (src_link, dst_link) = (is_link(&src), is_link(&dst));
+        let (src, dst) = tokio::join!(l.lstat_and_text(&wfrom), l.lstat(&wto));
+        let src_link = matches!(&src, Ok((a, _)) if a.kind() == Kind::Symlink);
+        let dst_link = matches!(&dst, Ok(a) if a.kind() == Kind::Symlink);
         if !src_link && !dst_link {
             return None;
         }
         Some(
             async {
-                src?;
+                let (_, text) = src?;
                 if let Ok(d) = &dst {
                     if mode == RenameMode::NoReplace {
                         return Err(failure("File already exists"));
@@ -111,8 +118,12 @@ impl Session {
                     l.sftp.remove(w(to)).await?;
                     return l.sftp.rename(w(from), w(to)).await;
                 }
-                let answer = decode(&l.sftp.readlink(w(from)).await?);
-                let text = self.link_text(l, from, answer);
+                // The READLINK that went with the LSTAT, where it did.
+                let answer = match text {
+                    Some(t) => t,
+                    None => l.sftp.readlink(w(from)).await?,
+                };
+                let text = self.link_text(l, from, decode(&answer));
                 if dst.is_ok() {
                     l.sftp.remove(w(to)).await?;
                 }

@@ -1,7 +1,7 @@
 //! What the server does where SFTP servers differ, found out by trying, once per server.
 //!
-//! Owns [`ServerTraits`], the capability record every connection carries: what the VERSION
-//! handshake said (protocol version, extensions, limits, symlink argument order) and what a
+//! Owns filling in [`ServerTraits`] (a plain record in `meta`), which every connection
+//! carries: what the VERSION handshake said (protocol version, extensions, limits, symlink argument order) and what a
 //! probe saw (does LSTAT follow links, does READLINK answer the link's text or the resolved
 //! path, is APPEND accepted, does READ stop at the size the file had at OPEN, what umask the
 //! server applies to OPEN and MKDIR). The probe works in a scratch directory of its own
@@ -13,42 +13,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::meta::{Attrs, Kind, OpenMode};
+use crate::meta::{Attrs, Kind, OpenMode, ServerTraits};
 use crate::sftp::{SftpClient, SftpError};
-
-/// The capability record of one server.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServerTraits {
-    /// The SFTP protocol version it answered with.
-    pub sftp_version: u32,
-    /// The extensions it advertised.
-    pub extensions: Vec<String>,
-    /// READ and WRITE payloads sent (its limits, or OpenSSH's where it names none).
-    pub max_read: u32,
-    pub max_write: u32,
-    /// Handles one session may hold, where known.
-    pub max_handles: Option<usize>,
-    /// SSH_FXP_SYMLINK takes the link path first (the draft's order).
-    pub symlink_link_first: bool,
-    /// LSTAT answers a symlink with its target's attributes (ProFTPD).
-    pub lstat_follows_links: bool,
-    /// READLINK answers the resolved absolute path, not the link's text (ProFTPD).
-    pub readlink_resolves: bool,
-    /// RENAME of a link to an existing target moves the target (ProFTPD).
-    pub rename_follows_links: bool,
-    /// The login directory (REALPATH "."), against which such a server answers some
-    /// paths; empty where unknown.
-    pub home: String,
-    /// OPEN with APPEND is refused (ProFTPD without `AllowStoreRestart`).
-    pub append_refused: bool,
-    /// READ at or past the size the file had when the handle was opened answers EOF.
-    pub read_stops_at_open_size: bool,
-    /// Permission bits the server takes away from the mode asked in OPEN and MKDIR.
-    pub open_umask: u32,
-    pub mkdir_umask: u32,
-    /// How the behaviours were found: "probed", or why they are assumed.
-    pub source: String,
-}
 
 impl ServerTraits {
     /// The handshake's part of the record, behaviours not yet known.
@@ -80,37 +46,6 @@ impl ServerTraits {
         let like = if proftpd { "ProFTPD" } else { "OpenSSH" };
         self.source = format!("assumed as for {like} ({why})");
     }
-
-    /// One line for logs and `mastofs status`.
-    pub fn summary(&self) -> String {
-        let yes = |b: bool, s: &'static str| if b { Some(s) } else { None };
-        let odd: Vec<&str> = [
-            yes(self.lstat_follows_links, "LSTAT follows links"),
-            yes(self.readlink_resolves, "READLINK resolves"),
-            yes(self.rename_follows_links, "RENAME follows links"),
-            yes(self.append_refused, "no APPEND"),
-            yes(self.read_stops_at_open_size, "READ stops at open-time size"),
-            yes(self.symlink_link_first, "SYMLINK link first"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        format!(
-            "SFTP v{}, {} extensions, read/write {}/{} bytes, umask OPEN {:03o} MKDIR {:03o}, {}; {}",
-            self.sftp_version,
-            self.extensions.len(),
-            self.max_read,
-            self.max_write,
-            self.open_umask,
-            self.mkdir_umask,
-            if odd.is_empty() {
-                "behaves as OpenSSH".to_string()
-            } else {
-                odd.join(", ")
-            },
-            self.source
-        )
-    }
 }
 
 /// Probes servers for the connections of one mount, remembering the last record.
@@ -141,17 +76,17 @@ impl Prober {
         sftp: &SftpClient,
     ) -> Result<ServerTraits, SftpError> {
         let mut base = ServerTraits::from_handshake(sftp);
-        match sftp.realpath(".").await {
-            Ok(home) => base.home = crate::name_bytes::decode(&home),
-            Err(e) if e.is_transport() => return Err(e),
-            Err(_) => {}
-        }
         let key = format!("{server_id}\n{:?}", base.extensions);
         let mut known = self.known.lock().await;
         if let Some((k, t)) = known.as_ref() {
             if *k == key {
                 return Ok(t.clone());
             }
+        }
+        match sftp.realpath(".").await {
+            Ok(home) => base.home = crate::name_bytes::decode(&home),
+            Err(e) if e.is_transport() => return Err(e),
+            Err(_) => {}
         }
         let Some(root) = &self.dir else {
             base.assume(server_id, "not probed");
@@ -187,7 +122,6 @@ impl Prober {
 /// ends the probe; one on a single behaviour leaves that one as OpenSSH has it.
 async fn probe(sftp: &SftpClient, dir: &[u8], t: &mut ServerTraits) -> Result<(), SftpError> {
     sftp.mkdir(dir, &Attrs::with_perm(0o777)).await?;
-    let perm = |a: &Attrs| a.mode.unwrap_or(0) & 0o777;
     t.mkdir_umask = 0o777 & !perm(&sftp.lstat(dir).await?);
     let file = [dir, b"/f"].concat();
     let create = OpenMode {
@@ -231,7 +165,6 @@ async fn growth(
     w: &crate::sftp::RemoteHandle,
     t: &mut ServerTraits,
 ) -> Result<(), SftpError> {
-    let perm = |a: &Attrs| a.mode.unwrap_or(0) & 0o777;
     sftp.write(w, 0, bytes::Bytes::from_static(b"a")).await?;
     t.open_umask = 0o666 & !perm(&sftp.fstat(w).await?);
     let read_only = OpenMode {
@@ -247,6 +180,11 @@ async fn growth(
     sftp.close_nowait(&r);
     t.read_stops_at_open_size = read?.is_empty();
     Ok(())
+}
+
+/// The permission bits of `a`.
+fn perm(a: &Attrs) -> u32 {
+    a.mode.unwrap_or(0) & 0o777
 }
 
 /// Removes what [`probe`] made, whatever it got to (errors ignored: each may be missing).

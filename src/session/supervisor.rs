@@ -16,7 +16,8 @@ use crate::sftp::{SftpClient, SftpError};
 use crate::ssh::SshError;
 
 use super::connector::{Connector, Transport};
-use super::probe::{Prober, ServerTraits};
+use super::probe::Prober;
+use crate::meta::ServerTraits;
 
 use super::sftp_sessions::{self, SftpSessions};
 

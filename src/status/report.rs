@@ -22,26 +22,11 @@ pub struct DiskUse {
     pub measured_at: String,
 }
 
-/// What the server does where SFTP servers differ (the session's capability record).
-#[derive(Debug, Clone, Default, Serialize)]
+/// A server's capability record as `/status` shows it: the record and its one-line summary.
+#[derive(Debug, Clone, Serialize)]
 pub struct ServerCapabilities {
-    pub sftp_version: u32,
-    pub extensions: Vec<String>,
-    pub max_read: u32,
-    pub max_write: u32,
-    pub max_handles: Option<usize>,
-    pub symlink_link_first: bool,
-    pub lstat_follows_links: bool,
-    pub readlink_resolves: bool,
-    pub rename_follows_links: bool,
-    pub append_refused: bool,
-    pub read_stops_at_open_size: bool,
-    /// Permission bits the server takes away in OPEN and MKDIR (octal text).
-    pub open_umask: String,
-    pub mkdir_umask: String,
-    /// "probed", or why the behaviours are assumed.
-    pub source: String,
-    /// All of it in one line.
+    #[serde(flatten)]
+    pub traits: crate::meta::ServerTraits,
     pub summary: String,
 }
 
