@@ -6,7 +6,8 @@
 //! mapping or an inode.
 
 /// The kind of a remote file, from the type bits of its mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Kind {
     File,
     Dir,

@@ -14,6 +14,7 @@ use fuser::FileType;
 use crate::session::{Attrs, Kind, Remote, RenameMode};
 
 use super::error::{FsError, FsResult};
+use super::journal::Record;
 use super::listings::{dir_key, split, DirEntryOut};
 use super::unlinked;
 use super::{file_type, inode, Entry, Fs};
@@ -22,6 +23,16 @@ use super::{file_type, inode, Entry, Fs};
 pub struct OpenDir {
     pub parent: u64,
     pub entries: Arc<Vec<DirEntryOut>>,
+}
+
+impl OpenDir {
+    /// The listing of a directory that is gone.
+    pub fn empty(parent: u64) -> Self {
+        OpenDir {
+            parent,
+            entries: Arc::default(),
+        }
+    }
 }
 
 /// A name from the server that is safe to show.
@@ -127,6 +138,17 @@ impl<R: Remote> Fs<R> {
     /// Opens a directory: its handle, and whether the listing is the same one handed out
     /// before (so the kernel may keep its own cached copy of it).
     pub async fn opendir(&self, ino: u64) -> FsResult<(u64, bool)> {
+        let (listing, reused) = self.open_listing(ino).await?;
+        let fh = self.next_dir.fetch_add(1, Ordering::Relaxed);
+        self.journal.record(Record::DirOpened { fh, ino });
+        if let Ok(mut d) = self.dirs.lock() {
+            d.insert(fh, listing);
+        }
+        Ok((fh, reused))
+    }
+
+    /// The listing of directory `ino` for a new handle, and whether it is a cached one.
+    pub(super) async fn open_listing(&self, ino: u64) -> FsResult<(Arc<OpenDir>, bool)> {
         let path = self.path_of(ino)?;
         self.prefetcher.wait(dir_key(&path)).await;
         let cached = self.cache.listing(&path);
@@ -146,20 +168,19 @@ impl<R: Remote> Fs<R> {
                 fresh
             }
         };
-        let parent = if ino == inode::ROOT {
-            inode::ROOT
-        } else {
-            self.inodes
-                .lock()
-                .ok()
-                .and_then(|t| t.parent(ino))
-                .unwrap_or(inode::ROOT)
-        };
-        let fh = self.next_dir.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut d) = self.dirs.lock() {
-            d.insert(fh, Arc::new(OpenDir { parent, entries }));
+        let parent = self.dir_parent(ino);
+        Ok((Arc::new(OpenDir { parent, entries }), reused))
+    }
+
+    fn dir_parent(&self, ino: u64) -> u64 {
+        if ino == inode::ROOT {
+            return inode::ROOT;
         }
-        Ok((fh, reused))
+        self.inodes
+            .lock()
+            .ok()
+            .and_then(|t| t.parent(ino))
+            .unwrap_or(inode::ROOT)
     }
 
     pub fn listing(&self, fh: u64) -> FsResult<Arc<OpenDir>> {
@@ -171,6 +192,7 @@ impl<R: Remote> Fs<R> {
     }
 
     pub fn releasedir(&self, fh: u64) {
+        self.journal.record(Record::DirReleased { fh });
         if let Ok(mut d) = self.dirs.lock() {
             d.remove(&fh);
         }
@@ -273,6 +295,11 @@ impl<R: Remote> Fs<R> {
         self.cache.removed(&from);
         self.cache.invalidate(&to);
         self.with_inodes(|t| t.rename(parent, name, parent, &hidden))?;
+        self.journal.record(Record::Hidden {
+            ino,
+            parent,
+            name: hidden.clone(),
+        });
         self.unlinked.insert(ino, parent, hidden);
         // The last descriptor may have closed while the rename was on its way (the kernel
         // sends RELEASE after close(2) returns): then nobody else removes the file.
@@ -287,6 +314,7 @@ impl<R: Remote> Fs<R> {
         let Some((parent, hidden)) = self.unlinked.take(ino) else {
             return;
         };
+        self.journal.record(Record::Unhidden { ino });
         let Ok(path) = self.child_path(parent, &hidden) else {
             return;
         };

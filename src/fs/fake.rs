@@ -361,6 +361,13 @@ impl Remote for FakeRemote {
         Ok(FileId(id))
     }
 
+    fn adopt(&self, f: FileId, path: &str, _mode: OpenMode) {
+        self.next.fetch_max(f.0, Ordering::Relaxed);
+        if let Ok(mut o) = self.open.lock() {
+            o.insert(f.0, path.to_string());
+        }
+    }
+
     async fn read(
         &self,
         f: FileId,

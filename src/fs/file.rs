@@ -9,9 +9,10 @@
 use crate::session::{Attrs, Bytes, FileId, Kind, OpenMode, Remote, RemoteError};
 
 use super::error::{FsError, FsResult};
+use super::journal::Record;
 use super::{Entry, Fs};
 
-fn open_mode(flags: i32) -> OpenMode {
+pub(super) fn open_mode(flags: i32) -> OpenMode {
     let acc = flags & libc::O_ACCMODE;
     OpenMode {
         read: acc == libc::O_RDONLY || acc == libc::O_RDWR,
@@ -32,7 +33,7 @@ impl<R: Remote> Fs<R> {
             self.cache.invalidate(&path);
         }
         let fid = self.remote.open(&path, mode, None).await?;
-        self.track(fid.0, ino);
+        self.track(fid.0, ino, flags);
         let now = self.cache.peek(&path).map(|a| (a.mtime, a.size));
         let keep = match (&now, self.page_cache.lock()) {
             (Some(now), Ok(mut seen)) => seen.put(ino, *now).as_ref() == Some(now),
@@ -101,7 +102,7 @@ impl<R: Remote> Fs<R> {
         };
         match finish.await {
             Ok(entry) => {
-                self.track(fid.0, entry.attr.ino.0);
+                self.track(fid.0, entry.attr.ino.0, flags);
                 Ok((entry, fid.0))
             }
             Err(e) => {
@@ -113,7 +114,8 @@ impl<R: Remote> Fs<R> {
         }
     }
 
-    fn track(&self, fh: u64, ino: u64) {
+    fn track(&self, fh: u64, ino: u64, flags: i32) {
+        self.journal.record(Record::Opened { fh, ino, flags });
         if let Ok(mut o) = self.open.lock() {
             o.insert(fh, ino);
         }
@@ -142,8 +144,12 @@ impl<R: Remote> Fs<R> {
     /// Writes `data` (perhaps acknowledged before the server confirmed it: a failure is
     /// then reported by `flush`, `fsync` or a later write).
     pub async fn write(&self, fh: u64, offset: u64, data: Bytes) -> FsResult<u32> {
+        self.check_lost(fh)?;
         self.invalidate_open(fh);
         let n = data.len();
+        // Written down before the kernel hears "written": a successor then knows the
+        // file may have unconfirmed writes.
+        self.journal.record(Record::Dirty { fh });
         match self.remote.write(FileId(fh), offset, data).await {
             Ok(()) => {
                 self.stats.add_written(n);
@@ -155,8 +161,12 @@ impl<R: Remote> Fs<R> {
 
     /// close(2) of one descriptor: every write through `fh` confirmed, or its failure.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        self.check_lost(fh)?;
         match self.remote.flush(FileId(fh)).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.journal.record(Record::Clean { fh });
+                Ok(())
+            }
             Err(e) => Err(self.refine_write(fh, e).await),
         }
     }
@@ -179,8 +189,12 @@ impl<R: Remote> Fs<R> {
     }
 
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        self.check_lost(fh)?;
         match self.remote.fsync(FileId(fh)).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.journal.record(Record::Clean { fh });
+                Ok(())
+            }
             Err(e) => Err(self.refine_write(fh, e).await),
         }
     }
@@ -189,6 +203,10 @@ impl<R: Remote> Fs<R> {
     /// (an unlink right after close(2) must not find the file still open). Returns its
     /// inode for [`Fs::release`].
     pub fn released(&self, fh: u64) -> Option<u64> {
+        self.journal.record(Record::Released { fh });
+        if let Ok(mut l) = self.lost.lock() {
+            l.remove(&fh);
+        }
         self.open.lock().ok().and_then(|mut o| o.remove(&fh))
     }
 

@@ -2,11 +2,19 @@
 //!
 //! Owns inode numbering, the parent/name tree that turns an inode into a remote path,
 //! kernel lookup counts (an inode lives until the kernel forgets it), and moving entries on
-//! rename/unlink. It must never talk to the remote.
+//! rename/unlink. Every change is written to the [`Journal`] before the kernel hears of it
+//! (a successor daemon restores the table from there). It must never talk to the remote.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::session::Kind;
+
+use super::journal::{Journal, NodeState, Record};
+
+/// Lookup count of a restored node: the kernel's real count was not written down, so a
+/// restored node lives until unmount (the kernel's forgets never bring it to zero).
+const RESTORED_LOOKUPS: u64 = 1 << 62;
 
 pub const ROOT: u64 = 1;
 
@@ -23,6 +31,7 @@ pub struct Inodes {
     nodes: HashMap<u64, Node>,
     children: HashMap<(u64, String), u64>,
     next: u64,
+    journal: Option<Arc<Journal>>,
 }
 
 impl Default for Inodes {
@@ -42,11 +51,45 @@ impl Default for Inodes {
             nodes,
             children: HashMap::new(),
             next: ROOT + 1,
+            journal: None,
         }
     }
 }
 
 impl Inodes {
+    /// A table whose changes go to `journal`, holding the `restored` nodes (node id ->
+    /// where it was) that a previous daemon gave the kernel.
+    pub fn new<'a>(
+        journal: Arc<Journal>,
+        restored: impl IntoIterator<Item = (&'a u64, &'a NodeState)>,
+    ) -> Self {
+        let mut t = Inodes::default();
+        for (&ino, n) in restored.into_iter().filter(|(&i, _)| i != ROOT) {
+            t.nodes.insert(
+                ino,
+                Node {
+                    parent: n.parent,
+                    name: n.name.clone(),
+                    kind: n.kind,
+                    lookups: RESTORED_LOOKUPS,
+                    linked: n.linked,
+                },
+            );
+            if n.linked {
+                t.children.insert((n.parent, n.name.clone()), ino);
+            }
+            t.next = t.next.max(ino + 1);
+        }
+        t.journal = Some(journal);
+        t
+    }
+
+    fn note(&self, r: Record) {
+        if let Some(j) = &self.journal {
+            j.record(r);
+        }
+    }
+
     /// The path of `ino` relative to the mount root ("" for the root, "a/b" otherwise), or
     /// None if the inode is unknown or no longer linked.
     pub fn rel_path(&self, ino: u64) -> Option<String> {
@@ -83,10 +126,17 @@ impl Inodes {
                     return ino;
                 }
                 n.linked = false;
+                self.note(Record::Unlinked { ino });
             }
         }
         let ino = self.next;
         self.next += 1;
+        self.note(Record::Node {
+            ino,
+            parent,
+            name: name.to_string(),
+            kind,
+        });
         self.nodes.insert(
             ino,
             Node {
@@ -116,6 +166,7 @@ impl Inodes {
             if self.children.get(&key) == Some(&ino) {
                 self.children.remove(&key);
             }
+            self.note(Record::Forgotten { ino });
         }
     }
 
@@ -125,6 +176,7 @@ impl Inodes {
             if let Some(n) = self.nodes.get_mut(&ino) {
                 n.linked = false;
             }
+            self.note(Record::Unlinked { ino });
         }
     }
 
@@ -135,6 +187,13 @@ impl Inodes {
             if let Some(n) = self.nodes.get_mut(&ino) {
                 n.parent = new_parent;
                 n.name = new_name.to_string();
+                let kind = n.kind;
+                self.note(Record::Node {
+                    ino,
+                    parent: new_parent,
+                    name: new_name.to_string(),
+                    kind,
+                });
             }
             self.children
                 .insert((new_parent, new_name.to_string()), ino);
@@ -173,6 +232,26 @@ mod tests {
         assert_eq!(t.rel_path(a), None);
         t.forget(a, 1);
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_restored_table_keeps_ids_and_paths() {
+        let j = Arc::new(Journal::new(Default::default()));
+        let mut t = Inodes::new(j.clone(), &std::collections::BTreeMap::new());
+        let a = t.lookup(ROOT, "a", Kind::Dir);
+        let b = t.lookup(a, "b", Kind::File);
+        let x = t.lookup(ROOT, "x", Kind::Dir);
+        t.rename(a, "b", x, "c");
+        let tmp = t.lookup(ROOT, "tmp", Kind::File);
+        t.forget(tmp, 1);
+        let state = j.state();
+        let mut r = Inodes::new(j, &state.nodes);
+        assert_eq!(r.rel_path(b).as_deref(), Some("x/c"));
+        assert_eq!(r.rel_path(tmp), None, "tmp was forgotten");
+        // New nodes never reuse a restored id; restored ones outlive any forget count.
+        assert!(r.lookup(ROOT, "new", Kind::File) > b);
+        r.forget(a, 1_000_000);
+        assert_eq!(r.rel_path(a).as_deref(), Some("a"));
     }
 
     #[test]

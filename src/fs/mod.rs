@@ -13,8 +13,10 @@ pub mod error;
 mod file;
 pub mod idmap;
 pub mod inode;
+pub mod journal;
 mod listings;
 mod prefetch;
+mod restore;
 pub mod stats;
 mod symlink;
 mod unlinked;
@@ -38,6 +40,7 @@ pub use dir::OpenDir;
 pub use error::{FsError, FsResult};
 use idmap::IdMap;
 use inode::Inodes;
+use journal::Journal;
 
 /// Longest file name the kernel may send us (as ext4).
 pub const NAME_MAX: usize = 255;
@@ -134,11 +137,24 @@ pub struct Fs<R: Remote> {
     open: Mutex<HashMap<u64, u64>>,
     /// Files unlinked while open, waiting under hidden names for their last close.
     unlinked: unlinked::Unlinked,
+    /// Where every change the kernel must find again after a restart is written down.
+    journal: Arc<Journal>,
+    /// Handles restored after a restart whose acknowledged writes may not have reached the
+    /// server: their next write, fsync or flush fails with EIO, once.
+    lost: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl<R: Remote> Fs<R> {
     pub fn new(remote: Arc<R>, cfg: FsConfig) -> Self {
+        Self::with_journal(remote, cfg, Arc::new(Journal::new(Default::default())))
+    }
+
+    /// A filesystem writing its state to `journal` (see [`Fs::restore`]).
+    pub fn with_journal(remote: Arc<R>, cfg: FsConfig, journal: Arc<Journal>) -> Self {
         Fs {
+            inodes: Mutex::new(Inodes::new(journal.clone(), &std::collections::BTreeMap::new())),
+            journal,
+            lost: Mutex::default(),
             idmap: RwLock::new(cfg.idmap.clone()),
             cache: Arc::new(MetaCache::new(cfg.attr_ttl, cfg.negative_ttl, cfg.dir_ttl)),
             prefetcher: Arc::default(),
@@ -146,7 +162,6 @@ impl<R: Remote> Fs<R> {
             remote,
             cfg,
             abs_root: RwLock::new(None),
-            inodes: Mutex::new(Inodes::default()),
             dirs: Mutex::new(HashMap::new()),
             next_dir: AtomicU64::new(1),
             open: Mutex::new(HashMap::new()),

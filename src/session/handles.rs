@@ -66,6 +66,20 @@ pub struct OpenFile {
 }
 
 impl OpenFile {
+    fn new(path: &str, mode: OpenMode, slots: Vec<Slot>) -> Self {
+        OpenFile {
+            path: Mutex::new(path.to_string()),
+            reopen: OpenMode {
+                create: false,
+                truncate: false,
+                exclusive: false,
+                ..mode
+            },
+            remote: tokio::sync::Mutex::new(slots),
+            wb: WriteBehind::default(),
+        }
+    }
+
     pub fn path(&self) -> String {
         self.path.lock().map(|p| p.clone()).unwrap_or_default()
     }
@@ -148,21 +162,20 @@ pub struct Handles {
 impl Handles {
     pub fn insert(&self, path: &str, mode: OpenMode, link: &Arc<Link>, h: RemoteHandle) -> FileId {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let file = Arc::new(OpenFile {
-            path: Mutex::new(path.to_string()),
-            reopen: OpenMode {
-                create: false,
-                truncate: false,
-                exclusive: false,
-                ..mode
-            },
-            remote: tokio::sync::Mutex::new(vec![Slot::new(link, 0, Arc::new(h))]),
-            wb: WriteBehind::default(),
-        });
+        let file = Arc::new(OpenFile::new(path, mode, vec![Slot::new(link, 0, Arc::new(h))]));
         if let Ok(mut files) = self.files.lock() {
             files.insert(id, file);
         }
         FileId(id)
+    }
+
+    /// A handle given out by a previous daemon: no remote handle yet (opened by path at
+    /// first use); ids handed out from now on are above it.
+    pub fn adopt(&self, id: FileId, path: &str, mode: OpenMode) {
+        self.next.fetch_max(id.0, Ordering::Relaxed);
+        if let Ok(mut files) = self.files.lock() {
+            files.insert(id.0, Arc::new(OpenFile::new(path, mode, Vec::new())));
+        }
     }
 
     pub fn get(&self, id: FileId) -> Option<Arc<OpenFile>> {
@@ -296,12 +309,7 @@ mod tests {
     #[test]
     fn rename_moves_open_paths() {
         let h = Handles::default();
-        let mk = |p: &str| OpenFile {
-            path: Mutex::new(p.into()),
-            reopen: OpenMode::default(),
-            remote: tokio::sync::Mutex::new(Vec::new()),
-            wb: WriteBehind::default(),
-        };
+        let mk = |p: &str| OpenFile::new(p, OpenMode::default(), Vec::new());
         h.files.lock().unwrap().insert(1, Arc::new(mk("/a/b")));
         h.files.lock().unwrap().insert(2, Arc::new(mk("/a/bc")));
         h.files.lock().unwrap().insert(3, Arc::new(mk("/a/b/c")));

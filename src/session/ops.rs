@@ -208,6 +208,10 @@ impl Remote for Session {
         Ok(self.handles.insert(path, mode, &link, h))
     }
 
+    fn adopt(&self, f: FileId, path: &str, mode: OpenMode) {
+        self.handles.adopt(f, path, mode)
+    }
+
     async fn read(
         &self,
         f: FileId,

@@ -157,6 +157,9 @@ pub trait Remote: Send + Sync + 'static {
         mode: OpenMode,
         perm: Option<u32>,
     ) -> impl Future<Output = RemoteResult<FileId>> + Send;
+    /// Registers handle `f`, which a previous daemon gave the kernel for `path`: opened by
+    /// path (never creating or truncating) at its first use.
+    fn adopt(&self, f: FileId, path: &str, mode: OpenMode);
     /// Reads up to `len` bytes; fewer only at end of file. `size` is the file's size as
     /// last known: a short answer ending exactly there needs no second look for EOF.
     fn read(

@@ -1,0 +1,495 @@
+//! The state journal: what a successor daemon needs to take over the kernel's view of the
+//! mount, kept current in memory files that outlive this daemon.
+//!
+//! Owns the record format (one JSON object a line), folding records into a [`State`] (node
+//! ids -> names, open file and directory handles, files with unconfirmed writes, hidden
+//! names of unlinked open files, the mount's device), and two memory files written in turn:
+//! a snapshot is committed in the idle file before appends move to it, so a crash at any
+//! moment leaves one complete, readable journal. The files go to systemd's descriptor store
+//! (or the test's); an upgrade sends the encoded [`State`] itself. It must never block on
+//! the network nor decide anything: it writes down what the filesystem did, before the
+//! kernel hears of it.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::session::Kind;
+
+/// One change, as written to the journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Record {
+    /// A snapshot of generation `generation` begins (first line of a journal file).
+    Begin { generation: u64 },
+    /// The snapshot before this line is complete; appended records follow.
+    Commit { generation: u64 },
+    /// The kernel's node `ino` is `name` in `parent` (new, or moved by a rename).
+    Node {
+        ino: u64,
+        parent: u64,
+        name: String,
+        kind: Kind,
+    },
+    /// Node `ino` lost its name (unlinked or replaced); the kernel may still hold it.
+    Unlinked { ino: u64 },
+    /// The kernel forgot node `ino`.
+    Forgotten { ino: u64 },
+    /// Unlinked, still open node `ino` waits under hidden `name` in `parent`.
+    Hidden { ino: u64, parent: u64, name: String },
+    /// Node `ino`'s hidden name is gone (its last descriptor closed).
+    Unhidden { ino: u64 },
+    /// File handle `fh` on node `ino`, opened with the kernel's open flags `flags`.
+    Opened { fh: u64, ino: u64, flags: i32 },
+    /// Writes through `fh` were acknowledged to the kernel before the server confirmed them.
+    Dirty { fh: u64 },
+    /// Every write through `fh` acknowledged so far is confirmed by the server.
+    Clean { fh: u64 },
+    /// The kernel released file handle `fh`.
+    Released { fh: u64 },
+    /// Directory handle `fh` on node `ino`.
+    DirOpened { fh: u64, ino: u64 },
+    DirReleased { fh: u64 },
+    /// The mount's device number (st_dev), to match a stored connection to its mount.
+    Mount { dev: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeState {
+    pub parent: u64,
+    pub name: String,
+    pub kind: Kind,
+    pub linked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileState {
+    pub ino: u64,
+    pub flags: i32,
+    pub dirty: bool,
+}
+
+/// The folded journal: everything a successor restores.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct State {
+    pub nodes: BTreeMap<u64, NodeState>,
+    pub hidden: BTreeMap<u64, (u64, String)>,
+    pub files: BTreeMap<u64, FileState>,
+    pub dirs: BTreeMap<u64, u64>,
+    pub dev: Option<u64>,
+}
+
+impl State {
+    /// Applies one record; false when it changed nothing (then it need not be written).
+    pub fn apply(&mut self, r: &Record) -> bool {
+        match r {
+            Record::Begin { .. } | Record::Commit { .. } => false,
+            Record::Node {
+                ino,
+                parent,
+                name,
+                kind,
+            } => {
+                let n = NodeState {
+                    parent: *parent,
+                    name: name.clone(),
+                    kind: *kind,
+                    linked: true,
+                };
+                self.nodes.insert(*ino, n.clone()) != Some(n)
+            }
+            Record::Unlinked { ino } => match self.nodes.get_mut(ino) {
+                Some(n) if n.linked => {
+                    n.linked = false;
+                    true
+                }
+                _ => false,
+            },
+            Record::Forgotten { ino } => self.nodes.remove(ino).is_some(),
+            Record::Hidden { ino, parent, name } => {
+                self.hidden.insert(*ino, (*parent, name.clone()));
+                true
+            }
+            Record::Unhidden { ino } => self.hidden.remove(ino).is_some(),
+            Record::Opened { fh, ino, flags } => {
+                let f = FileState {
+                    ino: *ino,
+                    flags: *flags,
+                    dirty: false,
+                };
+                self.files.insert(*fh, f);
+                true
+            }
+            Record::Dirty { fh } | Record::Clean { fh } => {
+                let dirty = matches!(r, Record::Dirty { .. });
+                match self.files.get_mut(fh) {
+                    Some(f) if f.dirty != dirty => {
+                        f.dirty = dirty;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Record::Released { fh } => self.files.remove(fh).is_some(),
+            Record::DirOpened { fh, ino } => self.dirs.insert(*fh, *ino) != Some(*ino),
+            Record::DirReleased { fh } => self.dirs.remove(fh).is_some(),
+            Record::Mount { dev } => self.dev.replace(*dev) != Some(*dev),
+        }
+    }
+
+    /// Records that rebuild this state from nothing (parents before children).
+    pub fn records(&self) -> Vec<Record> {
+        let mut out = Vec::with_capacity(self.nodes.len() + self.files.len() + 1);
+        out.extend(self.dev.map(|dev| Record::Mount { dev }));
+        for (&ino, n) in &self.nodes {
+            out.push(Record::Node {
+                ino,
+                parent: n.parent,
+                name: n.name.clone(),
+                kind: n.kind,
+            });
+            if !n.linked {
+                out.push(Record::Unlinked { ino });
+            }
+        }
+        for (&ino, (parent, name)) in &self.hidden {
+            out.push(Record::Hidden {
+                ino,
+                parent: *parent,
+                name: name.clone(),
+            });
+        }
+        for (&fh, f) in &self.files {
+            out.push(Record::Opened {
+                fh,
+                ino: f.ino,
+                flags: f.flags,
+            });
+            if f.dirty {
+                out.push(Record::Dirty { fh });
+            }
+        }
+        for (&fh, &ino) in &self.dirs {
+            out.push(Record::DirOpened { fh, ino });
+        }
+        out
+    }
+
+    /// The state as JSON lines (what an upgrade hands over).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in self.records() {
+            line(&mut out, &r);
+        }
+        out
+    }
+
+    /// Decodes [`State::encode`]'s output. An undecodable line is an error: a state handed
+    /// over whole must be whole.
+    pub fn decode(bytes: &[u8]) -> Result<State, String> {
+        let mut s = State::default();
+        for l in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let r: Record = serde_json::from_slice(l).map_err(|e| format!("state: {e}"))?;
+            s.apply(&r);
+        }
+        Ok(s)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len() + self.hidden.len() + self.files.len() + self.dirs.len()
+    }
+}
+
+fn line(out: &mut Vec<u8>, r: &Record) {
+    // Serializing these plain records cannot fail.
+    if serde_json::to_writer(&mut *out, r).is_ok() {
+        out.push(b'\n');
+    }
+}
+
+/// Reads one journal file: its generation and state, if it holds a committed snapshot.
+/// Appended records count up to the first torn line (the crash cut the last write).
+fn read_file(f: &File) -> Option<(u64, State)> {
+    let mut bytes = Vec::new();
+    let mut off = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read_at(&mut buf, off).ok()?;
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&buf[..n]);
+        off += n as u64;
+    }
+    let mut lines = bytes.split(|b| *b == b'\n');
+    let generation = match serde_json::from_slice(lines.next()?).ok()? {
+        Record::Begin { generation } => generation,
+        _ => return None,
+    };
+    let mut state = State::default();
+    let mut committed = false;
+    for l in lines {
+        let Ok(r) = serde_json::from_slice::<Record>(l) else {
+            break;
+        };
+        if r == (Record::Commit { generation }) {
+            committed = true;
+        }
+        state.apply(&r);
+    }
+    committed.then_some((generation, state))
+}
+
+struct Files {
+    files: [File; 2],
+    active: usize,
+    /// Where the next record goes in the active file.
+    end: u64,
+    generation: u64,
+    /// Records appended since the last snapshot.
+    appended: usize,
+}
+
+impl Files {
+    /// Writes `state` as generation `generation + 1` into the idle file, then moves there.
+    fn snapshot(&mut self, state: &State) -> std::io::Result<()> {
+        let next = 1 - self.active;
+        let generation = self.generation + 1;
+        let mut out = Vec::new();
+        line(&mut out, &Record::Begin { generation });
+        for r in state.records() {
+            line(&mut out, &r);
+        }
+        line(&mut out, &Record::Commit { generation });
+        let f = &self.files[next];
+        f.set_len(0)?;
+        f.write_all_at(&out, 0)?;
+        self.active = next;
+        self.end = out.len() as u64;
+        self.generation = generation;
+        self.appended = 0;
+        Ok(())
+    }
+}
+
+/// The live journal: the folded state in memory, and (when memory files could be made) the
+/// same on file for a successor.
+pub struct Journal {
+    inner: Mutex<(State, Option<Files>)>,
+}
+
+impl Journal {
+    /// A journal of `state` (empty for a fresh mount), written to two new memory files.
+    pub fn new(state: State) -> Journal {
+        let files = (|| -> std::io::Result<[File; 2]> { Ok([memfd("a")?, memfd("b")?]) })()
+            .map_err(|e| tracing::warn!(error = %e, "no state journal: a crash will unmount"))
+            .ok();
+        Self::with_files(state, files, 0, 1)
+    }
+
+    /// Continues the journal kept in `files` (from the descriptor store): its state, and the
+    /// journal that goes on writing into the same files.
+    pub fn resume(files: [File; 2]) -> Option<(Journal, State)> {
+        let (a, b) = (read_file(&files[0]), read_file(&files[1]));
+        // The newer complete one; the fresh snapshot then goes into the other file.
+        let (latest, (generation, state)) = match (a, b) {
+            (Some(a), Some(b)) if b.0 > a.0 => (1, b),
+            (Some(a), _) => (0, a),
+            (None, Some(b)) => (1, b),
+            (None, None) => return None,
+        };
+        let j = Self::with_files(state.clone(), Some(files), generation, latest);
+        Some((j, state))
+    }
+
+    /// A journal continuing in `files`, whose file `active` holds generation `generation`.
+    fn with_files(
+        state: State,
+        files: Option<[File; 2]>,
+        generation: u64,
+        active: usize,
+    ) -> Journal {
+        let files = files.and_then(|files| {
+            let mut f = Files {
+                files,
+                active,
+                end: 0,
+                generation,
+                appended: 0,
+            };
+            // Start from a snapshot in the other file (`active` keeps what it had until
+            // this one is committed).
+            f.snapshot(&state)
+                .map_err(|e| tracing::warn!(error = %e, "cannot write the state journal"))
+                .ok()?;
+            Some(f)
+        });
+        Journal {
+            inner: Mutex::new((state, files)),
+        }
+    }
+
+    /// Writes down `r`. Never fails: a journal that cannot be written is dropped (a crash
+    /// then unmounts, as without one) with one log line.
+    pub fn record(&self, r: Record) {
+        let Ok(mut g) = self.inner.lock() else { return };
+        let (state, files) = &mut *g;
+        if !state.apply(&r) {
+            return;
+        }
+        let Some(f) = files.as_mut() else { return };
+        let written = if f.appended > 4096 + 2 * state.len() {
+            f.snapshot(state)
+        } else {
+            let mut out = Vec::new();
+            line(&mut out, &r);
+            let at = f.end;
+            f.end += out.len() as u64;
+            f.appended += 1;
+            f.files[f.active].write_all_at(&out, at)
+        };
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "state journal lost: a crash will unmount");
+            // An unreadable journal must not be mistaken for a complete one.
+            for file in &f.files {
+                let _ = file.set_len(0);
+            }
+            *files = None;
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.inner
+            .lock()
+            .map(|g| g.0.clone())
+            .unwrap_or_default()
+    }
+
+    /// Runs `f` on the journal's memory files (to store them with the service manager).
+    pub fn with_fds<T>(&self, f: impl FnOnce(Option<[BorrowedFd<'_>; 2]>) -> T) -> T {
+        let g = self.inner.lock().ok();
+        let fds = g
+            .as_ref()
+            .and_then(|g| g.1.as_ref())
+            .map(|f| [f.files[0].as_fd(), f.files[1].as_fd()]);
+        f(fds)
+    }
+}
+
+fn memfd(name: &str) -> std::io::Result<File> {
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let name = format!("mastofs-state-{name}");
+    memfd_create(name.as_str(), MFdFlags::MFD_CLOEXEC)
+        .map(File::from)
+        .map_err(std::io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(ino: u64, parent: u64, name: &str) -> Record {
+        Record::Node {
+            ino,
+            parent,
+            name: name.into(),
+            kind: Kind::File,
+        }
+    }
+
+    fn sample() -> Vec<Record> {
+        vec![
+            Record::Mount { dev: 77 },
+            node(2, 1, "a"),
+            node(3, 2, "b"),
+            node(4, 1, "gone"),
+            Record::Opened {
+                fh: 9,
+                ino: 3,
+                flags: libc::O_RDWR,
+            },
+            Record::Dirty { fh: 9 },
+            Record::DirOpened { fh: 1, ino: 2 },
+            node(3, 1, "moved"),
+            Record::Unlinked { ino: 4 },
+            Record::Hidden {
+                ino: 4,
+                parent: 1,
+                name: ".mastofs-unlinked-x".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let mut s = State::default();
+        for r in sample() {
+            s.apply(&r);
+        }
+        assert_eq!(State::decode(&s.encode()).unwrap(), s);
+        assert_eq!(s.nodes[&3].name, "moved");
+        assert!(!s.nodes[&4].linked && s.files[&9].dirty);
+        assert!(State::decode(b"{\"node\":").is_err());
+    }
+
+    #[test]
+    fn resumes_from_files_and_survives_a_torn_line() {
+        let j = Journal::new(State::default());
+        for r in sample() {
+            j.record(r);
+        }
+        let files = {
+            let g = j.inner.lock().unwrap();
+            let f = g.1.as_ref().unwrap();
+            let dup = |i: usize| f.files[i].try_clone().unwrap();
+            // A crash in the middle of a write: half a record at the end.
+            f.files[f.active].write_all_at(b"{\"forgot", f.end).unwrap();
+            [dup(0), dup(1)]
+        };
+        let (j2, state) = Journal::resume(files).unwrap();
+        assert_eq!(state, j.state());
+        // The successor goes on writing; a third daemon sees both.
+        j2.record(Record::Released { fh: 9 });
+        let files = {
+            let g = j2.inner.lock().unwrap();
+            let f = g.1.as_ref().unwrap();
+            [f.files[0].try_clone().unwrap(), f.files[1].try_clone().unwrap()]
+        };
+        let (_, state3) = Journal::resume(files).unwrap();
+        assert!(state3.files.is_empty() && state3.dirs.len() == 1);
+    }
+
+    #[test]
+    fn snapshots_keep_the_state_and_bound_the_files() {
+        let j = Journal::new(State::default());
+        for i in 0..20_000u64 {
+            j.record(node(2 + i % 10, 1, &format!("n{i}")));
+        }
+        let g = j.inner.lock().unwrap();
+        let f = g.1.as_ref().unwrap();
+        assert!(f.generation > 1, "never compacted");
+        assert!(f.end < 4200 * 80, "journal grew to {} bytes", f.end);
+        let copy = f.files[f.active].try_clone().unwrap();
+        assert_eq!(read_file(&copy).unwrap().1, g.0);
+    }
+
+    #[test]
+    fn unchanged_records_are_not_written() {
+        let j = Journal::new(State::default());
+        j.record(Record::Opened {
+            fh: 1,
+            ino: 2,
+            flags: 0,
+        });
+        let end = |j: &Journal| j.inner.lock().unwrap().1.as_ref().unwrap().end;
+        j.record(Record::Dirty { fh: 1 });
+        let after_first = end(&j);
+        j.record(Record::Dirty { fh: 1 });
+        assert_eq!(end(&j), after_first);
+    }
+}
