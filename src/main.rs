@@ -12,8 +12,10 @@
 mod hostile;
 
 mod daemon;
+mod fd_passing;
 mod fs;
 mod fuse;
+mod handover;
 mod logging;
 mod meta;
 mod monitor;
@@ -28,12 +30,14 @@ mod status;
 
 use std::path::{Path, PathBuf};
 
+use handover::Start;
 use options::MountConfig;
 
 const USAGE: &str = "\
 usage: mastofs [user@]host:[path] MOUNTPOINT [-o opt[,opt...]] [-p PORT] [-F ssh_config] [-f] [-d]
        mount.mastofs SOURCE MOUNTPOINT [-sfnv] [-o opts]
        mastofs status [MOUNTPOINT|--all] [--json] [--socket PATH]
+       mastofs upgrade MOUNTPOINT [-f]   (this binary takes over the running mount)
        mastofs --version | --help
 
   -o OPTS   mount options (sshfs-compatible; see mastofs(8))
@@ -141,18 +145,11 @@ fn fail(msg: impl std::fmt::Display) -> ! {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let argv0 = args
-        .first()
-        .map(|a| {
-            Path::new(a)
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        })
-        .unwrap_or_default();
-    let helper = argv0.starts_with("mount.");
-    if !helper && args.get(1).map(String::as_str) == Some("status") {
-        std::process::exit(status::client::run(&args[2..]));
+    let helper = is_helper(&args);
+    match args.get(1).map(String::as_str) {
+        Some("status") if !helper => std::process::exit(status::client::run(&args[2..])),
+        Some("upgrade") if !helper => return upgrade(&args[2..]),
+        _ => {}
     }
     let cli = match parse_args(&args[1.min(args.len())..], helper) {
         Ok(Command::Help) => {
@@ -170,18 +167,48 @@ fn main() {
         }
     };
     logging::init(cli.debug);
+    let mut cfg = configure(&cli).unwrap_or_else(|e| fail(e));
+    // A connection a previous daemon left in the service manager's store is taken over;
+    // the mountpoint is not touched then (nobody serves it until we do).
+    let stored = if cli.fake {
+        None
+    } else {
+        handover::store::take(&cfg.mountpoint)
+    };
+    let source = match stored {
+        Some(inherited) => {
+            cfg.mountpoint = std::path::absolute(&cfg.mountpoint).unwrap_or(cfg.mountpoint);
+            mount::Source::Stored(inherited)
+        }
+        None => {
+            let (canon, recovered) =
+                mountpoint::check(&cfg.mountpoint, !cli.fake).unwrap_or_else(|e| fail(e));
+            cfg.mountpoint = canon;
+            mount::Source::New(if recovered {
+                Start::AfterDeadMount
+            } else {
+                Start::Fresh
+            })
+        }
+    };
+    serve(cli, cfg, source, args);
+}
 
-    let mut cfg = MountConfig::new(&cli.source, cli.mountpoint.clone()).unwrap_or_else(|e| fail(e));
-    options::apply_options(&mut cfg, &cli.opts, cli.sloppy).unwrap_or_else(|e| fail(e));
+/// The mount's configuration from the command line (mountpoint not yet checked).
+fn configure(cli: &Cli) -> Result<MountConfig, String> {
+    let mut cfg = MountConfig::new(&cli.source, cli.mountpoint.clone())?;
+    options::apply_options(&mut cfg, &cli.opts, cli.sloppy)?;
     if cli.port.is_some() {
         cfg.ssh.port = cli.port;
     }
     if cli.config_file.is_some() {
         cfg.ssh.config_file = cli.config_file.clone();
     }
-    let (canon, recovered) =
-        mountpoint::check(&cfg.mountpoint, !cli.fake).unwrap_or_else(|e| fail(e));
-    cfg.mountpoint = canon;
+    Ok(cfg)
+}
+
+/// Resolves the SSH target, daemonizes unless in the foreground, and serves the mount.
+fn serve(cli: Cli, cfg: MountConfig, source: mount::Source, args: Vec<String>) {
     let target = ssh::config::resolve(&cfg.host, cfg.spec_user.as_deref(), &cfg.ssh)
         .unwrap_or_else(|e| fail(e));
     if cli.fake {
@@ -192,10 +219,66 @@ fn main() {
     } else {
         daemon::daemonize().unwrap_or_else(|e| fail(e))
     };
-    if let Err(e) = mount::run(cfg, target, recovered, &mut ready) {
+    if let Err(e) = mount::run(cfg, target, source, args, &mut ready) {
         ready.fail(&e);
         fail(e);
     }
+}
+
+/// `mastofs upgrade MOUNTPOINT [-f] [-d]`: this binary takes over the mount from the
+/// daemon serving it, with that daemon's options.
+fn upgrade(rest: &[String]) {
+    let (mut foreground, mut debug, mut mp) = (false, false, None);
+    for a in rest {
+        match a.as_str() {
+            "-f" => foreground = true,
+            "-d" => (debug, foreground) = (true, true),
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return;
+            }
+            s if !s.starts_with('-') && mp.is_none() => mp = Some(PathBuf::from(s)),
+            s => {
+                eprintln!("mastofs: upgrade: unexpected argument '{s}'\n{USAGE}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let Some(mp) = mp else {
+        eprintln!("mastofs: upgrade: missing mountpoint\n{USAGE}");
+        std::process::exit(2);
+    };
+    logging::init(debug);
+    let mp = std::path::absolute(&mp).unwrap_or(mp);
+    let incoming = handover::upgrade::connect(&mp).unwrap_or_else(|e| fail(e));
+    if incoming.service {
+        incoming
+            .trigger_service_restart()
+            .unwrap_or_else(|e| fail(e));
+        println!(
+            "mastofs: {}: handed over to the service manager, which starts the new binary",
+            mp.display()
+        );
+        return;
+    }
+    let args = incoming.args.clone();
+    let helper = is_helper(&args);
+    let mut cli = match parse_args(&args[1.min(args.len())..], helper) {
+        Ok(Command::Mount(cli)) => cli,
+        _ => fail("the running daemon's command line does not parse any more"),
+    };
+    cli.foreground = foreground;
+    cli.fake = false;
+    let mut cfg = configure(&cli).unwrap_or_else(|e| fail(e));
+    cfg.mountpoint = incoming.mountpoint.clone();
+    serve(cli, cfg, mount::Source::Upgrade(incoming), args);
+}
+
+/// Whether argv[0] names the mount helper (`mount.mastofs`, `mount.fuse.mastofs`).
+fn is_helper(args: &[String]) -> bool {
+    args.first()
+        .and_then(|a| Path::new(a).file_name())
+        .is_some_and(|f| f.to_string_lossy().starts_with("mount."))
 }
 
 #[cfg(test)]

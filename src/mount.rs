@@ -1,17 +1,22 @@
 //! Putting a mount together: session, filesystem, kernel mount, serving until unmounted.
 //!
 //! Owns the order of start-up (connect and check the remote path first unless
-//! `delay_connect`, then mount, then report readiness) and shutdown (signals unmount; the
+//! `delay_connect`; then take over a connection from a previous daemon, or mount; then
+//! report readiness and listen for `mastofs upgrade`) and shutdown (signals unmount; the
 //! kernel ending the session ends the daemon). It holds no filesystem or protocol logic.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{MountOption, SessionACL};
 
 use crate::daemon::{self, Ready};
+use crate::fs::journal::{Journal, Record, State};
 use crate::fs::Fs;
+use crate::fuse::gate::Gate;
 use crate::fuse::FuseFs;
+use crate::handover::{self, store, upgrade, Inherited, Start};
 use crate::monitor::Monitor;
 use crate::mountpoint;
 use crate::options::MountConfig;
@@ -46,12 +51,23 @@ fn mount_options(cfg: &MountConfig) -> fuser::Config {
     c
 }
 
-/// Mounts and serves until unmounted. Errors are one line for the operator.
-/// `recovered`: a dead mount of a daemon that died was cleared from the mountpoint first.
+/// Where the FUSE connection comes from.
+pub enum Source {
+    /// A new mount (`Start::Fresh`, or `Start::AfterDeadMount` when a dead one was cleared).
+    New(Start),
+    /// Taken from the service manager's store.
+    Stored(Inherited),
+    /// Asked of the running daemon (`mastofs upgrade`); taken once this one is ready.
+    Upgrade(upgrade::Incoming),
+}
+
+/// Mounts (or takes over a mount) and serves until unmounted. `args`: this daemon's command
+/// line, handed to a successor. Errors are one line for the operator.
 pub fn run(
     cfg: MountConfig,
     target: Target,
-    recovered: bool,
+    source: Source,
+    args: Vec<String>,
     ready: &mut Ready,
 ) -> Result<(), String> {
     let (target_host, target_port) = (target.host.clone(), target.port);
@@ -81,11 +97,31 @@ pub fn run(
         cfg.max_conns as usize,
         cfg.sftp_sessions,
     );
-    let fs = Arc::new(Fs::new(session.clone(), cfg.fs.clone()));
-
-    if cfg.delay_connect {
+    let first = if cfg.delay_connect {
+        None
+    } else {
+        Some(
+            rt.block_on(session.connect_first())
+                .map_err(|e| e.to_string())?,
+        )
+    };
+    // Only now, with the server reached, does a running daemon stop for us.
+    let (inherited, start) = match source {
+        Source::New(start) => (None, start),
+        Source::Stored(i) => (Some(i), Start::CrashRecovery),
+        Source::Upgrade(incoming) => (Some(incoming.take()?), Start::Upgrade),
+    };
+    let start = inherited.as_ref().map_or(start, |i| i.how);
+    let journal = inherited.as_ref().map_or_else(
+        || Arc::new(Journal::new(Default::default())),
+        |i| i.journal.clone(),
+    );
+    let fs = Arc::new(Fs::with_journal(session.clone(), cfg.fs.clone(), journal));
+    {
         let _guard = rt.enter();
-        session.start(None);
+        session.start(first.clone());
+    }
+    if first.is_none() {
         let fs = fs.clone();
         rt.spawn(async move {
             // Learn the remote root's facts once the box is reachable.
@@ -94,15 +130,23 @@ pub fn run(
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
         });
-    } else {
-        let link = rt
-            .block_on(session.connect_first())
-            .map_err(|e| e.to_string())?;
-        {
-            let _guard = rt.enter();
-            session.start(Some(link));
+    } else if let Err(e) = rt.block_on(fs.prepare()) {
+        if inherited.is_none() {
+            return Err(e.message);
         }
-        rt.block_on(fs.prepare()).map_err(|e| e.message)?;
+        // The kernel's mount is ours now: serve it, and report the root's error there.
+        tracing::warn!(error = %e.message, "remote root not ready");
+    }
+    if let Some(i) = &inherited {
+        let lost = rt.block_on(fs.restore(&i.state)).map_err(|e| e.message)?;
+        tracing::info!(
+            how = start.as_str(),
+            nodes = i.state.nodes.len(),
+            open_files = i.state.files.len(),
+            open_dirs = i.state.dirs.len(),
+            files_that_may_have_lost_writes = lost,
+            "took over the mount"
+        );
     }
 
     let monitor = Monitor::new(
@@ -110,7 +154,7 @@ pub fn run(
         fs.clone(),
         (target_host, target_port),
         &cfg,
-        if recovered { "crash recovery" } else { "fresh" },
+        start.as_str(),
     );
     let socket = cfg
         .status_socket
@@ -131,21 +175,53 @@ pub fn run(
         rt.spawn(monitor.clone().notify_systemd());
     }
 
-    let adapter = FuseFs::new(fs.clone(), rt.handle().clone());
+    let gate = Arc::new(Gate::default());
+    let adapter = FuseFs::new(fs.clone(), rt.handle().clone(), gate.clone());
     let options = mount_options(&cfg);
-    // Mounted here rather than by fuser, so that the kernel records the type as
-    // fuse.mastofs (fuser's own mount(2) says plain "fuse").
-    let fuse = mountpoint::mount(&cfg)
-        .and_then(|fd| {
-            fuser::Session::from_fd(adapter, fd, options.acl, options.clone())
-                .map_err(|e| e.to_string())
-        })
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&socket);
-            format!("cannot mount on {}: {e}", cfg.mountpoint.display())
-        })?;
-    tracing::info!(mountpoint = %cfg.mountpoint.display(), source = %cfg.source(), "mounted");
-    mountpoint::raise_readahead(&cfg.mountpoint);
+    let (fuse, fd) = match inherited {
+        Some(i) => {
+            let fd = Arc::new(i.fuse);
+            let copy = fd.try_clone().map_err(|e| format!("/dev/fuse: {e}"))?;
+            let session = fuser::Session::from_initialized_fd(adapter, copy, options.acl, options);
+            (session, fd)
+        }
+        None => {
+            // Mounted here rather than by fuser, so that the kernel records the type as
+            // fuse.mastofs (fuser's own mount(2) says plain "fuse").
+            let fd = mountpoint::mount(&cfg).map_err(|e| {
+                let _ = std::fs::remove_file(&socket);
+                format!("cannot mount on {}: {e}", cfg.mountpoint.display())
+            })?;
+            let fd = Arc::new(fd);
+            let copy = fd.try_clone().map_err(|e| format!("/dev/fuse: {e}"))?;
+            let session =
+                fuser::Session::from_fd(adapter, copy, options.acl, options).map_err(|e| {
+                    let _ = std::fs::remove_file(&socket);
+                    format!("cannot mount on {}: {e}", cfg.mountpoint.display())
+                })?;
+            if let Some(device) = mountpoint::device_of(&cfg.mountpoint) {
+                fs.journal().record(Record::Mount { device });
+            }
+            store::keep(fd.as_fd(), fs.journal());
+            tracing::info!(mountpoint = %cfg.mountpoint.display(), source = %cfg.source(), "mounted");
+            mountpoint::raise_readahead(&cfg.mountpoint);
+            (session, fd)
+        }
+    };
+    if matches!(start, Start::Upgrade | Start::CrashRecovery) {
+        if start == Start::Upgrade && !store::available() {
+            // A new journal (the old daemon's files were its own): store it if we can.
+            store::keep(fd.as_fd(), fs.journal());
+        }
+        if !handover::resend(fd.as_fd()) {
+            tracing::warn!(
+                "this kernel cannot resend requests (Linux 6.9+ can): requests the previous \
+                 daemon read but did not answer stay unanswered; their callers wait until \
+                 killed"
+            );
+        }
+    }
+    serve_upgrades(&cfg, args, fd.clone(), &fs, &gate, &rt);
     ready.ok();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
@@ -166,6 +242,8 @@ pub fn run(
         );
         let _ = rt.block_on(tokio::time::timeout(cfg.timeout, session.drain_all()));
     }
+    store::release();
+    let _ = std::fs::remove_file(upgrade::socket_path(&cfg.mountpoint));
     monitor
         .fuse_alive
         .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -174,4 +252,74 @@ pub fn run(
     tracing::info!("unmounted");
     rt.shutdown_timeout(Duration::from_secs(2));
     served.map_err(|e| format!("fuse session ended with an error: {e}"))
+}
+
+/// The running daemon's side of a handover: stop serving, confirm writes, give the state.
+struct Handing {
+    fs: Arc<Fs<Session>>,
+    gate: Arc<Gate>,
+    fuse: Arc<OwnedFd>,
+    rt: tokio::runtime::Handle,
+    timeout: Duration,
+}
+
+impl upgrade::Handing for Handing {
+    fn drain(&self) -> State {
+        self.rt.block_on(async {
+            let busy = self.gate.close(self.timeout).await;
+            if busy > 0 {
+                tracing::warn!(
+                    busy,
+                    "handing over with requests still in service: the successor runs them again"
+                );
+            }
+            let failed = self.fs.confirm_writes().await;
+            if failed == 0 {
+                self.fs.journal().record(Record::HandedOver);
+            }
+        });
+        self.fs.journal().state()
+    }
+
+    fn resume(&self) {
+        self.gate.open();
+        handover::resend(self.fuse.as_fd());
+    }
+}
+
+/// Listens for `mastofs upgrade` on a thread of its own.
+fn serve_upgrades(
+    cfg: &MountConfig,
+    args: Vec<String>,
+    fuse: Arc<OwnedFd>,
+    fs: &Arc<Fs<Session>>,
+    gate: &Arc<Gate>,
+    rt: &tokio::runtime::Runtime,
+) {
+    let listener = match upgrade::listen(&cfg.mountpoint) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "no handover socket: mastofs upgrade will not work");
+            return;
+        }
+    };
+    let handing = Arc::new(Handing {
+        fs: fs.clone(),
+        gate: gate.clone(),
+        fuse: fuse.clone(),
+        rt: rt.handle().clone(),
+        timeout: cfg.timeout,
+    });
+    let out = upgrade::Outgoing {
+        args,
+        mountpoint: cfg.mountpoint.clone(),
+        fuse,
+        service: store::available(),
+    };
+    let spawned = std::thread::Builder::new()
+        .name("handover".into())
+        .spawn(move || upgrade::serve(listener, out, handing));
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no handover thread: mastofs upgrade will not work");
+    }
 }

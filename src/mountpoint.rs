@@ -193,32 +193,10 @@ fn fusermount(cfg: &MountConfig) -> Result<OwnedFd, String> {
     if !status.success() {
         return Err(format!("fusermount3 failed ({status})"));
     }
-    receive_fd(&ours).map_err(|e| format!("fusermount3 passed no descriptor: {e}"))
-}
-
-/// The descriptor fusermount3 sent over `socket`.
-fn receive_fd(socket: &std::os::unix::net::UnixStream) -> Result<OwnedFd, String> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let mut byte = [0u8];
-    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!(std::os::fd::RawFd);
-    let msg = recvmsg::<()>(
-        socket.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::empty(),
-    )
-    .map_err(|e| e.to_string())?;
-    for c in msg.cmsgs().map_err(|e| e.to_string())? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            if let Some(&fd) = fds.first().filter(|fd| **fd >= 0) {
-                // SAFETY: the kernel just installed `fd` in this process for us alone.
-                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
-        }
-    }
-    Err("no SCM_RIGHTS message".into())
+    crate::fd_passing::receive(&ours)
+        .ok()
+        .and_then(|(_, fds)| fds.into_iter().next())
+        .ok_or_else(|| "fusermount3 passed no descriptor".to_string())
 }
 
 /// Whether something is mounted exactly on `p` (per /proc/self/mountinfo).
@@ -229,6 +207,18 @@ pub fn is_mounted(p: &Path) -> bool {
 /// The device (`major:minor`) mounted on `p`, if any.
 pub fn device_of(p: &Path) -> Option<String> {
     mounts().into_iter().rev().find(|m| m.0 == p).map(|m| m.2)
+}
+
+/// The device of the `fuse.mastofs` mount on `p`, found without touching `p` itself (a
+/// mount whose daemon is being replaced would make a stat wait).
+pub fn mastofs_device(p: &Path) -> Option<String> {
+    let abs = std::path::absolute(p).ok()?;
+    mounts()
+        .into_iter()
+        .rev()
+        .find(|m| m.0 == abs)
+        .filter(|m| m.1 == "fuse.mastofs")
+        .map(|m| m.2)
 }
 
 /// (mountpoint, filesystem type, device) of every mount, in mount order.

@@ -25,9 +25,13 @@ use crate::session::Kind;
 #[serde(rename_all = "snake_case")]
 pub enum Record {
     /// A snapshot of generation `generation` begins (first line of a journal file).
-    Begin { generation: u64 },
+    Begin {
+        generation: u64,
+    },
     /// The snapshot before this line is complete; appended records follow.
-    Commit { generation: u64 },
+    Commit {
+        generation: u64,
+    },
     /// The kernel's node `ino` is `name` in `parent` (new, or moved by a rename).
     Node {
         ino: u64,
@@ -36,26 +40,56 @@ pub enum Record {
         kind: Kind,
     },
     /// Node `ino` lost its name (unlinked or replaced); the kernel may still hold it.
-    Unlinked { ino: u64 },
+    Unlinked {
+        ino: u64,
+    },
     /// The kernel forgot node `ino`.
-    Forgotten { ino: u64 },
+    Forgotten {
+        ino: u64,
+    },
     /// Unlinked, still open node `ino` waits under hidden `name` in `parent`.
-    Hidden { ino: u64, parent: u64, name: String },
+    Hidden {
+        ino: u64,
+        parent: u64,
+        name: String,
+    },
     /// Node `ino`'s hidden name is gone (its last descriptor closed).
-    Unhidden { ino: u64 },
+    Unhidden {
+        ino: u64,
+    },
     /// File handle `fh` on node `ino`, opened with the kernel's open flags `flags`.
-    Opened { fh: u64, ino: u64, flags: i32 },
+    Opened {
+        fh: u64,
+        ino: u64,
+        flags: i32,
+    },
     /// Writes through `fh` were acknowledged to the kernel before the server confirmed them.
-    Dirty { fh: u64 },
+    Dirty {
+        fh: u64,
+    },
     /// Every write through `fh` acknowledged so far is confirmed by the server.
-    Clean { fh: u64 },
+    Clean {
+        fh: u64,
+    },
     /// The kernel released file handle `fh`.
-    Released { fh: u64 },
+    Released {
+        fh: u64,
+    },
     /// Directory handle `fh` on node `ino`.
-    DirOpened { fh: u64, ino: u64 },
-    DirReleased { fh: u64 },
-    /// The mount's device number (st_dev), to match a stored connection to its mount.
-    Mount { dev: u64 },
+    DirOpened {
+        fh: u64,
+        ino: u64,
+    },
+    DirReleased {
+        fh: u64,
+    },
+    /// The mount's device (`major:minor`), to match a stored connection to its mount.
+    Mount {
+        device: String,
+    },
+    /// The daemon handed over cleanly (its writes confirmed); a successor that finds this
+    /// is an upgrade, not a crash recovery.
+    HandedOver,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -80,7 +114,8 @@ pub struct State {
     pub hidden: BTreeMap<u64, (u64, String)>,
     pub files: BTreeMap<u64, FileState>,
     pub dirs: BTreeMap<u64, u64>,
-    pub dev: Option<u64>,
+    pub device: Option<String>,
+    pub handed_over: bool,
 }
 
 impl State {
@@ -137,14 +172,20 @@ impl State {
             Record::Released { fh } => self.files.remove(fh).is_some(),
             Record::DirOpened { fh, ino } => self.dirs.insert(*fh, *ino) != Some(*ino),
             Record::DirReleased { fh } => self.dirs.remove(fh).is_some(),
-            Record::Mount { dev } => self.dev.replace(*dev) != Some(*dev),
+            Record::Mount { device } => {
+                self.device.replace(device.clone()).as_ref() != Some(device)
+            }
+            Record::HandedOver => !std::mem::replace(&mut self.handed_over, true),
         }
     }
 
     /// Records that rebuild this state from nothing (parents before children).
     pub fn records(&self) -> Vec<Record> {
         let mut out = Vec::with_capacity(self.nodes.len() + self.files.len() + 1);
-        out.extend(self.dev.map(|dev| Record::Mount { dev }));
+        out.extend(self.device.clone().map(|device| Record::Mount { device }));
+        if self.handed_over {
+            out.push(Record::HandedOver);
+        }
         for (&ino, n) in &self.nodes {
             out.push(Record::Node {
                 ino,
@@ -364,10 +405,7 @@ impl Journal {
 
     /// The current state.
     pub fn state(&self) -> State {
-        self.inner
-            .lock()
-            .map(|g| g.0.clone())
-            .unwrap_or_default()
+        self.inner.lock().map(|g| g.0.clone()).unwrap_or_default()
     }
 
     /// Runs `f` on the journal's memory files (to store them with the service manager).
@@ -404,7 +442,10 @@ mod tests {
 
     fn sample() -> Vec<Record> {
         vec![
-            Record::Mount { dev: 77 },
+            Record::Mount {
+                device: "0:77".into(),
+            },
+            Record::HandedOver,
             node(2, 1, "a"),
             node(3, 2, "b"),
             node(4, 1, "gone"),
@@ -458,7 +499,10 @@ mod tests {
         let files = {
             let g = j2.inner.lock().unwrap();
             let f = g.1.as_ref().unwrap();
-            [f.files[0].try_clone().unwrap(), f.files[1].try_clone().unwrap()]
+            [
+                f.files[0].try_clone().unwrap(),
+                f.files[1].try_clone().unwrap(),
+            ]
         };
         let (_, state3) = Journal::resume(files).unwrap();
         assert!(state3.files.is_empty() && state3.dirs.len() == 1);

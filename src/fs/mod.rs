@@ -145,6 +145,7 @@ pub struct Fs<R: Remote> {
 }
 
 impl<R: Remote> Fs<R> {
+    #[cfg(test)]
     pub fn new(remote: Arc<R>, cfg: FsConfig) -> Self {
         Self::with_journal(remote, cfg, Arc::new(Journal::new(Default::default())))
     }
@@ -152,7 +153,10 @@ impl<R: Remote> Fs<R> {
     /// A filesystem writing its state to `journal` (see [`Fs::restore`]).
     pub fn with_journal(remote: Arc<R>, cfg: FsConfig, journal: Arc<Journal>) -> Self {
         Fs {
-            inodes: Mutex::new(Inodes::new(journal.clone(), &std::collections::BTreeMap::new())),
+            inodes: Mutex::new(Inodes::new(
+                journal.clone(),
+                &std::collections::BTreeMap::new(),
+            )),
             journal,
             lost: Mutex::default(),
             idmap: RwLock::new(cfg.idmap.clone()),

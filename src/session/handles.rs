@@ -162,7 +162,11 @@ pub struct Handles {
 impl Handles {
     pub fn insert(&self, path: &str, mode: OpenMode, link: &Arc<Link>, h: RemoteHandle) -> FileId {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let file = Arc::new(OpenFile::new(path, mode, vec![Slot::new(link, 0, Arc::new(h))]));
+        let file = Arc::new(OpenFile::new(
+            path,
+            mode,
+            vec![Slot::new(link, 0, Arc::new(h))],
+        ));
         if let Ok(mut files) = self.files.lock() {
             files.insert(id, file);
         }

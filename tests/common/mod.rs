@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod fdstore;
 pub mod proxy;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mastofs");
@@ -518,6 +519,8 @@ pub struct Mount {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     pub stderr_path: PathBuf,
+    /// The descriptor store the daemon runs with (as under systemd), if any.
+    pub store: Option<fdstore::FdStore>,
 }
 
 pub fn is_mounted(p: &Path) -> bool {
@@ -531,6 +534,22 @@ pub fn is_mounted(p: &Path) -> bool {
 impl Mount {
     /// Mounts `source` with `-F ssh_config -o opts`; Err(stderr) if mastofs exits instead.
     pub fn try_new(server: &Server, source: &str, opts: &str) -> Result<Mount, String> {
+        Self::try_new_in(server, source, opts, None)
+    }
+
+    /// A mount whose daemon runs with a descriptor store, as under systemd.
+    pub fn with_store(server: &Server, opts: &str) -> Mount {
+        let store = Some(fdstore::FdStore::new());
+        Self::try_new_in(server, &server.source(), opts, store)
+            .unwrap_or_else(|e| panic!("mount failed: {e}"))
+    }
+
+    fn try_new_in(
+        server: &Server,
+        source: &str,
+        opts: &str,
+        store: Option<fdstore::FdStore>,
+    ) -> Result<Mount, String> {
         server.give(&server.served);
         let dir = tempfile::Builder::new()
             .prefix("mastofs-mnt-")
@@ -547,6 +566,7 @@ impl Mount {
             dir,
             child: None,
             stderr_path,
+            store,
         };
         m.start(server, source, opts)?;
         Ok(m)
@@ -554,7 +574,10 @@ impl Mount {
 
     /// Starts a daemon on this mountpoint and waits until it serves (or exits: Err(log)).
     fn start(&mut self, server: &Server, source: &str, opts: &str) -> Result<(), String> {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match &self.store {
+            Some(store) => store.command(BIN),
+            None => Command::new(BIN),
+        };
         cmd.arg(source)
             .arg(self.dir.path())
             .arg("-f")
@@ -579,9 +602,23 @@ impl Mount {
             .spawn()
             .expect("spawn mastofs");
         let start = Instant::now();
+        let readies = |m: &Mount| {
+            m.store.as_ref().map_or(0, |s| {
+                let msgs = s.messages.lock().unwrap();
+                msgs.iter().filter(|t| t.contains("READY=1")).count()
+            })
+        };
+        let readies_before = readies(self);
         loop {
-            // Mounted and answering (a dead mount left by a crash is in mountinfo too).
-            if is_mounted(self.dir.path()) && std::fs::metadata(self.dir.path()).is_ok() {
+            // With a store, the daemon says READY=1 (a stat could wait forever on a stored
+            // connection nobody serves). Otherwise: mounted and answering (a dead mount left
+            // by a crash is in mountinfo too).
+            let ready = if self.store.is_some() {
+                readies(self) > readies_before
+            } else {
+                is_mounted(self.dir.path()) && std::fs::metadata(self.dir.path()).is_ok()
+            };
+            if ready {
                 self.child = Some(child);
                 return Ok(());
             }
@@ -603,6 +640,86 @@ impl Mount {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// `mastofs upgrade MOUNTPOINT -f`: a new daemon takes over from the running one, which
+    /// must exit 0 without unmounting. The new daemon becomes this mount's. With a store (a
+    /// service), the running daemon exits 75 instead and the test restarts it, as systemd
+    /// does.
+    pub fn upgrade(&mut self, server: &Server) -> Result<(), String> {
+        if self.store.is_some() {
+            let out = Command::new(BIN)
+                .arg("upgrade")
+                .arg(self.dir.path())
+                .output()
+                .expect("mastofs upgrade");
+            if !out.status.success() {
+                return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+            }
+            let mut old = self.child.take().ok_or("no daemon running")?;
+            let st = old.wait().map_err(|e| e.to_string())?;
+            if st.code() != Some(75) {
+                return Err(format!("the service daemon exited with {st}, not 75"));
+            }
+            return self.restart(server, "");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_path)
+            .expect("log");
+        let new = Command::new(BIN)
+            .arg("upgrade")
+            .arg(self.dir.path())
+            .arg("-f")
+            .env(
+                "MASTOFS_LOG",
+                std::env::var("TEST_MASTOFS_LOG").unwrap_or("mastofs=info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn mastofs upgrade");
+        let mut old = self.child.replace(new).ok_or("no daemon running")?;
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = old.try_wait() {
+                if !st.success() {
+                    return Err(format!("the old daemon exited with {st}: {}", self.log()));
+                }
+                break;
+            }
+            if !self.is_running() {
+                let _ = old.kill();
+                return Err(format!("the new daemon exited: {}", self.log()));
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                return Err("the old daemon did not exit within 60 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Serving once its status socket says how it started.
+        while start.elapsed() < Duration::from_secs(60) {
+            let out = Command::new(BIN)
+                .arg("status")
+                .arg(self.dir.path())
+                .output()
+                .expect("mastofs status");
+            if String::from_utf8_lossy(&out.stdout).contains("(upgrade)") {
+                return Ok(());
+            }
+            if !self.is_running() {
+                return Err(format!("the new daemon exited: {}", self.log()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("the new daemon did not answer within 60 s".into())
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// Starts a new daemon on this mountpoint (after [`Mount::crash`]).
@@ -651,6 +768,11 @@ impl Mount {
         use nix::mount::{umount2, MntFlags};
         if is_mounted(self.dir.path()) && umount2(self.dir.path(), MntFlags::empty()).is_err() {
             let _ = umount2(self.dir.path(), MntFlags::MNT_DETACH);
+        }
+        if !self.is_running() {
+            // A stored connection nobody serves would keep processes waiting on it forever:
+            // closing the store's copy ends it.
+            self.store = None;
         }
         let mut child = self.child.take()?;
         let start = Instant::now();

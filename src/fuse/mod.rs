@@ -19,9 +19,12 @@ use fuser::{
     Request, TimeOrNow, WriteFlags,
 };
 
+pub mod gate;
+
 use crate::fs::{Entry, Fs, FsError, FsResult, SetAttr};
 use crate::name_bytes;
 use crate::session::Remote;
+use gate::Gate;
 
 /// Largest read/write the kernel sends in one request.
 const MAX_IO: u32 = 1024 * 1024;
@@ -30,15 +33,18 @@ pub struct FuseFs<R: Remote> {
     fs: Arc<Fs<R>>,
     rt: tokio::runtime::Handle,
     negative_ttl: Duration,
+    /// Closed by a handover: see [`gate`].
+    gate: Arc<Gate>,
 }
 
 impl<R: Remote> FuseFs<R> {
-    pub fn new(fs: Arc<Fs<R>>, rt: tokio::runtime::Handle) -> Self {
+    pub fn new(fs: Arc<Fs<R>>, rt: tokio::runtime::Handle, gate: Arc<Gate>) -> Self {
         let negative_ttl = fs.config().negative_ttl;
         FuseFs {
             fs,
             rt,
             negative_ttl,
+            gate,
         }
     }
 
@@ -57,9 +63,13 @@ impl<R: Remote> FuseFs<R> {
         T: Send + 'static,
         Fut: Future<Output = FsResult<T>> + Send + 'static,
     {
+        let Some((pass, reply)) = self.gate.enter(reply) else {
+            return;
+        };
         let fs = self.fs.clone();
         let fut = op(fs.clone());
         self.spawn(async move {
+            let _pass = pass;
             let start = std::time::Instant::now();
             let r = fs.stats.track(name, fut.await).map_err(|e| errno(name, e));
             tracing::trace!(
@@ -171,10 +181,14 @@ impl<R: Remote> Filesystem for FuseFs<R> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some((pass, reply)) = self.gate.enter(reply) else {
+            return;
+        };
         let fs = self.fs.clone();
         let neg = self.negative_ttl;
         let name = text(name);
         self.spawn(async move {
+            let _pass = pass;
             tracing::trace!(op = "lookup", %name, "kernel request");
             match fs.stats.track("lookup", fs.lookup(parent.0, &name).await) {
                 Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
@@ -428,6 +442,9 @@ impl<R: Remote> Filesystem for FuseFs<R> {
     ) {
         // The kernel ignores release's outcome (close(2) got flush's): answer at once and
         // close the remote handle behind the application's back, saving it a round trip.
+        let Some((_pass, reply)) = self.gate.enter(reply) else {
+            return;
+        };
         reply.ok();
         let ino = self.fs.released(fh.0);
         self.run(
@@ -465,8 +482,11 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
+        let Some((_pass, mut reply)) = self.gate.enter(reply) else {
+            return;
+        };
         let listing = match self.fs.listing(fh.0) {
             Ok(l) => l,
             Err(e) => return reply.error(errno("readdir", e)),
@@ -499,8 +519,11 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
+        let Some((_pass, mut reply)) = self.gate.enter(reply) else {
+            return;
+        };
         let listing = match self.fs.listing(fh.0) {
             Ok(l) => l,
             Err(e) => return reply.error(errno("readdirplus", e)),
@@ -549,6 +572,9 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let Some((_pass, reply)) = self.gate.enter(reply) else {
+            return;
+        };
         self.fs.releasedir(fh.0);
         reply.ok();
     }

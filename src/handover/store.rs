@@ -1,0 +1,102 @@
+//! The service manager's file descriptor store: systemd's (`FDSTORE=1` over
+//! `$NOTIFY_SOCKET`, handed back as `$LISTEN_FDS` when the service restarts), or a stand-in
+//! speaking the same protocol (the tests').
+//!
+//! Owns what is stored (the `/dev/fuse` connection as `fuse`, the two journal files as
+//! `state-a` and `state-b`), taking it back at start, and refusing a stored connection that
+//! is not the mount on this mountpoint any more (unmounted or remounted meanwhile). While
+//! the store holds the connection, a daemon that dies leaves the mount alive: requests
+//! wait in the kernel until the successor takes over. It must never take over a connection
+//! whose state journal cannot be read (node ids would point to the wrong files).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use sd_notify::NotifyState;
+
+use super::{Inherited, Start};
+use crate::fs::journal::Journal;
+use crate::mountpoint;
+
+const FUSE: &str = "fuse";
+const STATE: [&str; 2] = ["state-a", "state-b"];
+
+/// Whether a service manager listens for this daemon.
+pub fn available() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some()
+}
+
+/// Stores the connection and the journal's files with the service manager (once per
+/// mount: a successor finds them there and must not store them again).
+pub fn keep(fuse: BorrowedFd<'_>, journal: &Journal) {
+    if !available() {
+        return;
+    }
+    let mut ok = send(FUSE, fuse);
+    journal.with_fds(|fds| match fds {
+        Some([a, b]) => ok &= send(STATE[0], a) & send(STATE[1], b),
+        None => ok = false,
+    });
+    if ok {
+        tracing::info!("FUSE connection kept in the service manager's store");
+    }
+}
+
+fn send(name: &str, fd: BorrowedFd<'_>) -> bool {
+    let msg = [NotifyState::FdStore, NotifyState::FdName(name)];
+    match sd_notify::notify_with_fds(&msg, &[fd]) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot store the FUSE connection: a crash will unmount");
+            false
+        }
+    }
+}
+
+/// Empties the store (the mount is gone: nothing to take over).
+pub fn release() {
+    for name in [FUSE, STATE[0], STATE[1]] {
+        let _ = sd_notify::notify(&[NotifyState::FdStoreRemove, NotifyState::FdName(name)]);
+    }
+}
+
+/// The connection a previous daemon of this mount stored, with its state.
+pub fn take(mountpoint: &Path) -> Option<Inherited> {
+    let mut fds: HashMap<String, OwnedFd> = sd_notify::listen_fds_with_names()
+        .ok()?
+        // SAFETY: LISTEN_FDS descriptors are passed to this process to own.
+        .map(|(fd, name)| (name, unsafe { OwnedFd::from_raw_fd(fd) }))
+        .collect();
+    let fuse = fds.remove(FUSE)?;
+    let files = match (fds.remove(STATE[0]), fds.remove(STATE[1])) {
+        (Some(a), Some(b)) => [File::from(a), File::from(b)],
+        _ => return refuse("no state journal was stored with it"),
+    };
+    let Some((journal, state)) = Journal::resume(files) else {
+        return refuse("its state journal is unreadable");
+    };
+    let device = mountpoint::mastofs_device(mountpoint);
+    if state.device.is_none() || device != state.device {
+        return refuse("it is not the mount on this mountpoint any more");
+    }
+    let how = if state.handed_over {
+        Start::Upgrade
+    } else {
+        Start::CrashRecovery
+    };
+    Some(Inherited {
+        fuse,
+        journal: Arc::new(journal),
+        state,
+        how,
+    })
+}
+
+fn refuse(why: &str) -> Option<Inherited> {
+    tracing::warn!("not taking over the stored FUSE connection: {why}; mounting anew");
+    release();
+    None
+}
