@@ -100,10 +100,16 @@ pub fn run(
     let first = if cfg.delay_connect {
         None
     } else {
-        Some(
-            rt.block_on(session.connect_first())
-                .map_err(|e| e.to_string())?,
-        )
+        match rt.block_on(session.connect_first()) {
+            Ok(link) => Some(link),
+            // A stored mount is ours to serve whether or not the server is reachable now:
+            // requests wait for the reconnect as in any outage.
+            Err(e) if matches!(source, Source::Stored(_)) => {
+                tracing::warn!(error = %e, "server not reachable; taking over the mount anyway");
+                None
+            }
+            Err(e) => return Err(e.to_string()),
+        }
     };
     // Only now, with the server reached, does a running daemon stop for us.
     let (inherited, start) = match source {

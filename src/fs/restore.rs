@@ -55,10 +55,16 @@ impl<R: Remote> Fs<R> {
                 );
             }
         }
-        for (&fh, &ino) in &state.dirs {
-            // A directory that is gone lists as empty.
+        // Listed again all at once (a `find` holds one handle per level). A directory that
+        // is gone, or not listed within the session's timeout, lists as empty.
+        let listings = state.dirs.iter().map(|(&fh, &ino)| async move {
             let listing = self.open_listing(ino).await.map(|(l, _)| l);
-            let listing = listing.unwrap_or_else(|_| Arc::new(super::OpenDir::empty(ino)));
+            (
+                fh,
+                listing.unwrap_or_else(|_| Arc::new(super::OpenDir::empty(ino))),
+            )
+        });
+        for (fh, listing) in futures::future::join_all(listings).await {
             if let Ok(mut d) = self.dirs.lock() {
                 d.insert(fh, listing);
             }
