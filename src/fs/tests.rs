@@ -388,3 +388,54 @@ async fn a_create_whose_mode_cannot_be_set_closes_its_handle() {
     assert_eq!(e.errno, libc::EACCES);
     assert_eq!(remote.open_count(), 0, "the remote handle was closed");
 }
+
+#[tokio::test]
+async fn a_successor_restores_node_ids_handles_and_reports_possibly_lost_writes_once() {
+    let (remote, fs) = fs();
+    remote.put_dir("/r/d");
+    remote.put_file("/r/d/f", b"old");
+    let d = fs.lookup(ROOT, "d").await.unwrap().attr.ino.0;
+    let f = fs.lookup(d, "f").await.unwrap().attr.ino.0;
+    let (written, _) = fs.open(f, libc::O_RDWR).await.unwrap();
+    let (synced, _) = fs.open(f, libc::O_RDONLY).await.unwrap();
+    fs.write(written, 0, Bytes::from_static(b"new"))
+        .await
+        .unwrap();
+    let (dh, _) = fs.opendir(d).await.unwrap();
+    fs.rename(d, "f", ROOT, "g", false).await.unwrap();
+
+    // The next daemon, from the journal alone.
+    let state = fs.journal().state();
+    let next = Fs::new(
+        remote.clone(),
+        FsConfig {
+            root: "/r".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        next.restore(&state).await.unwrap(),
+        1,
+        "one handle had writes"
+    );
+    assert_eq!(
+        next.path_of(f).unwrap(),
+        "/r/g",
+        "the node id follows the rename"
+    );
+    assert_eq!(
+        next.listing(dh).unwrap().entries.len(),
+        0,
+        "d's listing is fresh"
+    );
+    // EIO once for the handle with unconfirmed writes, then it works; the other is clean.
+    assert_eq!(next.flush(written).await.unwrap_err().errno, libc::EIO);
+    next.flush(written).await.unwrap();
+    next.flush(synced).await.unwrap();
+    assert_eq!(&next.read(synced, 0, 3).await.unwrap()[..], b"new");
+    // New ids never collide with restored ones.
+    let (fh, _) = next.open(f, libc::O_RDONLY).await.unwrap();
+    assert!(fh > written && fh > synced);
+    let (dh2, _) = next.opendir(ROOT).await.unwrap();
+    assert!(dh2 > dh);
+}
