@@ -10,13 +10,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
-use common::{pattern, wait_until, Mount, Server};
+use common::proxy::{Mode, Proxy};
+use common::{pattern, status_json, wait_until, Mount, Server};
 
 const BLOCK: usize = 65536;
 
 /// A process holding a file open read-write, driven line by line: `w N` writes block N at
-/// the descriptor's offset, `r N` reads a block there and compares it with block N, `seek
-/// N` moves to block N, `fsync`, `close`. Each answers `ok`, `bad` or `err ERRNO`.
+/// the descriptor's offset, `r N` reads a block there and compares it with block N, `sum`
+/// reads a block and prints the sum of its bytes, `seek N` moves to block N, `fsync`,
+/// `close`. Each answers `ok`, `bad` or `err ERRNO`.
 const HOLDER: &str = r#"
 import os, sys
 BS = 65536
@@ -34,6 +36,8 @@ for line in sys.stdin:
             out = "ok" if os.read(fd, BS) == block(int(c[1])) else "bad"
         elif c[0] == "seek":
             os.lseek(fd, int(c[1]) * BS, 0); out = "ok"
+        elif c[0] == "sum":
+            out = "%d" % sum(os.read(fd, BS))
         elif c[0] == "fsync":
             os.fsync(fd); out = "ok"
         elif c[0] == "close":
@@ -48,11 +52,13 @@ fn block(n: usize) -> Vec<u8> {
     b.repeat(BLOCK / 256)
 }
 
-/// A line-driven child process (the holder, or a shell in another mount namespace).
+/// A line-driven child process (the holder, or a shell in another mount namespace). Its
+/// answers are waited for at most a minute: a request nobody answers fails the test
+/// instead of hanging it.
 struct Driven {
     child: Child,
     stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Driven {
@@ -63,20 +69,29 @@ impl Driven {
             .spawn()
             .expect("spawn");
         let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let stdout: ChildStdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines() {
+                let Ok(l) = l else { return };
+                if tx.send(l.trim().to_string()).is_err() {
+                    return;
+                }
+            }
+        });
         let mut d = Driven {
             child,
             stdin,
-            stdout,
+            lines,
         };
         assert_eq!(d.line(), "ok", "child did not start");
         d
     }
 
     fn line(&mut self) -> String {
-        let mut l = String::new();
-        self.stdout.read_line(&mut l).expect("read child");
-        l.trim().to_string()
+        self.lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("no answer within 60 s")
     }
 
     fn ask(&mut self, cmd: &str) -> String {
@@ -204,6 +219,7 @@ fn carries_on_across(restart: Restart) {
     wait_until(Duration::from_secs(30), "find under way", || {
         lines_in(&progress) >= 40
     });
+    let paused = std::time::Instant::now();
     match restart {
         Restart::Upgrade | Restart::ServiceUpgrade => m
             .upgrade(&server)
@@ -215,6 +231,10 @@ fn carries_on_across(restart: Restart) {
                 .unwrap_or_else(|e| panic!("restart: {e}"));
         }
     }
+    eprintln!(
+        "restart took {:?} until the new daemon served",
+        paused.elapsed()
+    );
     assert_ne!(m.pid(), old_pid);
     assert!(
         m.log().contains("took over the mount"),
@@ -327,4 +347,35 @@ fn the_store_holds_the_connection_and_is_emptied_at_unmount() {
     wait_until(Duration::from_secs(10), "store emptied", || {
         store.names().is_empty()
     });
+}
+
+#[test]
+fn a_request_the_dead_daemon_read_but_never_answered_is_answered_by_the_next() {
+    let server = Server::start();
+    let proxy = Proxy::start(server.port);
+    server.write_ssh_config_via(proxy.port, "");
+    tree(&server);
+    let scratch = tempfile::tempdir().unwrap();
+    let sock = scratch.path().join("status.sock");
+    let opts = format!("status_socket={}", sock.display());
+    let mut m = Mount::with_store(&server, &opts);
+    let mut h = holder(scratch.path(), &m.p("data.bin"));
+    assert_eq!(h.ask("seek 5"), "ok");
+    // The read goes out to a server that never answers: the daemon has read the kernel's
+    // request (its SFTP request is in flight) when it dies.
+    proxy.set_mode(Mode::Blackhole);
+    writeln!(h.stdin, "sum").unwrap();
+    wait_until(Duration::from_secs(10), "the read in flight", || {
+        status_json(&sock)["requests_in_flight"].as_u64() >= Some(1)
+    });
+    m.crash();
+    proxy.set_mode(Mode::Pass);
+    m.restart(&server, &opts).unwrap_or_else(|e| panic!("{e}"));
+    // Only the kernel's resend brings the request to the new daemon.
+    let want: u64 = pattern(16 * BLOCK, 3)[5 * BLOCK..6 * BLOCK]
+        .iter()
+        .map(|b| *b as u64)
+        .sum();
+    assert_eq!(h.line(), want.to_string());
+    assert_eq!(h.ask("close"), "ok");
 }

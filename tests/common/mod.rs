@@ -586,21 +586,7 @@ impl Mount {
         if !opts.is_empty() {
             cmd.arg("-o").arg(opts);
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.stderr_path)
-            .expect("log");
-        let mut child = cmd
-            .env(
-                "MASTOFS_LOG",
-                std::env::var("TEST_MASTOFS_LOG").unwrap_or("mastofs=info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn mastofs");
+        let mut child = self.spawn_logged(cmd);
         let start = Instant::now();
         let readies = |m: &Mount| {
             m.store.as_ref().map_or(0, |s| {
@@ -663,24 +649,9 @@ impl Mount {
             }
             return self.restart(server, "");
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.stderr_path)
-            .expect("log");
-        let new = Command::new(BIN)
-            .arg("upgrade")
-            .arg(self.dir.path())
-            .arg("-f")
-            .env(
-                "MASTOFS_LOG",
-                std::env::var("TEST_MASTOFS_LOG").unwrap_or("mastofs=info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn mastofs upgrade");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("upgrade").arg(self.dir.path()).arg("-f");
+        let new = self.spawn_logged(cmd);
         let mut old = self.child.replace(new).ok_or("no daemon running")?;
         let start = Instant::now();
         loop {
@@ -715,6 +686,24 @@ impl Mount {
             std::thread::sleep(Duration::from_millis(20));
         }
         Err("the new daemon did not answer within 60 s".into())
+    }
+
+    /// Spawns a daemon command with its stderr appended to this mount's log.
+    fn spawn_logged(&self, mut cmd: Command) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_path)
+            .expect("log");
+        cmd.env(
+            "MASTOFS_LOG",
+            std::env::var("TEST_MASTOFS_LOG").unwrap_or("mastofs=info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn mastofs")
     }
 
     /// The daemon's process id.
