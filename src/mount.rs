@@ -97,6 +97,10 @@ pub fn run(
         cfg.max_conns as usize,
         cfg.sftp_sessions,
     );
+    let source_start = match &source {
+        Source::New(start) => *start,
+        _ => Start::Fresh,
+    };
     let first = if cfg.delay_connect {
         None
     } else {
@@ -112,12 +116,15 @@ pub fn run(
         }
     };
     // Only now, with the server reached, does a running daemon stop for us.
-    let (inherited, start) = match source {
-        Source::New(start) => (None, start),
-        Source::Stored(i) => (Some(i), Start::CrashRecovery),
-        Source::Upgrade(incoming) => (Some(incoming.take()?), Start::Upgrade),
+    let inherited = match source {
+        Source::New(_) => None,
+        Source::Stored(i) => Some(i),
+        Source::Upgrade(incoming) => Some(incoming.take()?),
     };
-    let start = inherited.as_ref().map_or(start, |i| i.how);
+    let start = match (&inherited, &source_start) {
+        (Some(i), _) => i.how,
+        (None, start) => *start,
+    };
     let journal = inherited.as_ref().map_or_else(
         || Arc::new(Journal::new(Default::default())),
         |i| i.journal.clone(),
@@ -168,14 +175,27 @@ pub fn run(
         .unwrap_or_else(|| status::default_socket(&cfg.mountpoint));
     {
         let _guard = rt.enter();
-        let listener = status::bind(&socket, cfg.status_group)?;
-        let source: Arc<dyn status::Source> = monitor.clone();
-        rt.spawn(status::serve_unix(listener, source.clone()));
+        // A taken-over mount dies with this daemon if it gives up now: serve it without
+        // a status socket rather than not at all.
+        match status::bind(&socket, cfg.status_group) {
+            Ok(listener) => {
+                let source: Arc<dyn status::Source> = monitor.clone();
+                rt.spawn(status::serve_unix(listener, source));
+            }
+            Err(e) if inherited.is_some() => tracing::warn!(error = %e, "no status socket"),
+            Err(e) => return Err(e),
+        }
         if let Some(addr) = cfg.metrics_listen {
-            let tcp = rt
-                .block_on(tokio::net::TcpListener::bind(addr))
-                .map_err(|e| format!("metrics_listen={addr}: {e}"))?;
-            rt.spawn(status::serve_tcp(tcp, source));
+            match rt.block_on(tokio::net::TcpListener::bind(addr)) {
+                Ok(tcp) => {
+                    let source: Arc<dyn status::Source> = monitor.clone();
+                    rt.spawn(status::serve_tcp(tcp, source));
+                }
+                Err(e) if inherited.is_some() => {
+                    tracing::warn!(error = %e, "metrics_listen={addr}: not served")
+                }
+                Err(e) => return Err(format!("metrics_listen={addr}: {e}")),
+            }
         }
         rt.spawn(monitor.clone().refresh_disk());
         rt.spawn(monitor.clone().notify_systemd());
@@ -215,10 +235,7 @@ pub fn run(
         }
     };
     if matches!(start, Start::Upgrade | Start::CrashRecovery) {
-        if start == Start::Upgrade && !store::available() {
-            // A new journal (the old daemon's files were its own): store it if we can.
-            store::keep(fd.as_fd(), fs.journal());
-        }
+        // Taken over: whatever the previous daemon read and left unanswered comes again.
         if !handover::resend(fd.as_fd()) {
             tracing::warn!(
                 "this kernel cannot resend requests (Linux 6.9+ can): requests the previous \
