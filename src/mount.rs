@@ -198,6 +198,14 @@ pub fn run(
             }
         }
         rt.spawn(monitor.clone().refresh_disk());
+        let confirmed = fs.clone();
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                confirmed.note_confirmed();
+            }
+        });
         rt.spawn(monitor.clone().notify_systemd());
     }
 

@@ -292,27 +292,58 @@ fn kill_9_with_a_stored_connection_keeps_open_files_bind_mounts_and_a_running_fi
     carries_on_across(Restart::Kill9);
 }
 
+/// A mount with a store, through the fault proxy, with its status socket: (server,
+/// proxy, mount, scratch dir, the options to restart with).
+fn through_proxy() -> (Server, Proxy, Mount, tempfile::TempDir, String) {
+    let server = Server::start();
+    let proxy = Proxy::start(server.port);
+    server.write_ssh_config_via(proxy.port, "");
+    tree(&server);
+    std::fs::copy(
+        server.served.join("data.bin"),
+        server.served.join("other.bin"),
+    )
+    .unwrap();
+    server.give(&server.served);
+    let scratch = tempfile::tempdir().unwrap();
+    let opts = format!(
+        "status_socket={}",
+        scratch.path().join("status.sock").display()
+    );
+    let m = Mount::with_store(&server, &opts);
+    (server, proxy, m, scratch, opts)
+}
+
+fn unconfirmed_files(scratch: &Path) -> Option<u64> {
+    status_json(&scratch.join("status.sock"))["files_with_unconfirmed_writes"].as_u64()
+}
+
 #[test]
 fn unconfirmed_writes_at_a_crash_report_eio_once_and_confirmed_ones_do_not() {
-    let server = Server::start();
-    let data = tree(&server);
-    std::fs::copy(&data, server.served.join("other.bin")).unwrap();
-    server.give(&server.served);
-    let mut m = Mount::with_store(&server, "");
-    let scratch = tempfile::tempdir().unwrap();
+    let (server, proxy, mut m, scratch, opts) = through_proxy();
     let mut pending = holder(scratch.path(), &m.p("data.bin"));
     let mut confirmed = holder(scratch.path(), &m.p("other.bin"));
-    assert_eq!(pending.ask("w 0"), "ok");
+    // Written without fsync: the server confirms it, and the daemon notes that.
     assert_eq!(confirmed.ask("w 0"), "ok");
-    assert_eq!(confirmed.ask("fsync"), "ok");
+    wait_until(
+        Duration::from_secs(10),
+        "the write noted as confirmed",
+        || unconfirmed_files(scratch.path()) == Some(0),
+    );
+    // Acknowledged by the daemon, never confirmed: the server does not answer any more.
+    proxy.set_mode(Mode::Blackhole);
+    assert_eq!(pending.ask("w 0"), "ok");
+    assert_eq!(unconfirmed_files(scratch.path()), Some(1));
 
     m.crash();
-    m.restart(&server, "").unwrap_or_else(|e| panic!("{e}"));
+    proxy.set_mode(Mode::Pass);
+    m.restart(&server, &opts).unwrap_or_else(|e| panic!("{e}"));
 
     // Closing reports what may be lost, once; the other file closes cleanly.
     assert_eq!(pending.ask("close"), format!("err {}", libc::EIO));
     assert_eq!(confirmed.ask("close"), "ok");
     assert!(m.log().contains("may be lost"), "{}", m.log());
+    assert_eq!(unconfirmed_files(scratch.path()), Some(0));
     // The file itself is fine afterwards.
     let mut again = holder(scratch.path(), &m.p("data.bin"));
     assert_eq!(again.ask("w 2"), "ok");
@@ -321,19 +352,22 @@ fn unconfirmed_writes_at_a_crash_report_eio_once_and_confirmed_ones_do_not() {
 
 #[test]
 fn a_write_after_a_crash_reports_eio_once_then_works() {
-    let server = Server::start();
-    tree(&server);
-    let mut m = Mount::with_store(&server, "");
-    let scratch = tempfile::tempdir().unwrap();
+    let (server, proxy, mut m, scratch, opts) = through_proxy();
     let mut h = holder(scratch.path(), &m.p("data.bin"));
+    proxy.set_mode(Mode::Blackhole);
     assert_eq!(h.ask("w 0"), "ok");
     m.crash();
-    m.restart(&server, "").unwrap_or_else(|e| panic!("{e}"));
+    proxy.set_mode(Mode::Pass);
+    m.restart(&server, &opts).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(h.ask("w 1"), format!("err {}", libc::EIO));
     assert_eq!(h.ask("seek 1"), "ok");
     assert_eq!(h.ask("w 1"), "ok");
     assert_eq!(h.ask("fsync"), "ok");
     assert_eq!(h.ask("close"), "ok");
+    assert_eq!(
+        &std::fs::read(server.served.join("data.bin")).unwrap()[BLOCK..2 * BLOCK],
+        &block(1)[..]
+    );
 }
 
 #[test]
@@ -351,14 +385,8 @@ fn the_store_holds_the_connection_and_is_emptied_at_unmount() {
 
 #[test]
 fn a_request_the_dead_daemon_read_but_never_answered_is_answered_by_the_next() {
-    let server = Server::start();
-    let proxy = Proxy::start(server.port);
-    server.write_ssh_config_via(proxy.port, "");
-    tree(&server);
-    let scratch = tempfile::tempdir().unwrap();
+    let (server, proxy, mut m, scratch, opts) = through_proxy();
     let sock = scratch.path().join("status.sock");
-    let opts = format!("status_socket={}", sock.display());
-    let mut m = Mount::with_store(&server, &opts);
     let mut h = holder(scratch.path(), &m.p("data.bin"));
     assert_eq!(h.ask("seek 5"), "ok");
     // The read goes out to a server that never answers: the daemon has read the kernel's

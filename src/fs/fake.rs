@@ -404,6 +404,10 @@ impl Remote for FakeRemote {
         self.setstat(&p, attrs).await
     }
 
+    fn confirmed(&self, _f: FileId) -> bool {
+        true
+    }
+
     async fn flush(&self, f: FileId) -> RemoteResult<()> {
         self.path_of(f).map(|_| ())
     }

@@ -147,10 +147,15 @@ impl<R: Remote> Fs<R> {
         self.check_lost(fh)?;
         self.invalidate_open(fh);
         let n = data.len();
-        // Written down before the kernel hears "written": a successor then knows the
-        // file may have unconfirmed writes.
-        self.journal.record(Record::Dirty { fh });
-        match self.remote.write(FileId(fh), offset, data).await {
+        self.writes_in_progress(fh, true);
+        let written = self.remote.write(FileId(fh), offset, data).await;
+        if written.is_ok() {
+            // Written down before the kernel hears "written": a successor then knows the
+            // file may have unconfirmed writes.
+            self.journal.record(Record::Dirty { fh });
+        }
+        self.writes_in_progress(fh, false);
+        match written {
             Ok(()) => {
                 self.stats.add_written(n);
                 Ok(n as u32)

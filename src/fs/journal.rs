@@ -67,7 +67,8 @@ pub enum Record {
     Dirty {
         fh: u64,
     },
-    /// Every write through `fh` acknowledged so far is confirmed by the server.
+    /// Every write through `fh` acknowledged so far is confirmed by the server (a flush,
+    /// an fsync, or the once-a-second check of [`super::Fs::note_confirmed`]).
     Clean {
         fh: u64,
     },
@@ -406,6 +407,17 @@ impl Journal {
     /// The current state.
     pub fn state(&self) -> State {
         self.inner.lock().map(|g| g.0.clone()).unwrap_or_default()
+    }
+
+    /// File handles with writes not known to be confirmed.
+    pub fn dirty(&self) -> Vec<u64> {
+        self.inner
+            .lock()
+            .map(|g| {
+                let files = g.0.files.iter();
+                files.filter(|(_, f)| f.dirty).map(|(fh, _)| *fh).collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Runs `f` on the journal's memory files (to store them with the service manager).

@@ -142,6 +142,8 @@ pub struct Fs<R: Remote> {
     /// Handles restored after a restart whose acknowledged writes may not have reached the
     /// server: their next write, fsync or flush fails with EIO, once.
     lost: Mutex<std::collections::HashSet<u64>>,
+    /// Writes in progress per handle (see [`Fs::note_confirmed`]).
+    writing: Mutex<HashMap<u64, u64>>,
 }
 
 impl<R: Remote> Fs<R> {
@@ -159,6 +161,7 @@ impl<R: Remote> Fs<R> {
             )),
             journal,
             lost: Mutex::default(),
+            writing: Mutex::default(),
             idmap: RwLock::new(cfg.idmap.clone()),
             cache: Arc::new(MetaCache::new(cfg.attr_ttl, cfg.negative_ttl, cfg.dir_ttl)),
             prefetcher: Arc::default(),

@@ -4,7 +4,9 @@
 //! Owns the order of restoring (nodes, then the handles that refer to them), re-listing
 //! open directories (a `readdir` continues at its offset in a fresh listing), reporting EIO
 //! once for each restored handle whose acknowledged writes were not known to be confirmed
-//! (as NFS does after a server loss), and confirming every write before a clean handover.
+//! (as NFS does after a server loss), keeping that mark to the handles whose writes are
+//! not yet confirmed (checked every second), and confirming every write before a clean
+//! handover.
 //! It must never report success for data that may be lost.
 
 use std::sync::atomic::Ordering;
@@ -71,6 +73,34 @@ impl<R: Remote> Fs<R> {
             self.next_dir.fetch_max(fh + 1, Ordering::Relaxed);
         }
         Ok(lost)
+    }
+
+    /// Counts a write through `fh` in (`start`) or out.
+    pub(super) fn writes_in_progress(&self, fh: u64, start: bool) {
+        if let Ok(mut w) = self.writing.lock() {
+            let n = w.entry(fh).or_insert(0);
+            if start {
+                *n += 1;
+            } else {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    w.remove(&fh);
+                }
+            }
+        }
+    }
+
+    /// Writes down which handles' writes are all confirmed by now (run every second), so
+    /// that a crash reports EIO only where writes may really be lost. A handle with a
+    /// write in progress is skipped; the check and the record happen under the lock a
+    /// write takes first, so a write that starts later is recorded dirty after this.
+    pub fn note_confirmed(&self) {
+        for fh in self.journal.dirty() {
+            let Ok(w) = self.writing.lock() else { return };
+            if !w.contains_key(&fh) && self.remote.confirmed(FileId(fh)) {
+                self.journal.record(Record::Clean { fh });
+            }
+        }
     }
 
     /// EIO, once, for a restored handle whose writes may be lost.

@@ -439,3 +439,20 @@ async fn a_successor_restores_node_ids_handles_and_reports_possibly_lost_writes_
     let (dh2, _) = next.opendir(ROOT).await.unwrap();
     assert!(dh2 > dh);
 }
+
+#[tokio::test]
+async fn confirmed_writes_are_noted_so_a_crash_reports_nothing_for_them() {
+    let (remote, fs) = fs();
+    remote.put_file("/r/f", b"");
+    let f = fs.lookup(ROOT, "f").await.unwrap().attr.ino.0;
+    let (fh, _) = fs.open(f, libc::O_WRONLY).await.unwrap();
+    fs.write(fh, 0, Bytes::from_static(b"x")).await.unwrap();
+    assert_eq!(fs.journal().dirty(), [fh]);
+    // The in-memory remote confirms at once; a write in progress would be skipped.
+    fs.writes_in_progress(fh, true);
+    fs.note_confirmed();
+    assert_eq!(fs.journal().dirty(), [fh]);
+    fs.writes_in_progress(fh, false);
+    fs.note_confirmed();
+    assert!(fs.journal().dirty().is_empty());
+}

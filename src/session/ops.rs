@@ -261,6 +261,12 @@ impl Remote for Session {
         Ok(())
     }
 
+    fn confirmed(&self, f: FileId) -> bool {
+        self.handles
+            .get(f)
+            .is_some_and(|file| file.wb.is_confirmed())
+    }
+
     async fn flush(&self, f: FileId) -> RemoteResult<()> {
         let file = self.handles.get(f).ok_or(RemoteError::BadHandle)?;
         file.wb.settle().await

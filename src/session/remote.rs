@@ -178,6 +178,9 @@ pub trait Remote: Send + Sync + 'static {
         offset: u64,
         data: Bytes,
     ) -> impl Future<Output = RemoteResult<()>> + Send;
+    /// Whether every write to `f` acknowledged so far is confirmed by the server (none
+    /// pending, none failed), without waiting.
+    fn confirmed(&self, f: FileId) -> bool;
     /// Waits until every write to `f` is confirmed; reports the first that ever failed.
     fn flush(&self, f: FileId) -> impl Future<Output = RemoteResult<()>> + Send;
     fn fstat(&self, f: FileId) -> impl Future<Output = RemoteResult<Attrs>> + Send;

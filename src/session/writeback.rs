@@ -107,6 +107,14 @@ impl WriteBehind {
         .await
     }
 
+    /// Every write so far got the server's confirmation, and none failed.
+    pub fn is_confirmed(&self) -> bool {
+        self.state
+            .lock()
+            .map(|s| s.ranges.is_empty() && s.error.is_none())
+            .unwrap_or(false)
+    }
+
     pub fn is_idle(&self) -> bool {
         self.state
             .lock()

@@ -53,6 +53,9 @@ pub struct Snapshot {
     pub open_files: u64,
     /// Bytes acknowledged to applications and not yet confirmed by the server.
     pub unconfirmed_write_bytes: u64,
+    /// Open files with writes not yet known to be confirmed: what a crash of the daemon
+    /// would report EIO for.
+    pub files_with_unconfirmed_writes: u64,
     /// Connections up, of those configured (`max_conns`).
     pub connections_up: u64,
     pub connections: u64,
@@ -197,6 +200,12 @@ impl Snapshot {
             "gauge",
             "bytes written by applications, not yet confirmed by the server",
             &one(self.unconfirmed_write_bytes.to_string()),
+        );
+        metric(
+            "files_with_unconfirmed_writes",
+            "gauge",
+            "open files whose writes are not yet known to be confirmed (EIO after a crash)",
+            &one(self.files_with_unconfirmed_writes.to_string()),
         );
         metric(
             "connections_up",
