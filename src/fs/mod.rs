@@ -15,6 +15,7 @@ pub mod idmap;
 pub mod inode;
 pub mod journal;
 mod listings;
+mod mapped;
 mod prefetch;
 mod restore;
 pub mod stats;
