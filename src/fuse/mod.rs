@@ -2,8 +2,8 @@
 //!
 //! Owns only translation: argument types, the kernel connection's tuning (`init`), and
 //! replying. Every request runs as its own task so slow remote calls never block the
-//! kernel's request loop. It must never contain filesystem logic; that lives in
-//! [`crate::fs`].
+//! kernel's request loop, and passes the [`gate`] a handover closes. It must never contain
+//! filesystem logic; that lives in [`crate::fs`].
 
 use std::ffi::OsStr;
 use std::future::Future;
