@@ -167,6 +167,7 @@ impl Remote for FakeRemote {
             fsync: true,
             statvfs: true,
             readlink_resolves: false,
+            in_order: true,
         }
     }
 

@@ -150,6 +150,7 @@ impl Session {
                 fsync: e.fsync,
                 statvfs: e.statvfs,
                 readlink_resolves: link.traits.readlink_resolves,
+                in_order: !e.concurrent,
             };
         }
     }

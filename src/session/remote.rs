@@ -108,6 +108,9 @@ pub struct Capabilities {
     pub statvfs: bool,
     /// READLINK answers the resolved path, not the link's text (see `probe`).
     pub readlink_resolves: bool,
+    /// Requests take effect in the order sent, so a request sent right behind another
+    /// sees its effect (false: the server runs requests concurrently).
+    pub in_order: bool,
 }
 
 /// Remote file operations by absolute remote path. All methods may run concurrently.

@@ -75,6 +75,9 @@ pub struct Extensions {
     /// (`symlink-order@rjk.greenend.org.uk: linkpath-targetpath`, gesftpserver). OpenSSH
     /// and most servers read the target first.
     pub symlink_link_first: bool,
+    /// Runs requests on several threads: unrelated requests may take effect, and be
+    /// answered, in another order than sent (gesftpserver).
+    pub concurrent: bool,
 }
 
 /// A remote handle: opaque bytes, valid only on the session that returned it. Dropping
@@ -149,6 +152,7 @@ impl SftpClient {
             symlink_link_first: ext.iter().any(|(n, d)| {
                 n == "symlink-order@rjk.greenend.org.uk" && &d[..] == b"linkpath-targetpath"
             }),
+            concurrent: false,
         };
         let mut client = SftpClient {
             conn,
@@ -172,6 +176,8 @@ impl SftpClient {
         if client.extensions.symlink_link_first && client.max_handles.is_none() {
             client.max_handles = Some(GESFTPSERVER_HANDLES);
         }
+        // gesftpserver also runs requests on a pool of threads.
+        client.extensions.concurrent = client.extensions.symlink_link_first;
         Ok(client)
     }
 
