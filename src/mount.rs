@@ -97,10 +97,6 @@ pub fn run(
         cfg.max_conns as usize,
         cfg.sftp_sessions,
     );
-    let source_start = match &source {
-        Source::New(start) => *start,
-        _ => Start::Fresh,
-    };
     let first = if cfg.delay_connect {
         None
     } else {
@@ -116,14 +112,17 @@ pub fn run(
         }
     };
     // Only now, with the server reached, does a running daemon stop for us.
-    let inherited = match source {
-        Source::New(_) => None,
-        Source::Stored(i) => Some(i),
-        Source::Upgrade(incoming) => Some(incoming.take()?),
-    };
-    let start = match (&inherited, &source_start) {
-        (Some(i), _) => i.how,
-        (None, start) => *start,
+    let (inherited, start) = match source {
+        Source::New(start) => (None, start),
+        Source::Stored(i) => {
+            let how = i.how;
+            (Some(i), how)
+        }
+        Source::Upgrade(incoming) => {
+            let i = incoming.take()?;
+            let how = i.how;
+            (Some(i), how)
+        }
     };
     let journal = inherited.as_ref().map_or_else(
         || Arc::new(Journal::new(Default::default())),

@@ -38,7 +38,7 @@ pub fn check(p: &Path, clear_dead: bool) -> Result<(PathBuf, bool), String> {
 /// Unmounts (lazily) the `fuse.mastofs` mount on `p` whose daemon is gone.
 fn clear_dead_mount(p: &Path) -> Result<(), String> {
     let abs = std::path::absolute(p).map_err(|e| format!("mountpoint {}: {e}", p.display()))?;
-    let fstype = mounts().into_iter().rev().find(|m| m.0 == abs).map(|m| m.1);
+    let fstype = mount_on(&abs).map(|m| m.1);
     if fstype.as_deref() != Some("fuse.mastofs") {
         return Err(format!(
             "mountpoint {}: Transport endpoint is not connected: a dead {} mount that mastofs \
@@ -206,19 +206,21 @@ pub fn is_mounted(p: &Path) -> bool {
 
 /// The device (`major:minor`) mounted on `p`, if any.
 pub fn device_of(p: &Path) -> Option<String> {
-    mounts().into_iter().rev().find(|m| m.0 == p).map(|m| m.2)
+    mount_on(p).map(|m| m.2)
 }
 
 /// The device of the `fuse.mastofs` mount on `p`, found without touching `p` itself (a
 /// mount whose daemon is being replaced would make a stat wait).
 pub fn mastofs_device(p: &Path) -> Option<String> {
     let abs = std::path::absolute(p).ok()?;
-    mounts()
-        .into_iter()
-        .rev()
-        .find(|m| m.0 == abs)
+    mount_on(&abs)
         .filter(|m| m.1 == "fuse.mastofs")
         .map(|m| m.2)
+}
+
+/// The topmost mount on `p` (mountpoint, filesystem type, device).
+fn mount_on(p: &Path) -> Option<(PathBuf, String, String)> {
+    mounts().into_iter().rev().find(|m| m.0 == p)
 }
 
 /// (mountpoint, filesystem type, device) of every mount, in mount order.

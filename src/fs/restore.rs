@@ -119,16 +119,8 @@ impl<R: Remote> Fs<R> {
     /// A file whose writes failed stays marked (its successor reports EIO). Returns how
     /// many failed.
     pub async fn confirm_writes(&self) -> usize {
-        let dirty: Vec<u64> = self
-            .journal
-            .state()
-            .files
-            .iter()
-            .filter(|(_, f)| f.dirty)
-            .map(|(fh, _)| *fh)
-            .collect();
         let mut failed = 0;
-        for fh in dirty {
+        for fh in self.journal.dirty() {
             match self.remote.flush(FileId(fh)).await {
                 Ok(()) => self.journal.record(Record::Clean { fh }),
                 Err(e) => {
