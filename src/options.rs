@@ -10,6 +10,7 @@
 //! | `umask=OCTAL` | clear these permission bits from every mode shown |
 //! | `idmap=none\|user\|file`, `uidfile=`, `gidfile=`, `nomap=ignore\|error` | sshfs id mapping |
 //! | `transform_symlinks`, `follow_symlinks` | as sshfs |
+//! | `contain_symlinks` (default), `no_contain_symlinks` | a server's link that leads out of the mount, resolved lexically from its directory, gives EPERM; links that stay inside work, absolute ones shown relative. `no_contain_symlinks` passes every target through: only for a trusted server |
 //! | `allow_other`, `allow_root`, `default_permissions`, `ro`, `rw`, `nosuid`, `nodev`, `noexec`, `noatime` | kernel mount options |
 //! | `reconnect` | accepted; mastofs always reconnects |
 //! | `delay_connect` | mount at once, connect in the background |
@@ -251,6 +252,8 @@ pub fn apply_options(cfg: &mut MountConfig, opts: &[String], sloppy: bool) -> Re
                 ("nomap", Some("ignore" | "error")) => {}
                 ("transform_symlinks", None) => cfg.fs.transform_symlinks = true,
                 ("follow_symlinks", None) => cfg.fs.follow_symlinks = true,
+                ("contain_symlinks", None) => cfg.fs.contain_symlinks = true,
+                ("no_contain_symlinks", None) => cfg.fs.contain_symlinks = false,
                 ("allow_other", None) => cfg.allow_other = true,
                 ("allow_root", None) => cfg.allow_root = true,
                 ("default_permissions", None) => cfg.default_permissions = true,

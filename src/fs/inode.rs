@@ -58,12 +58,15 @@ impl Default for Inodes {
 
 impl Inodes {
     /// A table whose changes go to `journal`, holding the `restored` nodes (node id ->
-    /// where it was) that a previous daemon gave the kernel.
+    /// where it was) that a previous daemon gave the kernel; new ids start at `next` or
+    /// above every restored one.
     pub fn new<'a>(
         journal: Arc<Journal>,
         restored: impl IntoIterator<Item = (&'a u64, &'a NodeState)>,
+        next: u64,
     ) -> Self {
         let mut t = Inodes::default();
+        t.next = t.next.max(next);
         for (&ino, n) in restored.into_iter().filter(|(&i, _)| i != ROOT) {
             t.nodes.insert(
                 ino,
@@ -237,7 +240,7 @@ mod tests {
     #[test]
     fn a_restored_table_keeps_ids_and_paths() {
         let j = Arc::new(Journal::new(Default::default()));
-        let mut t = Inodes::new(j.clone(), &std::collections::BTreeMap::new());
+        let mut t = Inodes::new(j.clone(), &std::collections::BTreeMap::new(), 0);
         let a = t.lookup(ROOT, "a", Kind::Dir);
         let b = t.lookup(a, "b", Kind::File);
         let x = t.lookup(ROOT, "x", Kind::Dir);
@@ -245,11 +248,12 @@ mod tests {
         let tmp = t.lookup(ROOT, "tmp", Kind::File);
         t.forget(tmp, 1);
         let state = j.state();
-        let mut r = Inodes::new(j, &state.nodes);
+        let mut r = Inodes::new(j, &state.nodes, state.next_ino);
         assert_eq!(r.rel_path(b).as_deref(), Some("x/c"));
         assert_eq!(r.rel_path(tmp), None, "tmp was forgotten");
         // New nodes never reuse a restored id; restored ones outlive any forget count.
-        assert!(r.lookup(ROOT, "new", Kind::File) > b);
+        // Nor a forgotten one the kernel may have been told of (the state carries it).
+        assert!(r.lookup(ROOT, "new", Kind::File) > tmp);
         r.forget(a, 1_000_000);
         assert_eq!(r.rel_path(a).as_deref(), Some("a"));
     }

@@ -93,6 +93,11 @@ pub enum Record {
     /// The daemon handed over cleanly (its writes confirmed); a successor that finds this
     /// is an upgrade, not a crash recovery.
     HandedOver,
+    /// Node ids below `ino` may have been given to the kernel (a snapshot's line: the ids
+    /// of forgotten nodes are not handed out again by a successor).
+    NextNode {
+        ino: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -119,6 +124,8 @@ pub struct State {
     pub dirs: BTreeMap<u64, u64>,
     pub device: Option<String>,
     pub handed_over: bool,
+    /// Above every node id given out so far.
+    pub next_ino: u64,
 }
 
 impl State {
@@ -138,6 +145,7 @@ impl State {
                     kind: *kind,
                     linked: true,
                 };
+                self.next_ino = self.next_ino.max(ino + 1);
                 self.nodes.insert(*ino, n.clone()) != Some(n)
             }
             Record::Unlinked { ino } => match self.nodes.get_mut(ino) {
@@ -179,6 +187,11 @@ impl State {
                 self.device.replace(device.clone()).as_ref() != Some(device)
             }
             Record::HandedOver => !std::mem::replace(&mut self.handed_over, true),
+            Record::NextNode { ino } => {
+                let before = self.next_ino;
+                self.next_ino = before.max(*ino);
+                self.next_ino != before
+            }
         }
     }
 
@@ -188,6 +201,9 @@ impl State {
         out.extend(self.device.clone().map(|device| Record::Mount { device }));
         if self.handed_over {
             out.push(Record::HandedOver);
+        }
+        if self.next_ino > 0 {
+            out.push(Record::NextNode { ino: self.next_ino });
         }
         for (&ino, n) in &self.nodes {
             out.push(Record::Node {

@@ -58,6 +58,9 @@ pub struct FsConfig {
     /// `idmap=user`: the login's ids are shown as the mounting user's.
     pub idmap_user: bool,
     pub transform_symlinks: bool,
+    /// Links leading out of the mount are refused (see `symlink`); off only for trusted
+    /// servers (`no_contain_symlinks`).
+    pub contain_symlinks: bool,
     pub follow_symlinks: bool,
     pub attr_ttl: Duration,
     pub entry_ttl: Duration,
@@ -75,6 +78,7 @@ impl Default for FsConfig {
             idmap: IdMap::default(),
             idmap_user: false,
             transform_symlinks: false,
+            contain_symlinks: true,
             follow_symlinks: false,
             attr_ttl: Duration::from_secs(20),
             entry_ttl: Duration::from_secs(20),
@@ -159,6 +163,7 @@ impl<R: Remote> Fs<R> {
             inodes: Mutex::new(Inodes::new(
                 journal.clone(),
                 &std::collections::BTreeMap::new(),
+                0,
             )),
             journal,
             lost: Mutex::default(),
@@ -439,13 +444,14 @@ impl<R: Remote> Fs<R> {
         let target = self.remote.readlink(&self.remote_path(&rel)).await?;
         // A server whose READLINK resolves the link answers an absolute path (unless the
         // session knew the link's text): shown relative where it lies inside the mount.
-        if !self.cfg.transform_symlinks && !self.remote.capabilities().readlink_resolves {
-            return Ok(target);
-        }
+        let policy = symlink::Policy {
+            contain: self.cfg.contain_symlinks,
+            transform: self.cfg.transform_symlinks || self.remote.capabilities().readlink_resolves,
+        };
         let abs_root = self.abs_root.read().ok().and_then(|r| r.clone());
-        Ok(match abs_root {
-            Some(root) => symlink::transform(&root, &rel, &target),
-            None => target,
+        symlink::show(abs_root.as_deref(), &rel, &target, policy).map_err(|symlink::Outside| {
+            tracing::warn!(link = %rel, %target, "a link on the server leads out of the mount: refused (contain_symlinks)");
+            FsError::new(libc::EPERM, "symlink leads out of the mount")
         })
     }
 

@@ -27,7 +27,7 @@ impl<R: Remote> Fs<R> {
     /// Restores `state` (the journal's, or an upgrade's) before the kernel's requests are
     /// served. Returns how many handles may have lost writes.
     pub async fn restore(&self, state: &State) -> FsResult<usize> {
-        let restored = Inodes::new(self.journal.clone(), &state.nodes);
+        let restored = Inodes::new(self.journal.clone(), &state.nodes, state.next_ino);
         *self
             .inodes
             .lock()

@@ -204,6 +204,41 @@ async fn transform_symlinks_inside_root() {
     assert_eq!(fs.readlink(l).await.unwrap(), "../t");
 }
 
+/// Links the server planted that lead out of the mount give EPERM by default; inside ones
+/// work; `no_contain_symlinks` passes them through.
+#[tokio::test]
+async fn links_out_of_the_mount_are_refused_unless_trusted() {
+    for contain in [true, false] {
+        let (remote, fs) = fs_with(FsConfig {
+            contain_symlinks: contain,
+            ..Default::default()
+        });
+        remote.put_dir("/r/a");
+        remote.put_file("/r/t", b"");
+        remote.put_link("/r/a/out", "../../../etc/hostname");
+        remote.put_link("/r/a/abs", "/etc/hostname");
+        remote.put_link("/r/a/in", "/r/t");
+        fs.prepare().await.unwrap();
+        let a = fs.lookup(ROOT, "a").await.unwrap().attr.ino.0;
+        let read = |name: &'static str| {
+            let fs = &fs;
+            async move {
+                let l = fs.lookup(a, name).await.unwrap().attr.ino.0;
+                fs.readlink(l).await
+            }
+        };
+        if contain {
+            assert_eq!(read("out").await.unwrap_err().errno, libc::EPERM);
+            assert_eq!(read("abs").await.unwrap_err().errno, libc::EPERM);
+            assert_eq!(read("in").await.unwrap(), "../t");
+        } else {
+            assert_eq!(read("out").await.unwrap(), "../../../etc/hostname");
+            assert_eq!(read("abs").await.unwrap(), "/etc/hostname");
+            assert_eq!(read("in").await.unwrap(), "/r/t");
+        }
+    }
+}
+
 #[tokio::test]
 async fn prepare_checks_the_remote_root() {
     let remote = Arc::new(FakeRemote::new());
