@@ -23,11 +23,14 @@ mod mount;
 mod mountpoint;
 mod name_bytes;
 mod options;
+mod rundir;
 mod session;
 mod sftp;
 mod ssh;
 mod status;
 
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use handover::Start;
@@ -67,8 +70,10 @@ enum Command {
     Version,
 }
 
-fn parse_args(args: &[String], helper: bool) -> Result<Command, String> {
-    let mut positional = Vec::new();
+/// Parses the command line (arguments are bytes: a mountpoint need not be UTF-8; the
+/// source's remote path is kept losslessly, see `name_bytes`; options must be UTF-8).
+fn parse_args(args: &[OsString], helper: bool) -> Result<Command, String> {
+    let mut positional: Vec<&OsStr> = Vec::new();
     let mut cli = Cli {
         source: String::new(),
         mountpoint: PathBuf::new(),
@@ -80,17 +85,27 @@ fn parse_args(args: &[String], helper: bool) -> Result<Command, String> {
         fake: false,
         sloppy: false,
     };
+    let utf8 = |a: &OsStr| -> Result<String, String> {
+        a.to_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("argument '{}' is not valid UTF-8", a.to_string_lossy()))
+    };
     let mut it = args.iter();
-    while let Some(a) = it.next() {
+    while let Some(arg) = it.next() {
+        let Some(a) = arg.to_str().filter(|a| a.starts_with('-') && a.len() > 1) else {
+            positional.push(arg);
+            continue;
+        };
         let mut value = |flag: &str, joined: &str| -> Result<String, String> {
             if !joined.is_empty() {
                 return Ok(joined.to_string());
             }
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("option {flag} needs an argument"))
+            utf8(
+                it.next()
+                    .ok_or_else(|| format!("option {flag} needs an argument"))?,
+            )
         };
-        match a.as_str() {
+        match a {
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             "-o" => cli.opts.push(value("-o", "")?),
@@ -102,11 +117,14 @@ fn parse_args(args: &[String], helper: bool) -> Result<Command, String> {
                         .map_err(|_| "option -p needs a port number")?,
                 )
             }
-            "-F" => cli.config_file = Some(PathBuf::from(value("-F", "")?)),
+            "-F" => {
+                let f = it.next().ok_or("option -F needs an argument")?;
+                cli.config_file = Some(PathBuf::from(f));
+            }
             "-t" | "-N" if helper => {
                 value(a, "")?;
             }
-            s if s.starts_with('-') && s.len() > 1 && !s.starts_with("--") => {
+            s if !s.starts_with("--") => {
                 for c in s[1..].chars() {
                     match (c, helper) {
                         ('f', true) => cli.fake = true,
@@ -122,19 +140,18 @@ fn parse_args(args: &[String], helper: bool) -> Result<Command, String> {
                     }
                 }
             }
-            s if s.starts_with("--") => return Err(format!("unknown flag {s}")),
-            _ => positional.push(a.clone()),
+            s => return Err(format!("unknown flag {s}")),
         }
     }
-    match positional.len() {
-        2 => {
-            cli.mountpoint = PathBuf::from(positional.pop().unwrap_or_default());
-            cli.source = positional.pop().unwrap_or_default();
+    match positional[..] {
+        [source, mountpoint] => {
+            cli.mountpoint = PathBuf::from(mountpoint);
+            cli.source = name_bytes::decode(source.as_bytes());
             Ok(Command::Mount(cli))
         }
-        0 => Err("missing source and mountpoint".into()),
-        1 => Err("missing mountpoint".into()),
-        _ => Err(format!("unexpected argument '{}'", positional[2])),
+        [] => Err("missing source and mountpoint".into()),
+        [_] => Err("missing mountpoint".into()),
+        [_, _, extra, ..] => Err(format!("unexpected argument '{}'", extra.to_string_lossy())),
     }
 }
 
@@ -144,9 +161,9 @@ fn fail(msg: impl std::fmt::Display) -> ! {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let args: Vec<OsString> = std::env::args_os().collect();
     let helper = is_helper(&args);
-    match args.get(1).map(String::as_str) {
+    match args.get(1).and_then(|a| a.to_str()) {
         Some("status") if !helper => std::process::exit(status::client::run(&args[2..])),
         Some("upgrade") if !helper => return upgrade(&args[2..]),
         _ => {}
@@ -208,7 +225,7 @@ fn configure(cli: &Cli) -> Result<MountConfig, String> {
 }
 
 /// Resolves the SSH target, daemonizes unless in the foreground, and serves the mount.
-fn serve(cli: Cli, cfg: MountConfig, source: mount::Source, args: Vec<String>) {
+fn serve(cli: Cli, cfg: MountConfig, source: mount::Source, args: Vec<OsString>) {
     let target = ssh::config::resolve(&cfg.host, cfg.spec_user.as_deref(), &cfg.ssh)
         .unwrap_or_else(|e| fail(e));
     if cli.fake {
@@ -227,19 +244,22 @@ fn serve(cli: Cli, cfg: MountConfig, source: mount::Source, args: Vec<String>) {
 
 /// `mastofs upgrade MOUNTPOINT [-f] [-d]`: this binary takes over the mount from the
 /// daemon serving it, with that daemon's options.
-fn upgrade(rest: &[String]) {
+fn upgrade(rest: &[OsString]) {
     let (mut foreground, mut debug, mut mp) = (false, false, None);
     for a in rest {
-        match a.as_str() {
-            "-f" => foreground = true,
-            "-d" => (debug, foreground) = (true, true),
-            "-h" | "--help" => {
+        match a.to_str() {
+            Some("-f") => foreground = true,
+            Some("-d") => (debug, foreground) = (true, true),
+            Some("-h" | "--help") => {
                 print!("{USAGE}");
                 return;
             }
-            s if !s.starts_with('-') && mp.is_none() => mp = Some(PathBuf::from(s)),
-            s => {
-                eprintln!("mastofs: upgrade: unexpected argument '{s}'\n{USAGE}");
+            _ if !a.as_bytes().starts_with(b"-") && mp.is_none() => mp = Some(PathBuf::from(a)),
+            _ => {
+                eprintln!(
+                    "mastofs: upgrade: unexpected argument '{}'\n{USAGE}",
+                    a.to_string_lossy()
+                );
                 std::process::exit(2);
             }
         }
@@ -275,18 +295,18 @@ fn upgrade(rest: &[String]) {
 }
 
 /// Whether argv[0] names the mount helper (`mount.mastofs`, `mount.fuse.mastofs`).
-fn is_helper(args: &[String]) -> bool {
+fn is_helper(args: &[OsString]) -> bool {
     args.first()
         .and_then(|a| Path::new(a).file_name())
-        .is_some_and(|f| f.to_string_lossy().starts_with("mount."))
+        .is_some_and(|f| f.as_bytes().starts_with(b"mount."))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(str::to_string).collect()
+    fn args(s: &str) -> Vec<OsString> {
+        s.split_whitespace().map(OsString::from).collect()
     }
 
     #[test]
@@ -311,6 +331,19 @@ mod tests {
             panic!("not a mount")
         };
         assert!(c.fake && c.sloppy && !c.foreground);
+    }
+
+    #[test]
+    fn a_mountpoint_is_bytes() {
+        use std::os::unix::ffi::OsStringExt;
+        let mut a = args("box:/p");
+        a.push(OsString::from_vec(b"/mnt/\xffx".to_vec()));
+        let Command::Mount(c) = parse_args(&a, false).unwrap() else {
+            panic!("not a mount")
+        };
+        assert_eq!(c.mountpoint.as_os_str().as_bytes(), b"/mnt/\xffx");
+        a.push(OsString::from_vec(b"-o\xff".to_vec()));
+        assert!(parse_args(&a, false).is_err(), "options must be UTF-8");
     }
 
     #[test]

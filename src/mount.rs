@@ -67,7 +67,7 @@ pub fn run(
     cfg: MountConfig,
     target: Target,
     source: Source,
-    args: Vec<String>,
+    args: Vec<std::ffi::OsString>,
     ready: &mut Ready,
 ) -> Result<(), String> {
     let (target_host, target_port) = (target.host.clone(), target.port);
@@ -320,7 +320,7 @@ impl upgrade::Handing for Handing {
 /// Listens for `mastofs upgrade` on a thread of its own.
 fn serve_upgrades(
     cfg: &MountConfig,
-    args: Vec<String>,
+    args: Vec<std::ffi::OsString>,
     fuse: Arc<OwnedFd>,
     fs: &Arc<Fs<Session>>,
     gate: &Arc<Gate>,
@@ -344,7 +344,8 @@ fn serve_upgrades(
         args,
         mountpoint: cfg.mountpoint.clone(),
         fuse,
-        service: store::available(),
+        service: store::holds(),
+        drain: cfg.timeout,
     };
     let spawned = std::thread::Builder::new()
         .name("handover".into())

@@ -225,36 +225,47 @@ fn mount_on(p: &Path) -> Option<(PathBuf, String, String)> {
 
 /// (mountpoint, filesystem type, device) of every mount, in mount order.
 fn mounts() -> Vec<(PathBuf, String, String)> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
+    parse_mountinfo(&std::fs::read("/proc/self/mountinfo").unwrap_or_default())
+}
+
+/// mountinfo's lines, as bytes: a mountpoint is any bytes, a line that does not parse is
+/// skipped (never the whole table).
+fn parse_mountinfo(info: &[u8]) -> Vec<(PathBuf, String, String)> {
+    use std::os::unix::ffi::OsStringExt;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    info.split(|b| *b == b'\n')
         .filter_map(|l| {
-            let mut f = l.split(' ');
+            let mut f = l.split(|b| *b == b' ');
             let device = f.nth(2)?;
             let point = f.nth(1)?;
-            let fstype = l.split_once(" - ")?.1.split(' ').next()?;
+            let sep = l.windows(3).position(|w| w == b" - ")?;
+            let fstype = l[sep + 3..].split(|b| *b == b' ').next()?;
             Some((
-                PathBuf::from(unescape(point)),
-                fstype.to_string(),
-                device.to_string(),
+                PathBuf::from(std::ffi::OsString::from_vec(unescape(point))),
+                text(fstype),
+                text(device),
             ))
         })
         .collect()
 }
 
 /// mountinfo's octal escapes (`\040` for a space) undone.
-fn unescape(s: &str) -> String {
-    let mut out = String::new();
-    let b = s.as_bytes();
+fn unescape(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v as char);
-                i += 4;
-                continue;
+    while i < s.len() {
+        if s[i] == b'\\' && i + 4 <= s.len() {
+            let oct = &s[i + 1..i + 4];
+            if oct.iter().all(|d| (b'0'..=b'7').contains(d)) {
+                let v = oct.iter().fold(0u32, |v, d| v * 8 + (d - b'0') as u32);
+                if let Ok(v) = u8::try_from(v) {
+                    out.push(v);
+                    i += 4;
+                    continue;
+                }
             }
         }
-        out.push(b[i] as char);
+        out.push(s[i]);
         i += 1;
     }
     out
@@ -264,10 +275,63 @@ fn unescape(s: &str) -> String {
 mod tests {
     use super::*;
 
+    use proptest::prelude::*;
+    use std::os::unix::ffi::OsStrExt;
+
     #[test]
     fn mountinfo_escapes() {
-        assert_eq!(unescape("/mnt/a\\040b"), "/mnt/a b");
-        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape(b"/mnt/a\\040b"), b"/mnt/a b");
+        assert_eq!(unescape(b"/plain"), b"/plain");
+        assert_eq!(unescape(b"/x\\777"), b"/x\\777", "not a byte: kept");
+    }
+
+    /// A line as the kernel writes it for a mount on `point` (space, tab, newline and
+    /// backslash escaped in octal; every other byte as it is).
+    fn line(point: &[u8], fstype: &str) -> Vec<u8> {
+        let mut esc = Vec::new();
+        for &b in point {
+            if matches!(b, b' ' | b'\t' | b'\n' | b'\\') {
+                esc.extend(format!("\\{b:03o}").bytes());
+            } else {
+                esc.push(b);
+            }
+        }
+        let mut l = b"36 35 0:52 / ".to_vec();
+        l.extend(&esc);
+        l.extend(format!(" rw,nosuid - {fstype} box:/x rw,user_id=0\n").bytes());
+        l
+    }
+
+    #[test]
+    fn mountpoints_are_bytes_and_one_bad_line_spoils_nothing() {
+        let mut info = line(b"/mnt/\xff\xfe", "fuse.mastofs");
+        info.extend(b"garbage without fields\n");
+        info.extend(line("/mnt/mnt\u{e9} x".as_bytes(), "fuse.mastofs"));
+        let m = parse_mountinfo(&info);
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert_eq!(m[0].0.as_os_str().as_bytes(), b"/mnt/\xff\xfe");
+        assert_eq!(m[1].0, Path::new("/mnt/mnt\u{e9} x"));
+        assert_eq!((m[1].1.as_str(), m[1].2.as_str()), ("fuse.mastofs", "0:52"));
+    }
+
+    proptest! {
+        /// Any mountpoint's bytes come back as they were, beside any other line.
+        #[test]
+        fn parse_mountinfo_round_trips(
+            point in proptest::collection::vec(1u8..=255, 1..64),
+            noise in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let point: Vec<u8> = point.into_iter().filter(|b| *b != b'/').collect();
+            let mut want = b"/".to_vec();
+            want.extend(&point);
+            let mut info: Vec<u8> = noise.into_iter().filter(|b| *b != b'\n').collect();
+            info.push(b'\n');
+            info.extend(line(&want, "fuse.mastofs"));
+            let m = parse_mountinfo(&info);
+            let last = m.last().expect("the well-formed line parses");
+            prop_assert_eq!(last.0.as_os_str().as_bytes(), &want[..]);
+            prop_assert_eq!(last.1.as_str(), "fuse.mastofs");
+        }
     }
 
     #[test]

@@ -4,10 +4,13 @@
 //! Owns counting requests in service and parking the ones that arrive after closing: their
 //! reply is dropped without being sent (never answered EIO), so the kernel keeps them as
 //! read-but-unanswered and, on `FUSE_NOTIFY_RESEND`, queues them again for the daemon that
-//! takes over. It must never answer a request itself.
+//! takes over. Requests still in service when the wait gives up are sealed: their replies
+//! are withheld in the same way, so nothing reaches the kernel after the state is taken
+//! (a node id the successor does not know, say), and the successor runs them again. It
+//! must never answer a request itself.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -17,10 +20,25 @@ pub struct Gate {
     closed: AtomicBool,
     busy: AtomicUsize,
     idle: Notify,
+    /// Replies are withheld (held for writing while sealing, so no reply is half sent).
+    sealed: RwLock<bool>,
 }
 
 /// A request in service; it leaves the count when dropped.
 pub struct Pass(Arc<Gate>);
+
+impl Pass {
+    /// Sends the reply through `send`, unless the gate was sealed meanwhile: then `reply`
+    /// is leaked unsent (the kernel resends the request to the successor).
+    pub fn reply<T>(&self, reply: T, send: impl FnOnce(T)) {
+        let sealed = self.0.sealed.read().map_or(true, |s| *s);
+        if sealed {
+            std::mem::forget(reply);
+            return;
+        }
+        send(reply);
+    }
+}
 
 impl Drop for Pass {
     fn drop(&mut self) {
@@ -47,12 +65,15 @@ impl Gate {
 
     /// Admits requests again (a handover that did not happen).
     pub fn open(&self) {
+        if let Ok(mut s) = self.sealed.write() {
+            *s = false;
+        }
         self.closed.store(false, Ordering::SeqCst);
     }
 
     /// Closes the gate and waits up to `limit` for the requests in service. Returns how
-    /// many are still in service at the end (their kernel requests are resent to the
-    /// successor, which runs them again).
+    /// many are still in service at the end: those are sealed (their replies withheld; the
+    /// kernel resends them to the successor, which runs them again).
     pub async fn close(&self, limit: Duration) -> usize {
         self.closed.store(true, Ordering::SeqCst);
         let deadline = tokio::time::Instant::now() + limit;
@@ -63,6 +84,9 @@ impl Gate {
                 return 0;
             }
             if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                if let Ok(mut s) = self.sealed.write() {
+                    *s = true;
+                }
                 return self.busy.load(Ordering::SeqCst);
             }
         }
@@ -88,9 +112,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn close_gives_up_after_its_limit() {
+    async fn close_gives_up_after_its_limit_and_seals_what_is_left() {
         let g = Arc::new(Gate::default());
-        let _held = g.enter(()).unwrap();
+        let (held, _) = g.enter(()).unwrap();
         assert_eq!(g.close(Duration::from_millis(20)).await, 1);
+        let mut sent = false;
+        held.reply((), |()| sent = true);
+        assert!(!sent, "a reply after the state was taken is withheld");
+        g.open();
+        held.reply((), |()| sent = true);
+        assert!(sent);
     }
 }

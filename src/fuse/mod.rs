@@ -69,7 +69,6 @@ impl<R: Remote> FuseFs<R> {
         let fs = self.fs.clone();
         let fut = op(fs.clone());
         self.spawn(async move {
-            let _pass = pass;
             let start = std::time::Instant::now();
             let r = fs.stats.track(name, fut.await).map_err(|e| errno(name, e));
             tracing::trace!(
@@ -77,7 +76,7 @@ impl<R: Remote> FuseFs<R> {
                 us = start.elapsed().as_micros() as u64,
                 "kernel request"
             );
-            reply(r)
+            pass.reply(reply, |reply| reply(r))
         });
     }
 
@@ -188,9 +187,9 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         let neg = self.negative_ttl;
         let name = text(name);
         self.spawn(async move {
-            let _pass = pass;
             tracing::trace!(op = "lookup", %name, "kernel request");
-            match fs.stats.track("lookup", fs.lookup(parent.0, &name).await) {
+            let r = fs.stats.track("lookup", fs.lookup(parent.0, &name).await);
+            pass.reply(reply, |reply| match r {
                 Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
                 Err(e) if e.errno == libc::ENOENT && !neg.is_zero() => {
                     // A negative entry (inode 0) the kernel may cache for `neg`.
@@ -199,7 +198,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
                     reply.entry(&neg, &attr, Generation(0))
                 }
                 Err(e) => reply.error(errno("lookup", e)),
-            }
+            })
         });
     }
 

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use sd_notify::NotifyState;
@@ -24,9 +25,29 @@ use crate::mountpoint;
 const FUSE: &str = "fuse";
 const STATE: [&str; 2] = ["state-a", "state-b"];
 
-/// Whether a service manager listens for this daemon.
+/// The store holds this mount's connection (stored by this daemon, or taken from it).
+static HOLDS: AtomicBool = AtomicBool::new(false);
+
+/// Whether a service manager keeps descriptors for this daemon. systemd drops `FDSTORE=1`
+/// without a word when the unit's `FileDescriptorStoreMax=` is 0 (its default) or the
+/// sender is not the main process, so `$NOTIFY_SOCKET` alone proves nothing: the store's
+/// size must be known, from `$FDSTORE` (systemd 254+) or `$MASTOFS_FDSTORE` (set by the
+/// shipped unit to its `FileDescriptorStoreMax=`), and this process must be the one
+/// systemd started (`$SYSTEMD_EXEC_PID`, where set).
 pub fn available() -> bool {
-    std::env::var_os("NOTIFY_SOCKET").is_some()
+    let var = |k: &str| std::env::var(k).ok();
+    let size = var("FDSTORE")
+        .or_else(|| var("MASTOFS_FDSTORE"))
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    let main = var("SYSTEMD_EXEC_PID").is_none_or(|p| p.trim() == std::process::id().to_string());
+    std::env::var_os("NOTIFY_SOCKET").is_some() && size >= 3 && main
+}
+
+/// Whether the store holds this mount's connection: only then may the daemon exit and
+/// leave the mount to a successor the service manager starts.
+pub fn holds() -> bool {
+    HOLDS.load(Ordering::SeqCst)
 }
 
 /// Stores the connection and the journal's files with the service manager (once per
@@ -40,6 +61,7 @@ pub fn keep(fuse: BorrowedFd<'_>, journal: &Journal) {
         Some([a, b]) => ok &= send(STATE[0], a) & send(STATE[1], b),
         None => ok = false,
     });
+    HOLDS.store(ok, Ordering::SeqCst);
     if ok {
         tracing::info!("FUSE connection kept in the service manager's store");
     }
@@ -58,6 +80,7 @@ fn send(name: &str, fd: BorrowedFd<'_>) -> bool {
 
 /// Empties the store (the mount is gone: nothing to take over).
 pub fn release() {
+    HOLDS.store(false, Ordering::SeqCst);
     for name in [FUSE, STATE[0], STATE[1]] {
         let _ = sd_notify::notify(&[NotifyState::FdStoreRemove, NotifyState::FdName(name)]);
     }
@@ -87,6 +110,8 @@ pub fn take(mountpoint: &Path) -> Option<Inherited> {
     } else {
         Start::CrashRecovery
     };
+    // Still stored: the service manager keeps them across restarts.
+    HOLDS.store(available(), Ordering::SeqCst);
     Some(Inherited {
         fuse,
         journal: Arc::new(journal),

@@ -1,13 +1,47 @@
 //! `mastofs status [MOUNTPOINT|--all] [--json] [--socket PATH]`: asks running mounts'
 //! status sockets and prints a summary. Exit 0 healthy, 1 degraded, 2 no such mount; so it
 //! works as a Nagios/Icinga check and as a compose healthcheck.
+//!
+//! It trusts the socket no more than it must: the default directory is checked as every
+//! run directory is ([`crate::rundir`]), an answer larger than [`MAX_BODY`] or slower than
+//! 5 s is an error, and every string it prints has its control characters escaped (a
+//! server's banner or error text never reaches the terminal raw).
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+
+use crate::rundir;
+
+/// The largest answer read (a status is a few KiB).
+const MAX_BODY: usize = 4 << 20;
+
+/// `s` with every control character escaped, for a terminal.
+fn clean(s: &str) -> String {
+    escape(s, |c| format!("\\u{{{c:x}}}"))
+}
+
+/// Compact JSON with every control character escaped as JSON does (serde_json leaves
+/// U+007F..U+009F as they are; a terminal may act on them).
+fn clean_json(v: &serde_json::Value) -> String {
+    escape(&v.to_string(), |c| format!("\\u{c:04x}"))
+}
+
+fn escape(s: &str, how: impl Fn(u32) -> String) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                how(c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
 
 async fn get(socket: &Path, path: &str) -> Result<(u16, String), String> {
     let stream = tokio::net::UnixStream::connect(socket)
@@ -23,17 +57,16 @@ async fn get(socket: &Path, path: &str) -> Result<(u16, String), String> {
         .map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let code = resp.status().as_u16();
-    let body = resp
-        .into_body()
+    let body = Limited::new(resp.into_body(), MAX_BODY)
         .collect()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{}: {e}", socket.display()))?
         .to_bytes();
     Ok((code, String::from_utf8_lossy(&body).into_owned()))
 }
 
 fn summary(v: &serde_json::Value) -> String {
-    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_string();
+    let s = |k: &str| clean(v.get(k).and_then(|x| x.as_str()).unwrap_or("-"));
     let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
     let mut out = format!(
         "{}: {} ({}:{})\n  reconnects {}, replays {}, give-ups {}, in flight {}, waiting {}, open files {}\n  connections {}/{}, unconfirmed writes {} KiB\n",
@@ -64,7 +97,7 @@ fn summary(v: &serde_json::Value) -> String {
         .and_then(|c| c.get("summary"))
         .and_then(|c| c.as_str())
     {
-        out.push_str(&format!("  server capabilities: {c}\n"));
+        out.push_str(&format!("  server capabilities: {}\n", clean(c)));
     }
     if !s("daemon_started_at").is_empty() {
         out.push_str(&format!(
@@ -92,32 +125,41 @@ fn summary(v: &serde_json::Value) -> String {
         v.get("last_error").and_then(|x| x.as_str()),
         v.get("last_error_at").and_then(|x| x.as_str()),
     ) {
-        out.push_str(&format!("  last error at {at}: {e}\n"));
+        out.push_str(&format!("  last error at {}: {}\n", clean(at), clean(e)));
     }
     out
 }
 
 /// Runs the `status` subcommand; returns the exit code.
-pub fn run(args: &[String]) -> i32 {
+pub fn run(args: &[OsString]) -> i32 {
     let mut json = false;
     let mut all = false;
     let mut sockets: Vec<PathBuf> = Vec::new();
+    let mut defaults = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        match a.as_str() {
-            "--json" => json = true,
-            "--all" => all = true,
-            "--socket" => match it.next() {
+        match a.to_str() {
+            Some("--json") => json = true,
+            Some("--all") => all = true,
+            Some("--socket") => match it.next() {
                 Some(p) => sockets.push(PathBuf::from(p)),
                 None => {
                     eprintln!("mastofs status: --socket needs a path");
                     return 2;
                 }
             },
-            m => {
-                let p = std::fs::canonicalize(m).unwrap_or_else(|_| PathBuf::from(m));
+            _ => {
+                let p = std::fs::canonicalize(a).unwrap_or_else(|_| PathBuf::from(a));
                 sockets.push(super::default_socket(&p));
+                defaults = true;
             }
+        }
+    }
+    if all || sockets.is_empty() || defaults {
+        // The default directory must be one nobody else could have planted.
+        if let Err(e) = rundir::verify(&super::run_dir(), rundir::Dir::Status) {
+            eprintln!("mastofs status: {}", clean(&e));
+            return 2;
         }
     }
     if all || sockets.is_empty() {
@@ -152,10 +194,17 @@ pub fn run(args: &[String]) -> i32 {
         });
         match r {
             Ok(Ok((_, body))) => {
-                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+                    eprintln!(
+                        "mastofs status: {}: not a mastofs status answer",
+                        sock.display()
+                    );
+                    worst = 2;
+                    continue;
+                };
                 let healthy = v.get("state").and_then(|s| s.as_str()) == Some("connected");
                 if json {
-                    println!("{body}");
+                    println!("{}", clean_json(&v));
                 } else {
                     print!("{}", summary(&v));
                 }
@@ -164,7 +213,7 @@ pub fn run(args: &[String]) -> i32 {
                 }
             }
             Ok(Err(e)) => {
-                eprintln!("mastofs status: no such mount (cannot reach {e})");
+                eprintln!("mastofs status: no such mount (cannot reach {})", clean(&e));
                 worst = 2;
             }
             Err(_) => {
@@ -177,4 +226,19 @@ pub fn run(args: &[String]) -> i32 {
         }
     }
     worst
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{clean, clean_json};
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let v = serde_json::json!({"e": "x\u{1b}[2J\u{9b}"});
+        let out = clean_json(&v);
+        assert_eq!(out, r#"{"e":"x\u001b[2J\u009b"}"#);
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap(), v);
+        assert_eq!(clean("a\x1b[31mb\u{9b}c\n"), "a\\u{1b}[31mb\\u{9b}c\\u{a}");
+        assert_eq!(clean("plain é"), "plain é");
+    }
 }

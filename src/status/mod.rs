@@ -18,6 +18,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 
+use crate::rundir;
+
 pub use report::Snapshot;
 
 /// Where the snapshot comes from (the mount's counters).
@@ -25,39 +27,27 @@ pub trait Source: Send + Sync + 'static {
     fn snapshot(&self) -> Snapshot;
 }
 
-/// Where root's mounts keep their sockets.
-pub const RUN_DIR: &str = "/run/mastofs";
-
-/// The directory for the status sockets of this user's mounts: [`RUN_DIR`] for root; for
-/// anyone else (a `user` line in fstab) `mastofs` in their runtime directory
-/// (`$XDG_RUNTIME_DIR`, else `/run/user/UID`), else `/tmp/mastofs-UID`.
+/// The directory for the status sockets of this user's mounts (see [`crate::rundir`]).
 pub fn run_dir() -> PathBuf {
-    let uid = nix::unistd::geteuid();
-    if uid.is_root() {
-        return PathBuf::from(RUN_DIR);
-    }
-    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|d| d.is_absolute() && d.is_dir())
-        .or_else(|| Some(PathBuf::from(format!("/run/user/{uid}"))).filter(|d| d.is_dir()));
-    runtime.map_or_else(tmp_run_dir, |d| d.join("mastofs"))
+    rundir::path(rundir::Dir::Status)
 }
 
-/// The last resort for a user without a runtime directory.
-fn tmp_run_dir() -> PathBuf {
-    PathBuf::from(format!("/tmp/mastofs-{}", nix::unistd::geteuid()))
-}
-
-/// `systemd-escape --path`: strip slashes at the ends, `/` -> `-`, and `\xNN` for anything
+/// `systemd-escape --path`: strip slashes at the ends, `/` -> `-`, and `\xNN` for any byte
 /// but ASCII alphanumerics, `_`, and a `.` that does not lead.
 pub fn systemd_escape_path(p: &Path) -> String {
-    let s = p.to_string_lossy();
-    let trimmed = s.trim_matches('/');
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = p.as_os_str().as_bytes();
+    let start = bytes.iter().position(|b| *b != b'/').unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| *b != b'/')
+        .map_or(start, |e| e + 1);
+    let trimmed = &bytes[start..end.max(start)];
     if trimmed.is_empty() {
         return "-".into();
     }
     let mut out = String::new();
-    for (i, b) in trimmed.bytes().enumerate() {
+    for (i, &b) in trimmed.iter().enumerate() {
         match b {
             b'/' => out.push('-'),
             b'.' if i > 0 => out.push('.'),
@@ -76,23 +66,14 @@ pub fn default_socket(mountpoint: &Path) -> PathBuf {
 /// Binds the socket at `path` with mode 0660 (group `group` if given). A stale socket left
 /// by a crashed daemon is replaced; a live one is an error.
 pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, String> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("status socket dir {}: {e}", dir.display()))?;
-        // The directory of our own in /tmp must be ours and closed to others.
-        if dir == tmp_run_dir() {
-            use std::os::unix::fs::MetadataExt;
-            let md = std::fs::symlink_metadata(dir)
-                .map_err(|e| format!("status socket dir {}: {e}", dir.display()))?;
-            if !md.is_dir() || md.uid() != nix::unistd::geteuid().as_raw() {
-                return Err(format!(
-                    "status socket dir {} is not a directory of this user's",
-                    dir.display()
-                ));
-            }
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-        }
+    match path.parent() {
+        // The default directory is checked as every run directory is; one an admin named
+        // with status_socket= is made if missing and otherwise left as it is.
+        Some(dir) if dir == run_dir() => rundir::ensure(dir, rundir::Dir::Status)
+            .map_err(|e| format!("status socket dir {e}"))?,
+        Some(dir) => std::fs::create_dir_all(dir)
+            .map_err(|e| format!("status socket dir {}: {e}", dir.display()))?,
+        None => {}
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -203,6 +184,13 @@ mod tests {
         assert_eq!(systemd_escape_path(Path::new("/mnt/a b")), "mnt-a\\x20b");
         assert_eq!(systemd_escape_path(Path::new("/.hidden")), "\\x2ehidden");
         assert_eq!(systemd_escape_path(Path::new("/")), "-");
+        assert_eq!(
+            systemd_escape_path(Path::new("/mnt/mnt\u{e9}")),
+            "mnt-mnt\\xc3\\xa9"
+        );
+        use std::os::unix::ffi::OsStrExt;
+        let raw = std::ffi::OsStr::from_bytes(b"/mnt/a\xff");
+        assert_eq!(systemd_escape_path(Path::new(raw)), "mnt-a\\xff");
         assert_eq!(
             default_socket(Path::new("/mnt/x")),
             Path::new("/run/mastofs/mnt-x.sock")

@@ -89,7 +89,9 @@ impl FdStore {
         cmd.arg("-c")
             .arg("LISTEN_PID=$$; export LISTEN_PID; exec \"$0\" \"$@\"")
             .arg(program)
-            .env("NOTIFY_SOCKET", &self.path);
+            .env("NOTIFY_SOCKET", &self.path)
+            // As systemd 254+ says how many descriptors the unit's store keeps.
+            .env("FDSTORE", "4");
         let held: Vec<(String, RawFd)> = self
             .fds
             .lock()
