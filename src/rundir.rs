@@ -65,7 +65,13 @@ pub fn path(kind: Dir) -> PathBuf {
 /// Makes `dir` (this user's directory of `kind`) if it is missing, and checks it.
 pub fn ensure(dir: &Path, kind: Dir) -> Result<(), String> {
     match std::fs::DirBuilder::new().mode(kind.mode()).create(dir) {
-        Ok(()) => {}
+        // Made here: its mode as meant, whatever the umask (a unit's UMask=0077 would
+        // close the status directory to the socket's group).
+        Ok(()) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::Permissions::from_mode(kind.mode());
+            std::fs::set_permissions(dir, mode).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(format!("{}: {e}", dir.display())),
     }

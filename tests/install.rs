@@ -47,6 +47,37 @@ fn build_deb(dir: &Path) -> PathBuf {
         .expect("a .deb")
 }
 
+/// The package's entries that a user other than root could change, and its mount
+/// helpers unless they are links to /usr/bin/mastofs (`dpkg-deb -c`).
+fn loose_entries(deb: &Path) -> Vec<String> {
+    let list = ok(
+        "dpkg-deb -c",
+        &Command::new("dpkg-deb")
+            .arg("-c")
+            .arg(deb)
+            .output()
+            .unwrap(),
+    );
+    let mut bad = Vec::new();
+    for l in list.lines() {
+        let (mode, owner) = (&l[..10], l.split_whitespace().nth(1).unwrap_or(""));
+        let link = mode.starts_with('l');
+        if (!link && (mode.as_bytes()[5] == b'w' || mode.as_bytes()[8] == b'w'))
+            || !matches!(owner, "0/0" | "root/root")
+        {
+            bad.push(l.to_string());
+        }
+        for helper in ["./sbin/mount.mastofs", "./sbin/mount.fuse.mastofs"] {
+            if l.contains(&format!("{helper} ")) || l.ends_with(helper) {
+                if !(link && l.ends_with(&format!("{helper} -> /usr/bin/mastofs"))) {
+                    bad.push(l.to_string());
+                }
+            }
+        }
+    }
+    bad
+}
+
 fn mounted_type(mp: &Path) -> Option<String> {
     let want = mp.to_string_lossy().into_owned();
     std::fs::read_to_string("/proc/self/mounts")
@@ -73,11 +104,32 @@ fn the_package_installs_mounts_from_fstab_and_purges_clean() {
     std::fs::write(s.served.join("hello"), b"from the box").unwrap();
     let work = tempfile::tempdir().unwrap();
     let deb = build_deb(work.path());
+    assert_eq!(
+        loose_entries(&deb),
+        Vec::<String>::new(),
+        "built where mastofs is not installed"
+    );
     let guard = Installed;
     ok(
         "dpkg -i",
         &Command::new("dpkg").arg("-i").arg(&deb).output().unwrap(),
     );
+    // Built again where /usr/bin/mastofs exists (the README's upgrade path): the helpers
+    // stay links, and nothing is writable by others.
+    let again = tempfile::tempdir().unwrap();
+    let rebuilt = build_deb(again.path());
+    assert_eq!(
+        loose_entries(&rebuilt),
+        Vec::<String>::new(),
+        "built where mastofs is installed"
+    );
+    for helper in ["/sbin/mount.mastofs", "/sbin/mount.fuse.mastofs"] {
+        assert_eq!(
+            std::fs::read_link(helper).unwrap(),
+            Path::new("/usr/bin/mastofs"),
+            "{helper} installed as a link"
+        );
+    }
     let files: Vec<String> = ok(
         "dpkg -L",
         &Command::new("dpkg")

@@ -3,7 +3,8 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::*;
 
@@ -69,4 +70,300 @@ fn a_rogue_servers_links_never_lead_out_of_the_mount() {
         fs::read_link(trusted.p("escape-abs")).unwrap(),
         Path::new("/etc/hostname")
     );
+}
+
+/// A client that asks the handover socket for an upgrade and reports what it got back:
+/// bytes and descriptors.
+const HANDOVER_CLIENT: &str = r#"
+import json, socket, sys
+got = {"bytes": 0, "fds": 0}
+try:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(sys.argv[1])
+    s.sendall(b'{"upgrade":"9.9.9"}\n')
+    while True:
+        msg, anc, _, _ = s.recvmsg(65536, socket.CMSG_SPACE(64))
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                got["fds"] += len(data) // 4
+        if not msg:
+            break
+        got["bytes"] += len(msg)
+        break
+except OSError as e:
+    got["error"] = str(e)
+print(json.dumps(got))
+"#;
+
+fn ask_handover(prefix: &[&str], socket: &Path) -> serde_json::Value {
+    let out = std::process::Command::new(prefix[0])
+        .args(&prefix[1..])
+        .args(["python3", "-c", HANDOVER_CLIENT])
+        .arg(socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Root in a container (its own mount and pid namespaces, the status directory bound
+/// read-only as the compose example does) finds no handover socket there, and the
+/// handover socket itself gives it no byte and no descriptor. The same client in the
+/// daemon's namespaces is answered (the check is what makes the difference).
+#[test]
+fn a_container_root_gets_nothing_from_the_handover_socket() {
+    let s = Server::start();
+    fs::write(s.served.join("f"), b"served").unwrap();
+    let m = Mount::new(&s, "");
+    let status = mastofs_status_dir();
+    let esc = systemd_escape(m.path());
+    let handover = Path::new("/run/mastofs-handover").join(format!("{esc}.sock"));
+    assert!(
+        handover.exists(),
+        "handover socket at {}",
+        handover.display()
+    );
+    assert!(
+        !status.join(format!("{esc}.handover")).exists()
+            && !status.join(format!("{esc}.sock")).is_dir(),
+        "nothing but status sockets in the directory containers share"
+    );
+    let mode = fs::metadata("/run/mastofs-handover").unwrap().permissions();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(mode.mode() & 0o777, 0o700);
+    // In the container: only the status directory, read-only.
+    let shared = std::process::Command::new("unshare")
+        .args(["--mount", "--pid", "--fork", "sh", "-c"])
+        .arg(format!(
+            "mount --bind -o ro /run/mastofs /mnt && ls -a /mnt && ls /mnt | grep -c handover || true"
+        ))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&shared.stdout);
+    assert!(listing.contains(&format!("{esc}.sock")), "{listing}");
+    assert!(listing.trim_end().ends_with('0'), "{listing}");
+    // Root in other namespaces, at the handover socket itself.
+    let got = ask_handover(&["unshare", "--mount", "--pid", "--fork"], &handover);
+    assert_eq!(
+        (got["bytes"].as_u64(), got["fds"].as_u64()),
+        (Some(0), Some(0)),
+        "{got}"
+    );
+    wait_until(Duration::from_secs(10), "the refusal logged", || {
+        m.log().contains("another mount or pid namespace")
+    });
+    // The same request from the daemon's own namespaces is answered.
+    let got = ask_handover(&["env"], &handover);
+    assert!(got["bytes"].as_u64().unwrap_or(0) > 0, "{got}");
+    // And the mount serves on.
+    wait_until(Duration::from_secs(10), "the abandoned upgrade", || {
+        m.log().contains("upgrade abandoned")
+    });
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"served");
+}
+
+fn mastofs_status_dir() -> PathBuf {
+    PathBuf::from("/run/mastofs")
+}
+
+fn systemd_escape(p: &Path) -> String {
+    let out = std::process::Command::new("systemd-escape")
+        .arg("--path")
+        .arg(p)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Another user plants the handover directory and a listening socket where a user
+/// without a runtime directory falls back to (`/tmp/mastofs-handover-UID`): `mastofs
+/// upgrade` refuses it with a clear message and never connects.
+#[test]
+fn a_planted_handover_socket_is_refused() {
+    let (victim, attacker) = (4242u32, 4243u32);
+    let dir = PathBuf::from(format!("/tmp/mastofs-handover-{victim}"));
+    let _ = fs::remove_dir_all(&dir);
+    let mp = Path::new("/mnt/planted-victim");
+    let sock = dir.join(format!("{}.sock", systemd_escape(mp)));
+    let marker = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(marker.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let connected = marker.path().join("connected");
+    // The attacker's listener: records any connection.
+    let listener = format!(
+        "mkdir -m 0777 {dir} && exec python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1)
+import os; os.chmod(sys.argv[1], 0o777)
+open(sys.argv[3], \"w\").close()
+c, _ = s.accept(); open(sys.argv[2], \"w\").write(\"yes\")
+' {sock} {connected} {ready}",
+        dir = dir.display(),
+        sock = sock.display(),
+        connected = connected.display(),
+        ready = marker.path().join("ready").display(),
+    );
+    let mut planted = std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={attacker}"),
+            &format!("--regid={attacker}"),
+            "--clear-groups",
+            "sh",
+            "-c",
+            &listener,
+        ])
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the planted listener", || {
+        marker.path().join("ready").exists()
+    });
+    let out = as_user(
+        victim,
+        victim,
+        &format!("unset XDG_RUNTIME_DIR; exec {BIN} upgrade {}", mp.display()),
+    );
+    let _ = planted.kill();
+    let _ = planted.wait();
+    let _ = fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("owned by uid {attacker}")) && err.contains("refused"),
+        "{err}"
+    );
+    assert!(
+        !connected.exists(),
+        "mastofs upgrade connected to the planted socket"
+    );
+}
+
+/// A mountpoint named with bytes that are not UTF-8, and one with `é`: mounted, served,
+/// and taken over after a crash (found again in mountinfo, its store taken).
+#[test]
+fn mountpoints_named_with_any_bytes_mount_serve_and_recover() {
+    use std::os::unix::ffi::OsStrExt;
+    let s = Server::start();
+    fs::write(s.served.join("f"), b"served").unwrap();
+    for prefix in [&b"mnt\xff\xfe-"[..], "mnt\u{e9}-".as_bytes()] {
+        let name = std::ffi::OsStr::from_bytes(prefix);
+        let mut m = Mount::with_store_named(&s, "", name);
+        assert!(m
+            .path()
+            .as_os_str()
+            .as_bytes()
+            .windows(prefix.len())
+            .any(|w| w == prefix));
+        assert_eq!(fs::read(m.p("f")).unwrap(), b"served");
+        fs::write(m.p("new"), b"written").unwrap();
+        m.crash();
+        m.restart(&s, "").expect("the successor takes over");
+        assert_eq!(fs::read(m.p("new")).unwrap(), b"written");
+        let out = std::process::Command::new(BIN)
+            .arg("status")
+            .arg(m.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("(crash recovery)"), "{text}{}", m.log());
+        let mounts = fs::read("/proc/self/mountinfo").unwrap();
+        let count = mounts
+            .split(|b| *b == b'\n')
+            .filter(|l| l.windows(prefix.len()).any(|w| w == prefix))
+            .count();
+        assert_eq!(count, 1, "one mount on the path");
+    }
+}
+
+/// A status socket that answers 300 MB, or escape sequences: `mastofs status` ends within
+/// seconds, stays small, and prints no raw escape.
+#[test]
+fn a_hostile_status_socket_cannot_flood_or_drive_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = r#"
+import socket, sys, json
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8)
+open(sys.argv[1] + ".ready", "w").close()
+esc = "\x1b[2J\x1b]0;owned\x07\u009b31m"
+body = json.dumps({"state": "connected" + esc, "mountpoint": "/m" + esc, "host": esc,
+    "last_error": "boom" + esc, "last_error_at": esc,
+    "server_capabilities": {"summary": esc}}).encode()
+while True:
+    c, _ = s.accept()
+    try:
+        c.recv(65536)
+        if sys.argv[2] == "flood":
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 314572800\r\n\r\n")
+            chunk = b"x" * (1 << 20)
+            for _ in range(300):
+                c.sendall(chunk)
+        else:
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    except OSError:
+        pass
+    c.close()
+"#;
+    let mut servers = Vec::new();
+    for mode in ["flood", "escapes"] {
+        let sock = dir.path().join(mode);
+        servers.push(
+            std::process::Command::new("python3")
+                .args(["-c", server])
+                .arg(&sock)
+                .arg(mode)
+                .spawn()
+                .unwrap(),
+        );
+        wait_until(Duration::from_secs(10), "the fake status socket", || {
+            dir.path().join(format!("{mode}.ready")).exists()
+        });
+    }
+    // The client's peak memory, measured by its parent.
+    let measure = r#"
+import resource, subprocess, sys, time
+t = time.time()
+r = subprocess.run(sys.argv[1:], capture_output=True)
+sys.stdout.buffer.write(b"%d %d %.1f\n" % (r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, time.time() - t))
+sys.stdout.buffer.write(r.stdout + r.stderr)
+"#;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("python3")
+            .args(["-c", measure, BIN, "status"])
+            .args(args)
+            .output()
+            .unwrap();
+        out.stdout
+    };
+    let flood = run(&["--socket", dir.path().join("flood").to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&flood);
+    let head: Vec<f64> = text
+        .lines()
+        .next()
+        .unwrap()
+        .split(' ')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert_eq!(head[0], 2.0, "{text}");
+    assert!(head[1] < 50.0 * 1024.0, "peak RSS {} KiB: {text}", head[1]);
+    assert!(head[2] < 10.0, "took {} s", head[2]);
+    for json in [false, true] {
+        let sock = dir.path().join("escapes");
+        let mut args = vec!["--socket", sock.to_str().unwrap()];
+        if json {
+            args.push("--json");
+        }
+        let out = run(&args);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("boom"), "{text}");
+        assert!(
+            !out.contains(&0x1b) && !out.contains(&0x07),
+            "raw escape printed: {text:?}"
+        );
+        assert!(!text.contains('\u{9b}'), "raw C1 control printed: {text:?}");
+    }
+    for mut s in servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
 }

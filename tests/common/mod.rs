@@ -523,24 +523,38 @@ pub struct Mount {
     pub store: Option<fdstore::FdStore>,
 }
 
+/// Whether something is mounted on `p` (mountinfo's octal escapes undone; a path is bytes).
 pub fn is_mounted(p: &Path) -> bool {
-    let want = p.to_string_lossy().replace(' ', "\\040");
-    std::fs::read_to_string("/proc/self/mountinfo")
+    use std::os::unix::ffi::OsStrExt;
+    let mut want = Vec::new();
+    for &b in p.as_os_str().as_bytes() {
+        if matches!(b, b' ' | b'\t' | b'\n' | b'\\') {
+            want.extend(format!("\\{b:03o}").bytes());
+        } else {
+            want.push(b);
+        }
+    }
+    std::fs::read("/proc/self/mountinfo")
         .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        .split(|b| *b == b'\n')
+        .any(|l| l.split(|b| *b == b' ').nth(4) == Some(&want[..]))
 }
 
 impl Mount {
     /// Mounts `source` with `-F ssh_config -o opts`; Err(stderr) if mastofs exits instead.
     pub fn try_new(server: &Server, source: &str, opts: &str) -> Result<Mount, String> {
-        Self::try_new_in(server, source, opts, None)
+        Self::try_new_in(server, source, opts, None, "mastofs-mnt-".as_ref())
     }
 
     /// A mount whose daemon runs with a descriptor store, as under systemd.
     pub fn with_store(server: &Server, opts: &str) -> Mount {
+        Self::with_store_named(server, opts, "mastofs-mnt-".as_ref())
+    }
+
+    /// As [`Mount::with_store`], on a mountpoint whose name begins with `prefix` (bytes).
+    pub fn with_store_named(server: &Server, opts: &str, prefix: &std::ffi::OsStr) -> Mount {
         let store = Some(fdstore::FdStore::new());
-        Self::try_new_in(server, &server.source(), opts, store)
+        Self::try_new_in(server, &server.source(), opts, store, prefix)
             .unwrap_or_else(|e| panic!("mount failed: {e}"))
     }
 
@@ -549,10 +563,11 @@ impl Mount {
         source: &str,
         opts: &str,
         store: Option<fdstore::FdStore>,
+        prefix: &std::ffi::OsStr,
     ) -> Result<Mount, String> {
         server.give(&server.served);
         let dir = tempfile::Builder::new()
-            .prefix("mastofs-mnt-")
+            .prefix(prefix)
             .tempdir()
             .expect("mountpoint");
         let stderr_path = server.dir.path().join(format!(
