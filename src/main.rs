@@ -16,6 +16,7 @@ mod fd_passing;
 mod fs;
 mod fuse;
 mod handover;
+mod ident;
 mod logging;
 mod meta;
 mod monitor;

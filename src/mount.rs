@@ -64,7 +64,7 @@ pub enum Source {
 /// Mounts (or takes over a mount) and serves until unmounted. `args`: this daemon's command
 /// line, handed to a successor. Errors are one line for the operator.
 pub fn run(
-    cfg: MountConfig,
+    mut cfg: MountConfig,
     target: Target,
     source: Source,
     args: Vec<std::ffi::OsString>,
@@ -87,11 +87,17 @@ pub fn run(
         .thread_name("mastofs")
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))?;
+    // Names this mount leaves on the server carry its tag (see `ident`).
+    let tag = crate::ident::mount_tag(&cfg.mountpoint);
+    cfg.fs.tag = tag.clone();
     // The server's behaviour is probed in the mounted tree, unless the mount is read-only.
-    let probe_dir = (!cfg.read_only).then(|| cfg.remote_path.clone());
+    let probe_site = (!cfg.read_only).then(|| crate::session::probe::Site {
+        dir: cfg.remote_path.clone(),
+        tag,
+    });
     let session = Session::new(
         target,
-        probe_dir,
+        probe_site,
         cfg.timeout,
         cfg.write_behind,
         cfg.max_conns as usize,

@@ -367,3 +367,53 @@ sys.stdout.buffer.write(r.stdout + r.stderr)
         let _ = s.wait();
     }
 }
+
+/// What a killed daemon left on the server (a file unlinked while open under its hidden
+/// name, a probe's scratch directory) is hidden from listings and swept by the next daemon
+/// of the same mount; another mount's hidden names are hidden and left alone.
+#[test]
+fn what_a_killed_daemon_left_is_hidden_and_swept_by_the_next() {
+    let s = Server::start();
+    let mut m = Mount::new(&s, "");
+    fs::write(m.p("held"), b"open while unlinked").unwrap();
+    let held = fs::File::open(m.p("held")).unwrap();
+    fs::remove_file(m.p("held")).unwrap();
+    let hidden: Vec<String> = fs::read_dir(&s.served)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".mastofs-unlinked-"))
+        .collect();
+    assert_eq!(hidden.len(), 1, "{hidden:?}");
+    let tag = hidden[0]["mastofs-unlinked-".len() + 1..]
+        .split('-')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        fs::read_dir(m.path()).unwrap().count() == 0,
+        "hidden from listings"
+    );
+    m.crash();
+    drop(held);
+    // A probe of this mount cut short, and another mount's hidden file.
+    fs::create_dir(s.served.join(format!(".mastofs-probe-{tag}-dead"))).unwrap();
+    fs::write(s.served.join(format!(".mastofs-probe-{tag}-dead/f")), b"").unwrap();
+    let other = ".mastofs-unlinked-0123456789ab-ffff-2-0";
+    fs::write(s.served.join(other), b"another mount's").unwrap();
+    s.give(&s.served);
+    m.restart(&s, "").expect("a new daemon after the crash");
+    let listed: Vec<_> = fs::read_dir(m.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(listed.is_empty(), "{listed:?}");
+    let left: Vec<String> = fs::read_dir(&s.served)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        left,
+        vec![other.to_string()],
+        "swept only what this mount left"
+    );
+}

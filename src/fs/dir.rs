@@ -51,12 +51,13 @@ const PREFETCH_MAX: usize = 4096;
 const WALK_AHEAD: usize = 64;
 
 /// Lists `path` on the server (`None`: more than `max` entries), keeping only names that
-/// are safe to show.
+/// are safe to show; a stale hidden name of this mount's is removed on the way.
 async fn list<R: Remote>(
     remote: &R,
     follow_symlinks: bool,
     path: &str,
     max: usize,
+    hidden: &unlinked::Unlinked,
 ) -> FsResult<Option<Vec<DirEntryOut>>> {
     let Some(list) = remote.read_dir(path, max).await? else {
         return Ok(None);
@@ -76,6 +77,17 @@ async fn list<R: Remote>(
             continue;
         }
         if unlinked::is_hidden(&e.name) {
+            if hidden.is_stale(&e.name) {
+                let stale = format!("{prefix}{}", e.name);
+                match remote.remove(&stale).await {
+                    Ok(()) => {
+                        tracing::info!(file = %stale, "removed a file unlinked while open that a stopped daemon left")
+                    }
+                    Err(err) => {
+                        tracing::debug!(file = %stale, error = %err, "stale hidden file not removed")
+                    }
+                }
+            }
             continue;
         }
         if !seen.insert(e.name.clone()) {
@@ -106,9 +118,11 @@ impl<R: Remote> Fs<R> {
         }
         let (remote, cache) = (self.remote.clone(), self.cache.clone());
         let (follow, owned) = (self.cfg.follow_symlinks, dir.to_string());
+        let hidden = self.unlinked.clone();
         self.prefetcher.spawn(dir, async move {
             let fetch = cache.begin_listing(&owned);
-            if let Ok(Some(entries)) = list(&*remote, follow, &owned, PREFETCH_MAX).await {
+            let listed = list(&*remote, follow, &owned, PREFETCH_MAX, &hidden).await;
+            if let Ok(Some(entries)) = listed {
                 cache.put_listing(fetch, Arc::new(entries));
             }
         });
@@ -160,7 +174,8 @@ impl<R: Remote> Fs<R> {
             Some(cached) => cached,
             None => {
                 let fetch = self.cache.begin_listing(&path);
-                let fresh = list(&*self.remote, self.cfg.follow_symlinks, &path, usize::MAX)
+                let follow = self.cfg.follow_symlinks;
+                let fresh = list(&*self.remote, follow, &path, usize::MAX, &self.unlinked)
                     .await?
                     .unwrap_or_default();
                 let fresh = Arc::new(fresh);

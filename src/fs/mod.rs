@@ -69,6 +69,8 @@ pub struct FsConfig {
     pub dir_ttl: Duration,
     /// `disable_hardlink`: link(2) fails with EPERM even where the server could.
     pub disable_hardlink: bool,
+    /// The mount's tag in names left on the server (see `crate::ident`).
+    pub tag: String,
 }
 
 impl Default for FsConfig {
@@ -85,6 +87,7 @@ impl Default for FsConfig {
             negative_ttl: Duration::ZERO,
             dir_ttl: Duration::from_secs(20),
             disable_hardlink: false,
+            tag: String::new(),
         }
     }
 }
@@ -141,7 +144,7 @@ pub struct Fs<R: Remote> {
     /// Open file handle -> its inode (to invalidate cached attributes on write).
     open: Mutex<HashMap<u64, u64>>,
     /// Files unlinked while open, waiting under hidden names for their last close.
-    unlinked: unlinked::Unlinked,
+    unlinked: Arc<unlinked::Unlinked>,
     /// Where every change the kernel must find again after a restart is written down.
     journal: Arc<Journal>,
     /// Handles restored after a restart whose acknowledged writes may not have reached the
@@ -159,6 +162,8 @@ impl<R: Remote> Fs<R> {
 
     /// A filesystem writing its state to `journal` (see [`Fs::restore`]).
     pub fn with_journal(remote: Arc<R>, cfg: FsConfig, journal: Arc<Journal>) -> Self {
+        let token = crate::ident::random_token();
+        let unlinked = Arc::new(unlinked::Unlinked::new(&cfg.tag, &token));
         Fs {
             inodes: Mutex::new(Inodes::new(
                 journal.clone(),
@@ -178,7 +183,7 @@ impl<R: Remote> Fs<R> {
             dirs: Mutex::new(HashMap::new()),
             next_dir: AtomicU64::new(1),
             open: Mutex::new(HashMap::new()),
-            unlinked: unlinked::Unlinked::default(),
+            unlinked,
             page_cache: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(65_536).unwrap_or(std::num::NonZeroUsize::MIN),
             )),

@@ -1,36 +1,65 @@
 //! Files unlinked while open: renamed aside on the server, removed at their last close.
 //!
-//! Owns the hidden names (`.mastofs-unlinked-<ino>-<n>` in the file's directory, as NFS
-//! clients do with `.nfsXXXX`) and which inode each belongs to. A file unlinked while a
-//! descriptor holds it stays usable through that descriptor: reads, writes, `fstat`, and
-//! reopening by path after a reconnect or on a further write session all find it under its
-//! hidden name. Hidden names never show in listings or lookups. It must never hide or
-//! remove a name it did not make.
+//! Owns the hidden names (`.mastofs-unlinked-<mount tag>-<daemon token>-<ino>-<n>` in the
+//! file's directory, as NFS clients do with `.nfsXXXX`; see `crate::ident`) and which
+//! inode each belongs to. A file unlinked while a descriptor holds it stays usable through
+//! that descriptor: reads, writes, `fstat`, and reopening by path after a reconnect or on
+//! a further write session all find it under its hidden name. Hidden names (and the
+//! probe's scratch directories) never show in listings or lookups. One that this mount's
+//! earlier daemon left (killed without handing it over) is stale: a listing that meets it
+//! removes it. It must never hide or remove a name it did not make, nor one another
+//! mount's daemon made, nor one a daemon it took over from still holds.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-const PREFIX: &str = ".mastofs-unlinked-";
+use crate::ident::{SCRATCH_PREFIX, UNLINKED_PREFIX as PREFIX};
 
-/// True for names this module makes (kept out of listings and lookups).
+/// True for names mastofs makes on the server (kept out of listings and lookups).
 pub fn is_hidden(name: &str) -> bool {
-    name.starts_with(PREFIX)
+    name.starts_with(PREFIX) || name.starts_with(SCRATCH_PREFIX)
 }
 
 /// Where unlinked, still open files wait for their last close: inode -> (parent, name).
-#[derive(Default)]
 pub struct Unlinked {
     by_ino: Mutex<HashMap<u64, (u64, String)>>,
     next: AtomicU64,
+    /// `<PREFIX><mount tag>-`: names this mount's daemons make.
+    mine: String,
+    /// This daemon's token.
+    token: String,
 }
 
 impl Unlinked {
-    /// A fresh hidden name for inode `ino` (unique within this mount's life; the process id
-    /// keeps two mounts of one directory apart).
+    /// Hidden names for the mount tagged `tag`, made by the daemon with `token`.
+    pub fn new(tag: &str, token: &str) -> Self {
+        Unlinked {
+            by_ino: Mutex::default(),
+            next: AtomicU64::new(0),
+            mine: format!("{PREFIX}{tag}-"),
+            token: token.to_string(),
+        }
+    }
+
+    /// A fresh hidden name for inode `ino`.
     pub fn name_for(&self, ino: u64) -> String {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        format!("{PREFIX}{:x}-{ino:x}-{n:x}", std::process::id())
+        format!("{}{}-{ino:x}-{n:x}", self.mine, self.token)
+    }
+
+    /// Whether `name` was left by an earlier daemon of this mount and nobody holds it: a
+    /// name of this mount, not this daemon's, and not one taken over ([`Unlinked::insert`]).
+    pub fn is_stale(&self, name: &str) -> bool {
+        let Some(rest) = name.strip_prefix(&self.mine) else {
+            return false;
+        };
+        if rest.split('-').next() == Some(self.token.as_str()) {
+            return false;
+        }
+        self.by_ino
+            .lock()
+            .is_ok_and(|m| !m.values().any(|(_, n)| n == name))
     }
 
     /// `ino` now lives under the hidden `name` in `parent`.
@@ -51,11 +80,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_an_earlier_daemons_unheld_names_of_this_mount_are_stale() {
+        let earlier = Unlinked::new("tag1", "aaaa");
+        let (left, held) = (earlier.name_for(3), earlier.name_for(4));
+        let u = Unlinked::new("tag1", "bbbb");
+        u.insert(4, 1, held.clone());
+        assert!(u.is_stale(&left));
+        assert!(!u.is_stale(&held), "taken over: still held");
+        assert!(!u.is_stale(&u.name_for(5)), "this daemon's own");
+        let other_mount = Unlinked::new("tag2", "aaaa").name_for(3);
+        assert!(!u.is_stale(&other_mount) && is_hidden(&other_mount));
+        assert!(!u.is_stale("file") && !u.is_stale(".mastofs-probe-tag1-x"));
+    }
+
+    #[test]
     fn names_are_hidden_and_unique() {
-        let u = Unlinked::default();
+        let u = Unlinked::new("t", "k");
         let (a, b) = (u.name_for(7), u.name_for(7));
         assert_ne!(a, b);
         assert!(is_hidden(&a) && !is_hidden("file") && !is_hidden(".mastofs"));
+        assert!(is_hidden(".mastofs-probe-t-0123"));
         u.insert(7, 1, a.clone());
         assert_eq!(u.take(7), Some((1, a)));
         assert_eq!(u.take(7), None);

@@ -62,7 +62,7 @@ impl Session {
     /// probed ([`probe`]; None: assumed from its identification).
     pub fn new(
         target: Target,
-        probe_dir: Option<String>,
+        probe_site: Option<probe::Site>,
         timeout: Duration,
         write_behind: usize,
         conns: usize,
@@ -75,7 +75,7 @@ impl Session {
         let connector = Arc::new(connector::Ssh(Arc::new(target)));
         Self::with_connector(
             connector,
-            probe::Prober::new(probe_dir),
+            probe::Prober::new(probe_site),
             request_timeout,
             timeout,
             write_behind,

@@ -8,13 +8,26 @@
 //! under the mount's remote root and removes it; a connection to a server already probed
 //! (same SSH identification and SFTP extensions) reuses the record. Where the probe cannot
 //! run (read-only tree, no permission), the record says what the server's identification
-//! implies, and says so. It must never touch anything but its scratch directory, and never
-//! decide what to do with a trait (the operations in `ops` and the filesystem consult it).
-
-use std::sync::atomic::{AtomicU64, Ordering};
+//! implies, and says so.
+//!
+//! The scratch directory is `.mastofs-probe-<mount tag>-<random>` (hidden from listings),
+//! made 0700 so no other user can reach into it, its file created exclusively; only what
+//! this probe made is removed. One a probe of the same mount left behind (a daemon killed
+//! midway) is swept before probing. It must never touch anything but scratch directories
+//! of its own mount, and never decide what to do with a trait (the operations in `ops`
+//! and the filesystem consult it).
 
 use crate::meta::{Attrs, Kind, OpenMode, ServerTraits};
 use crate::sftp::{SftpClient, SftpError};
+
+use crate::ident::SCRATCH_PREFIX;
+
+/// Where a mount may probe: its remote root, and its tag (see `crate::ident`).
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub dir: String,
+    pub tag: String,
+}
 
 impl ServerTraits {
     /// The handshake's part of the record, behaviours not yet known.
@@ -50,20 +63,18 @@ impl ServerTraits {
 
 /// Probes servers for the connections of one mount, remembering the last record.
 pub struct Prober {
-    /// The remote directory the scratch directory goes into (None: never probe).
-    dir: Option<String>,
+    /// Where the scratch directory goes (None: never probe).
+    site: Option<Site>,
     /// The last record and the server it is for; a lock held through a probe, so that
     /// connections made at once wait for one probe.
     known: tokio::sync::Mutex<Option<(String, ServerTraits)>>,
 }
 
-static SCRATCH: AtomicU64 = AtomicU64::new(0);
-
 impl Prober {
-    /// `dir`: the mount's remote root (None: assume from the identification only).
-    pub fn new(dir: Option<String>) -> Self {
+    /// `site`: where to probe (None: assume from the identification only).
+    pub fn new(site: Option<Site>) -> Self {
         Prober {
-            dir,
+            site,
             known: tokio::sync::Mutex::new(None),
         }
     }
@@ -88,22 +99,28 @@ impl Prober {
             Err(e) if e.is_transport() => return Err(e),
             Err(_) => {}
         }
-        let Some(root) = &self.dir else {
+        let Some(site) = &self.site else {
             base.assume(server_id, "not probed");
             return Ok(base);
         };
-        let name = format!(
-            ".mastofs-probe-{}-{}",
-            std::process::id(),
-            SCRATCH.fetch_add(1, Ordering::Relaxed)
-        );
-        let scratch = if root.is_empty() {
-            name
+        let root = if site.dir.is_empty() {
+            String::new()
         } else {
-            format!("{}/{name}", root.trim_end_matches('/'))
+            format!("{}/", site.dir.trim_end_matches('/'))
         };
-        let scratch = crate::name_bytes::encode(&scratch).into_owned();
-        match probe(sftp, &scratch, &mut base).await {
+        let root = crate::name_bytes::encode(&root).into_owned();
+        let mine = format!("{SCRATCH_PREFIX}{}-", site.tag);
+        sweep(sftp, &root, mine.as_bytes()).await?;
+        let scratch = [
+            &root[..],
+            mine.as_bytes(),
+            crate::ident::random_token().as_bytes(),
+        ]
+        .concat();
+        let mut made = Vec::new();
+        let probed = probe(sftp, &scratch, &mut base, &mut made).await;
+        cleanup(sftp, &made).await;
+        match probed {
             Ok(()) => base.source = "probed".to_string(),
             Err(e) if e.is_transport() => return Err(e),
             Err(e) => {
@@ -111,27 +128,44 @@ impl Prober {
                 base.assume(server_id, &format!("probe refused: {e}"));
             }
         }
-        cleanup(sftp, &scratch).await;
         tracing::info!(server = %server_id, traits = %base.summary(), "server probed");
         *known = Some((key, base.clone()));
         Ok(base)
     }
 }
 
-/// Tries each behaviour in `dir` (made here): a status error on the directory or the file
-/// ends the probe; one on a single behaviour leaves that one as OpenSSH has it.
-async fn probe(sftp: &SftpClient, dir: &[u8], t: &mut ServerTraits) -> Result<(), SftpError> {
-    sftp.mkdir(dir, &Attrs::with_perm(0o777)).await?;
-    t.mkdir_umask = 0o777 & !perm(&sftp.lstat(dir).await?);
+/// What the probe made, to remove: a file, or a directory.
+enum Made {
+    File(Vec<u8>),
+    Dir(Vec<u8>),
+}
+
+/// Tries each behaviour in `dir` (made here, 0700): a status error on the directory or the
+/// file ends the probe; one on a single behaviour leaves that one as OpenSSH has it.
+/// Everything made is noted in `made` as soon as the server confirms it.
+async fn probe(
+    sftp: &SftpClient,
+    dir: &[u8],
+    t: &mut ServerTraits,
+    made: &mut Vec<Made>,
+) -> Result<(), SftpError> {
+    sftp.mkdir(dir, &Attrs::with_perm(0o700)).await?;
+    made.push(Made::Dir(dir.to_vec()));
+    // The umask MKDIR applies, on a directory inside the closed one.
+    let sub = [dir, b"/d"].concat();
+    sftp.mkdir(&sub, &Attrs::with_perm(0o777)).await?;
+    made.push(Made::Dir(sub.clone()));
+    t.mkdir_umask = 0o777 & !perm(&sftp.lstat(&sub).await?);
     let file = [dir, b"/f"].concat();
     let create = OpenMode {
         read: true,
         write: true,
         create: true,
-        truncate: true,
-        exclusive: false,
+        truncate: false,
+        exclusive: true,
     };
     let w = sftp.open(&file, create, &Attrs::with_perm(0o666)).await?;
+    made.push(Made::File(file.clone()));
     let grown = growth(sftp, &file, &w, t).await;
     sftp.close_nowait(&w);
     grown?;
@@ -145,9 +179,12 @@ async fn probe(sftp: &SftpClient, dir: &[u8], t: &mut ServerTraits) -> Result<()
     };
     let link = [dir, b"/l"].concat();
     sftp.symlink("f", &link).await?;
+    made.push(Made::File(link.clone()));
     t.lstat_follows_links = sftp.lstat(&link).await?.kind() != Kind::Symlink;
     t.readlink_resolves = &sftp.readlink(&link).await?[..] != b"f";
-    sftp.rename(&link, [dir, b"/m"].concat()).await?;
+    let moved = [dir, b"/m"].concat();
+    sftp.rename(&link, &moved).await?;
+    made.push(Made::File(moved));
     t.rename_follows_links = match sftp.lstat(&file).await {
         Ok(_) => false,
         Err(e) if e.is_transport() => return Err(e),
@@ -187,17 +224,51 @@ fn perm(a: &Attrs) -> u32 {
     a.mode.unwrap_or(0) & 0o777
 }
 
-/// Removes what [`probe`] made, whatever it got to (errors ignored: each may be missing).
-async fn cleanup(sftp: &SftpClient, dir: &[u8]) {
-    for f in [&b"/l"[..], b"/m", b"/f"] {
-        let _ = sftp.remove([dir, f].concat()).await;
-    }
-    if let Err(e) = sftp.rmdir(dir).await {
-        if !e.is_not_found() {
-            let dir = String::from_utf8_lossy(dir);
-            tracing::warn!(error = %e, %dir, "could not remove the probe's scratch directory");
+/// Removes what [`probe`] made, last first (errors ignored: a renamed link is gone under
+/// its first name; the server may have followed a link in the rename).
+async fn cleanup(sftp: &SftpClient, made: &[Made]) {
+    for m in made.iter().rev() {
+        let r = match m {
+            Made::File(f) => sftp.remove(f).await,
+            Made::Dir(d) => sftp.rmdir(d).await,
+        };
+        if let (Err(e), Made::Dir(d)) = (r, m) {
+            if !e.is_not_found() {
+                let dir = String::from_utf8_lossy(d);
+                tracing::warn!(error = %e, %dir, "could not remove the probe's scratch directory");
+            }
         }
     }
+}
+
+/// Removes scratch directories a probe of this mount left in `root` (its daemon killed
+/// midway): only names beginning with `mine`, only the entries a probe makes.
+async fn sweep(sftp: &SftpClient, root: &[u8], mine: &[u8]) -> Result<(), SftpError> {
+    let dir: &[u8] = if root.is_empty() { b"." } else { root };
+    let listed = match sftp.read_dir(dir, 100_000).await {
+        Ok(Some(l)) => l,
+        Ok(None) => return Ok(()),
+        Err(e) if e.is_transport() => return Err(e),
+        Err(_) => return Ok(()),
+    };
+    for e in listed {
+        if !e.name.starts_with(mine) {
+            continue;
+        }
+        let stale = [root, &e.name[..]].concat();
+        for f in [&b"/m"[..], b"/l", b"/f"] {
+            let _ = sftp.remove([&stale[..], f].concat()).await;
+        }
+        let _ = sftp.rmdir([&stale[..], b"/d"].concat()).await;
+        match sftp.rmdir(&stale).await {
+            Ok(()) => {
+                tracing::info!(dir = %String::from_utf8_lossy(&stale), "removed a scratch directory a stopped daemon left")
+            }
+            Err(e) if e.is_transport() => return Err(e),
+            Err(_) => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -222,12 +293,29 @@ mod tests {
     async fn a_posix_server_is_probed_as_such_and_the_scratch_removed() {
         let (c, dir) = client().await;
         let root = dir.path().display().to_string();
-        let p = Prober::new(Some(root.clone()));
+        // A scratch directory this mount's probe left (swept), another mount's (kept),
+        // and a name in the way of nothing.
+        std::fs::create_dir_all(dir.path().join(".mastofs-probe-t1-old/d")).unwrap();
+        std::fs::write(dir.path().join(".mastofs-probe-t1-old/f"), b"").unwrap();
+        std::fs::create_dir(dir.path().join(".mastofs-probe-t2-other")).unwrap();
+        let site = super::Site {
+            dir: root.clone(),
+            tag: "t1".into(),
+        };
+        let p = Prober::new(Some(site));
         let t = p.traits("SSH-2.0-OpenSSH_9.2p1", &c).await.unwrap();
         assert_eq!(t.source, "probed", "{t:?}");
         assert!(!t.lstat_follows_links && !t.readlink_resolves && !t.rename_follows_links);
         assert!(!t.append_refused && !t.read_stops_at_open_size, "{t:?}");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert_eq!(
+            t.mkdir_umask, 0o022,
+            "measured inside the closed scratch directory"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, vec![".mastofs-probe-t2-other".to_string()]);
         // The same server again: the record is reused.
         assert_eq!(p.traits("SSH-2.0-OpenSSH_9.2p1", &c).await.unwrap(), t);
     }
@@ -235,7 +323,10 @@ mod tests {
     #[tokio::test]
     async fn where_nothing_can_be_made_the_traits_are_assumed() {
         let (c, dir) = client().await;
-        let p = Prober::new(Some(format!("{}/missing", dir.path().display())));
+        let p = Prober::new(Some(super::Site {
+            dir: format!("{}/missing", dir.path().display()),
+            tag: "t".into(),
+        }));
         let t = p.traits("SSH-2.0-mod_sftp", &c).await.unwrap();
         assert!(
             t.source.starts_with("assumed as for ProFTPD"),
