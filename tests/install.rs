@@ -68,10 +68,9 @@ fn loose_entries(deb: &Path) -> Vec<String> {
             bad.push(l.to_string());
         }
         for helper in ["./sbin/mount.mastofs", "./sbin/mount.fuse.mastofs"] {
-            if l.contains(&format!("{helper} ")) || l.ends_with(helper) {
-                if !(link && l.ends_with(&format!("{helper} -> /usr/bin/mastofs"))) {
-                    bad.push(l.to_string());
-                }
+            let named = l.contains(&format!("{helper} ")) || l.ends_with(helper);
+            if named && !(link && l.ends_with(&format!("{helper} -> /usr/bin/mastofs"))) {
+                bad.push(l.to_string());
             }
         }
     }

@@ -136,9 +136,7 @@ fn a_container_root_gets_nothing_from_the_handover_socket() {
     // In the container: only the status directory, read-only.
     let shared = std::process::Command::new("unshare")
         .args(["--mount", "--pid", "--fork", "sh", "-c"])
-        .arg(format!(
-            "mount --bind -o ro /run/mastofs /mnt && ls -a /mnt && ls /mnt | grep -c handover || true"
-        ))
+        .arg("mount --bind -o ro /run/mastofs /mnt && ls -a /mnt && ls /mnt | grep -c handover || true")
         .output()
         .unwrap();
     let listing = String::from_utf8_lossy(&shared.stdout);
