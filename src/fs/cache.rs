@@ -165,9 +165,19 @@ impl MetaCache {
     /// The attributes of `path`'s directory as asked right behind a change inside it
     /// ([`crate::session::Remote::lstat_after`]): fresh, so cached (after
     /// [`MetaCache::created`] or [`MetaCache::removed`] dropped the old ones).
-    pub fn parent_seen(&self, path: &str, dir: crate::session::RemoteResult<Attrs>) {
+    /// `made`: what the change created, if anything. An answer whose mtime is older than
+    /// it was sent before the change after all (a request ahead of it yielded), and is
+    /// not kept: the kernel asks again.
+    pub fn parent_seen(
+        &self,
+        path: &str,
+        dir: crate::session::RemoteResult<Attrs>,
+        made: Option<&Attrs>,
+    ) {
         if let (Some(parent), Ok(a)) = (parent_key(path), dir) {
-            if a.kind() == crate::session::Kind::Dir {
+            let predates =
+                matches!((a.mtime, made.and_then(|m| m.mtime)), (Some(d), Some(m)) if d < m);
+            if a.kind() == crate::session::Kind::Dir && !predates {
                 self.put(parent, &a);
             }
         }

@@ -259,7 +259,7 @@ impl<R: Remote> Fs<R> {
             attrs.mode = Some(libc::S_IFDIR | perm);
         }
         self.cache.created(&path, Some(&attrs));
-        self.cache.parent_seen(&path, dir);
+        self.cache.parent_seen(&path, dir, Some(&attrs));
         // Nothing is in it yet: lookups of new names inside cost no round trip.
         self.cache.dirs.put_empty(&path);
         self.entry(parent, name, &attrs)
@@ -279,7 +279,7 @@ impl<R: Remote> Fs<R> {
             return Err(self.refine(e, &path, Op::Unlink).await);
         }
         self.cache.removed(&path);
-        self.cache.parent_seen(&path, dir);
+        self.cache.parent_seen(&path, dir, None);
         self.with_inodes(|t| t.unlink(parent, name))?;
         Ok(())
     }
@@ -374,7 +374,7 @@ impl<R: Remote> Fs<R> {
             _ => self.remote.lstat(&path).await?,
         };
         self.cache.created(&path, Some(&attrs));
-        self.cache.parent_seen(&path, dir);
+        self.cache.parent_seen(&path, dir, Some(&attrs));
         self.entry(parent, name, &attrs)
     }
 

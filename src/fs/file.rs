@@ -97,7 +97,7 @@ impl<R: Remote> Fs<R> {
                 attrs.mode = Some(libc::S_IFREG | perm);
             }
             self.cache.created(&path, Some(&attrs));
-            self.cache.parent_seen(&path, dir);
+            self.cache.parent_seen(&path, dir, Some(&attrs));
             self.entry(parent, name, &attrs)
         };
         match finish.await {
