@@ -157,7 +157,7 @@ fn parse_args(args: &[OsString], helper: bool) -> Result<Command, String> {
 }
 
 fn fail(msg: impl std::fmt::Display) -> ! {
-    eprintln!("mastofs: {msg}");
+    eprintln!("{}", logging::fatal_line(&msg.to_string()));
     std::process::exit(1);
 }
 

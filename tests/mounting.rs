@@ -301,3 +301,52 @@ fn a_crashed_daemons_dead_mount_is_replaced_on_restart() {
     assert_eq!(count, 1, "one mount on the path: {mounts}");
     assert!(m.log().contains("dead mount"), "{}", m.log());
 }
+
+/// Under systemd (stderr is the journal: `$JOURNAL_STREAM` names it) each line carries its
+/// priority as sd-daemon's `<N>` prefix, so `journalctl -p warning` shows warnings; no
+/// colour codes where stderr is not a terminal.
+#[test]
+fn log_lines_carry_their_priority_to_the_journal_and_no_colour() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Server::start();
+    let mnt = tempfile::tempdir().unwrap();
+    let log = s.dir.path().join("journal-stream.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let md = file.metadata().unwrap();
+    let mut child = Command::new(BIN)
+        .arg(s.source())
+        .arg(mnt.path())
+        .args(["-f", "-o", "allow_other", "-F"])
+        .arg(&s.ssh_config)
+        .env("JOURNAL_STREAM", format!("{}:{}", md.dev(), md.ino()))
+        .env_remove("MASTOFS_LOG")
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(30), "mounted", || {
+        is_mounted(mnt.path())
+    });
+    let _ = Command::new("umount").arg(mnt.path()).status();
+    let _ = child.wait();
+    // A mount that fails: its last line is an error.
+    let file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    let md = file.metadata().unwrap();
+    let st = Command::new(BIN)
+        .arg(format!("box:{}/missing", s.served.display()))
+        .arg(mnt.path())
+        .args(["-f", "-F"])
+        .arg(&s.ssh_config)
+        .env("JOURNAL_STREAM", format!("{}:{}", md.dev(), md.ino()))
+        .stderr(file)
+        .status()
+        .unwrap();
+    assert!(!st.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains('\x1b'), "colour codes in {text:?}");
+    let warn = text
+        .lines()
+        .find(|l| l.contains("allow_other without default_permissions"));
+    assert!(warn.is_some_and(|l| l.starts_with("<4>")), "{text}");
+    let err = text.lines().find(|l| l.contains("missing"));
+    assert!(err.is_some_and(|l| l.starts_with("<3>")), "{text}");
+}
