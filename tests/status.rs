@@ -145,6 +145,7 @@ fn answers_fast_during_a_blackhole_then_reports_reconnecting() {
             sock.display()
         ),
     );
+    let blackholed = Instant::now();
     p.set_mode(Mode::Blackhole);
     let path = m.p("stuck");
     let stuck = std::thread::spawn(move || std::fs::write(path, b"x"));
@@ -171,6 +172,20 @@ fn answers_fast_during_a_blackhole_then_reports_reconnecting() {
     wait_until(Duration::from_secs(30), "state reconnecting", || {
         json(&get(&sock, "/health").1)["state"] == "reconnecting"
     });
+    // Noticed by the keepalives, as OpenSSH counts them: 3 intervals of 1 s unanswered
+    // (not before 2, and well before the 60 s a request waits on its own).
+    let noticed = blackholed.elapsed();
+    assert!(
+        noticed >= Duration::from_secs(2) && noticed < Duration::from_secs(10),
+        "the dead link was noticed after {noticed:?}"
+    );
+    let v = json(&get(&sock, "/status").1);
+    assert!(
+        v["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("keepalives unanswered")),
+        "the error names what happened: {v}"
+    );
     let (code, _) = get(&sock, "/health");
     assert_eq!(code, 503);
     let (code, out) = status_cli(&["--socket", sock.to_str().unwrap()]);

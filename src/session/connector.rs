@@ -28,6 +28,10 @@ pub trait Transport: Send + Sync {
     fn open_sftp(&self) -> BoxFuture<'_, Result<Box<dyn SftpStream>, SshError>>;
     /// True once the connection is gone (keepalives unanswered, reset, closed).
     fn is_closed(&self) -> bool;
+    /// Why the connection ended, where known.
+    fn why_closed(&self) -> Option<String> {
+        None
+    }
     /// Closes the connection (best effort).
     fn close(&self) -> BoxFuture<'_, ()>;
 }
@@ -77,6 +81,10 @@ impl Transport for SshTransport {
 
     fn is_closed(&self) -> bool {
         self.conn.is_closed()
+    }
+
+    fn why_closed(&self) -> Option<String> {
+        self.conn.why_closed()
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

@@ -36,6 +36,8 @@ pub struct Link {
     pub traits: ServerTraits,
     transport: Box<dyn Transport>,
     dead: watch::Sender<bool>,
+    /// What the first request to see it die said (the supervisor words the loss).
+    seen_dead: Mutex<Option<String>>,
 }
 
 impl Link {
@@ -209,6 +211,7 @@ impl Supervisor {
             traits,
             transport: conn,
             dead: watch::Sender::new(false),
+            seen_dead: Mutex::new(None),
         }))
     }
 
@@ -241,13 +244,34 @@ impl Supervisor {
             .flatten()
     }
 
-    /// A request on `link` failed with a transport error: the link is dead.
+    /// A request on `link` failed with a transport error: the link is dead. What ended
+    /// the connection beneath (keepalives, a reset) is the error, where known: a request
+    /// only sees its channel end.
     pub fn report_dead(&self, link: &Link, why: &str) {
         if !link.dead.send_replace(true) {
-            tracing::warn!(generation = link.generation, error = why, "connection lost");
-            self.record_error(why.to_string());
+            if let Ok(mut s) = link.seen_dead.lock() {
+                *s = Some(why.to_string());
+            }
             self.wake.notify_one();
         }
+    }
+
+    /// Logs and records why `link` died: what ended the SSH connection where that is
+    /// known (its reason may trail a request's view of the closed channel by a moment),
+    /// else what the request saw.
+    async fn word_loss(&self, link: &Link) {
+        let seen = link.seen_dead.lock().ok().and_then(|s| s.clone());
+        let mut why = link.transport.why_closed();
+        for _ in 0..10 {
+            if why.is_some() || !link.transport.is_closed() && seen.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            why = link.transport.why_closed();
+        }
+        let why = why.or(seen).unwrap_or_else(|| "ssh connection closed".into());
+        tracing::warn!(generation = link.generation, error = %why, "connection lost");
+        self.record_error(why);
     }
 
     fn record_error(&self, e: String) {
@@ -354,6 +378,7 @@ impl Supervisor {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
             }
+            self.word_loss(&current).await;
             self.publish_down();
             // Close the old connection before opening a new one: the box limits how many
             // connections an account may hold.

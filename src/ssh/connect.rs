@@ -29,6 +29,34 @@ struct Verifier {
     refusal: Arc<Mutex<Option<SshError>>>,
     /// The identification string the server sent (`SSH-2.0-OpenSSH_9.2p1 ...`).
     server_id: Arc<Mutex<String>>,
+    /// Why the connection ended, once it has (see [`Connection::why_closed`]).
+    gone: Arc<Mutex<Option<String>>>,
+}
+
+/// What ended a connection, in an operator's words.
+fn why_gone(reason: &client::DisconnectReason<russh::Error>, target: &Target) -> String {
+    match reason {
+        client::DisconnectReason::ReceivedDisconnect(info) => format!(
+            "the server disconnected ({:?}: {})",
+            info.reason_code,
+            info.message.trim()
+        ),
+        client::DisconnectReason::Error(russh::Error::KeepaliveTimeout) => format!(
+            "keepalives unanswered for {} s (ServerAliveInterval {} s x ServerAliveCountMax {})",
+            target.alive_interval.as_secs() * u64::from(target.alive_count_max),
+            target.alive_interval.as_secs(),
+            target.alive_count_max
+        ),
+        client::DisconnectReason::Error(russh::Error::IO(e)) => match e.kind() {
+            std::io::ErrorKind::ConnectionReset => "connection reset by the server or the network".into(),
+            std::io::ErrorKind::UnexpectedEof => "the server closed the connection".into(),
+            _ => format!("connection failed: {e}"),
+        },
+        client::DisconnectReason::Error(russh::Error::Disconnect) => {
+            "the server closed the connection".into()
+        }
+        client::DisconnectReason::Error(e) => format!("connection failed: {e}"),
+    }
 }
 
 impl Verifier {
@@ -81,6 +109,19 @@ impl Verifier {
 impl client::Handler for Verifier {
     type Error = russh::Error;
 
+    async fn disconnected(
+        &mut self,
+        reason: client::DisconnectReason<Self::Error>,
+    ) -> Result<(), Self::Error> {
+        if let Ok(mut g) = self.gone.lock() {
+            *g = Some(why_gone(&reason, &self.target));
+        }
+        match reason {
+            client::DisconnectReason::ReceivedDisconnect(_) => Ok(()),
+            client::DisconnectReason::Error(e) => Err(e),
+        }
+    }
+
     async fn kex_done(
         &mut self,
         _secret: Option<&[u8]>,
@@ -125,6 +166,7 @@ pub struct Connection {
     host: String,
     /// The server's identification string, e.g. `SSH-2.0-OpenSSH_9.2p1 Debian-2`.
     pub server_id: String,
+    gone: Arc<Mutex<Option<String>>>,
 }
 
 fn preferred(target: &Target) -> russh::Preferred {
@@ -259,7 +301,9 @@ pub async fn connect(target: Arc<Target>) -> Result<Connection, SshError> {
 
     let config = Arc::new(client::Config {
         keepalive_interval: Some(target.alive_interval),
-        keepalive_max: target.alive_count_max as usize,
+        // OpenSSH's meaning: the link is dead once ServerAliveCountMax intervals passed
+        // unanswered (russh gives up one interval later than its count; 0 would disable).
+        keepalive_max: (target.alive_count_max as usize).saturating_sub(1).max(1),
         inactivity_timeout: None,
         window_size: WINDOW_SIZE,
         preferred: preferred(&target),
@@ -268,10 +312,12 @@ pub async fn connect(target: Arc<Target>) -> Result<Connection, SshError> {
     });
     let refusal = Arc::new(Mutex::new(None));
     let server_id = Arc::new(Mutex::new(String::new()));
+    let gone = Arc::new(Mutex::new(None));
     let verifier = Verifier {
         target: target.clone(),
         refusal: refusal.clone(),
         server_id: server_id.clone(),
+        gone: gone.clone(),
     };
     let protocol = |reason: String| SshError::Protocol {
         host: addr_text.clone(),
@@ -334,6 +380,7 @@ pub async fn connect(target: Arc<Target>) -> Result<Connection, SshError> {
         handle,
         host: addr_text,
         server_id,
+        gone,
     })
 }
 
@@ -367,6 +414,12 @@ impl Connection {
     /// True once the connection is gone (keepalives unanswered, reset, closed).
     pub fn is_closed(&self) -> bool {
         self.handle.is_closed()
+    }
+
+    /// Why the connection ended (keepalives unanswered, reset, the server disconnected),
+    /// once it has and the reason is known.
+    pub fn why_closed(&self) -> Option<String> {
+        self.gone.lock().ok().and_then(|g| g.clone())
     }
 
     /// Closes the connection politely (best effort).
