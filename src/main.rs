@@ -273,14 +273,7 @@ fn upgrade(rest: &[OsString]) {
     let mp = std::path::absolute(&mp).unwrap_or(mp);
     let incoming = handover::upgrade::connect(&mp).unwrap_or_else(|e| fail(e));
     if incoming.service {
-        incoming
-            .trigger_service_restart()
-            .unwrap_or_else(|e| fail(e));
-        println!(
-            "mastofs: {}: handed over to the service manager, which starts the new binary",
-            mp.display()
-        );
-        return;
+        return upgrade_service(incoming, &mp);
     }
     let args = incoming.args.clone();
     let helper = is_helper(&args);
@@ -293,6 +286,53 @@ fn upgrade(rest: &[OsString]) {
     let mut cfg = configure(&cli).unwrap_or_else(|e| fail(e));
     cfg.mountpoint = incoming.mountpoint.clone();
     serve(cli, cfg, mount::Source::Upgrade(incoming), args);
+}
+
+/// `mastofs upgrade` of a daemon its service manager runs: it hands over to the store and
+/// exits; success is reported only once the successor the service manager starts serves
+/// (its `/status` says `upgrade`), with how long the mount paused.
+fn upgrade_service(incoming: handover::upgrade::Incoming, mp: &Path) {
+    let helper = is_helper(&incoming.args);
+    let socket = match parse_args(&incoming.args[1.min(incoming.args.len())..], helper) {
+        Ok(Command::Mount(cli)) => configure(&cli).ok().and_then(|c| c.status_socket),
+        _ => None,
+    }
+    .unwrap_or_else(|| status::default_socket(mp));
+    let (old, patience) = (incoming.pid(), incoming.patience());
+    let asked = std::time::Instant::now();
+    incoming
+        .trigger_service_restart()
+        .unwrap_or_else(|e| fail(e));
+    let handed = asked.elapsed();
+    let limit = patience + std::time::Duration::from_secs(60);
+    loop {
+        if let Ok(v) = status::client::fetch(&socket) {
+            let pid = v.get("daemon_pid").and_then(|p| p.as_u64()).unwrap_or(0);
+            if pid != 0 && pid != u64::from(old) {
+                let how = v
+                    .get("daemon_start")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("-");
+                println!(
+                    "mastofs: {}: upgraded through the service manager: new daemon {pid} ({how}) serves; \
+                     the mount paused {:.1} s ({:.1} s of it handing over)",
+                    mp.display(),
+                    asked.elapsed().as_secs_f64(),
+                    handed.as_secs_f64()
+                );
+                return;
+            }
+        }
+        if asked.elapsed() > limit {
+            fail(format!(
+                "{}: the old daemon handed over to the service manager, but no new daemon \
+                 serves after {} s (is the unit restarting? see journalctl -u 'mastofs@*')",
+                mp.display(),
+                limit.as_secs()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// Whether argv[0] names the mount helper (`mount.mastofs`, `mount.fuse.mastofs`).

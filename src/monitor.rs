@@ -210,6 +210,7 @@ impl Source for Monitor {
             }),
             daemon_started_at: rfc3339(self.started_at),
             daemon_start: self.start,
+            daemon_pid: std::process::id(),
             inodes: self.fs.inode_count() as u64,
             bytes_read: load(&self.fs.stats.bytes_read),
             bytes_written: load(&self.fs.stats.bytes_written),

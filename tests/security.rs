@@ -446,3 +446,63 @@ fn what_a_killed_daemon_left_is_hidden_and_swept_by_the_next() {
         "swept only what this mount left"
     );
 }
+
+/// A daemon that only has `$NOTIFY_SOCKET` (a unit without a descriptor store: systemd
+/// would drop the connection silently) never leaves its mount to a store: `mastofs
+/// upgrade` hands over over the socket, and the old daemon exits 0, not 75.
+#[test]
+fn without_a_store_an_upgrade_never_exits_75() {
+    let s = Server::start();
+    fs::write(s.served.join("f"), b"served").unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let notify = s.dir.path().join("notify");
+    let _listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    struct Cleanup(PathBuf, Vec<u32>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+            for pid in &self.1 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    let mut old = std::process::Command::new(BIN)
+        .arg(s.source())
+        .arg(mnt.path())
+        .args(["-f", "-F"])
+        .arg(&s.ssh_config)
+        .env("NOTIFY_SOCKET", &notify)
+        .env_remove("FDSTORE")
+        .env_remove("MASTOFS_FDSTORE")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut cleanup = Cleanup(mnt.path().to_path_buf(), vec![old.id()]);
+    wait_until(Duration::from_secs(30), "mounted", || {
+        is_mounted(mnt.path()) && fs::read(mnt.path().join("f")).is_ok()
+    });
+    let new = std::process::Command::new(BIN)
+        .arg("upgrade")
+        .arg(mnt.path())
+        .arg("-f")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    cleanup.1.push(new.id());
+    let st = old.wait().unwrap();
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "the old daemon handed over over the socket"
+    );
+    assert_eq!(fs::read(mnt.path().join("f")).unwrap(), b"served");
+    let _ = std::process::Command::new("umount")
+        .arg(mnt.path())
+        .status();
+}

@@ -354,6 +354,16 @@ impl Incoming {
         })
     }
 
+    /// The running daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// How long the old daemon may take to drain, and the successor to be started.
+    pub fn patience(&self) -> Duration {
+        self.wait
+    }
+
     /// For a daemon run by a service manager: asks it to hand over to its store and exit.
     pub fn trigger_service_restart(mut self) -> Result<(), String> {
         self.send_ready()?;

@@ -269,7 +269,9 @@ impl Supervisor {
             tokio::time::sleep(Duration::from_millis(20)).await;
             why = link.transport.why_closed();
         }
-        let why = why.or(seen).unwrap_or_else(|| "ssh connection closed".into());
+        let why = why
+            .or(seen)
+            .unwrap_or_else(|| "ssh connection closed".into());
         tracing::warn!(generation = link.generation, error = %why, "connection lost");
         self.record_error(why);
     }

@@ -48,7 +48,9 @@ fn why_gone(reason: &client::DisconnectReason<russh::Error>, target: &Target) ->
             target.alive_count_max
         ),
         client::DisconnectReason::Error(russh::Error::IO(e)) => match e.kind() {
-            std::io::ErrorKind::ConnectionReset => "connection reset by the server or the network".into(),
+            std::io::ErrorKind::ConnectionReset => {
+                "connection reset by the server or the network".into()
+            }
             std::io::ErrorKind::UnexpectedEof => "the server closed the connection".into(),
             _ => format!("connection failed: {e}"),
         },

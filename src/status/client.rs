@@ -130,6 +130,21 @@ fn summary(v: &serde_json::Value) -> String {
     out
 }
 
+/// `/status` of the socket at `socket`, as JSON (within 5 s, at most [`MAX_BODY`]).
+pub fn fetch(socket: &Path) -> Result<serde_json::Value, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (_, body) = rt
+        .block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), get(socket, "/status")).await
+        })
+        .map_err(|_| format!("{} did not answer within 5 s", socket.display()))??;
+    serde_json::from_str(&body)
+        .map_err(|_| format!("{}: not a mastofs status answer", socket.display()))
+}
+
 /// Runs the `status` subcommand; returns the exit code.
 pub fn run(args: &[OsString]) -> i32 {
     let mut json = false;

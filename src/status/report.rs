@@ -70,6 +70,8 @@ pub struct Snapshot {
     /// dead mount a daemon that died had left).
     pub daemon_started_at: String,
     pub daemon_start: &'static str,
+    /// The serving daemon's process id (`mastofs upgrade` waits for a new one).
+    pub daemon_pid: u32,
     pub inodes: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,

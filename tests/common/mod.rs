@@ -649,20 +649,34 @@ impl Mount {
     /// does.
     pub fn upgrade(&mut self, server: &Server) -> Result<(), String> {
         if self.store.is_some() {
-            let out = Command::new(BIN)
+            // `mastofs upgrade` returns once the successor serves: the service manager's
+            // part (restarting the daemon that exited 75) is played meanwhile.
+            let upgrade = Command::new(BIN)
                 .arg("upgrade")
                 .arg(self.dir.path())
-                .output()
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
                 .expect("mastofs upgrade");
-            if !out.status.success() {
-                return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-            }
             let mut old = self.child.take().ok_or("no daemon running")?;
             let st = old.wait().map_err(|e| e.to_string())?;
             if st.code() != Some(75) {
-                return Err(format!("the service daemon exited with {st}, not 75"));
+                let out = upgrade.wait_with_output().map_err(|e| e.to_string())?;
+                return Err(format!(
+                    "the service daemon exited with {st}, not 75: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
             }
-            return self.restart(server, "");
+            self.restart(server, "")?;
+            let out = upgrade.wait_with_output().map_err(|e| e.to_string())?;
+            let said = String::from_utf8_lossy(&out.stdout);
+            if !out.status.success() || !said.contains("the mount paused") {
+                return Err(format!(
+                    "mastofs upgrade: {said}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            return Ok(());
         }
         let mut cmd = Command::new(BIN);
         cmd.arg("upgrade").arg(self.dir.path()).arg("-f");
