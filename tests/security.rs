@@ -487,7 +487,7 @@ fn without_a_store_an_upgrade_never_exits_75() {
     wait_until(Duration::from_secs(30), "mounted", || {
         is_mounted(mnt.path()) && fs::read(mnt.path().join("f")).is_ok()
     });
-    let new = std::process::Command::new(BIN)
+    let mut new = std::process::Command::new(BIN)
         .arg("upgrade")
         .arg(mnt.path())
         .arg("-f")

@@ -651,6 +651,7 @@ impl Mount {
         if self.store.is_some() {
             // `mastofs upgrade` returns once the successor serves: the service manager's
             // part (restarting the daemon that exited 75) is played meanwhile.
+            let mut old = self.child.take().ok_or("no daemon running")?;
             let upgrade = Command::new(BIN)
                 .arg("upgrade")
                 .arg(self.dir.path())
@@ -658,23 +659,18 @@ impl Mount {
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("mastofs upgrade");
-            let mut old = self.child.take().ok_or("no daemon running")?;
-            let st = old.wait().map_err(|e| e.to_string())?;
-            if st.code() != Some(75) {
-                let out = upgrade.wait_with_output().map_err(|e| e.to_string())?;
-                return Err(format!(
-                    "the service daemon exited with {st}, not 75: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-            self.restart(server, "")?;
+            let exited = old.wait().map_err(|e| e.to_string());
+            let restarted = match &exited {
+                Ok(st) if st.code() == Some(75) => self.restart(server, ""),
+                Ok(st) => Err(format!("the service daemon exited with {st}, not 75")),
+                Err(e) => Err(e.clone()),
+            };
             let out = upgrade.wait_with_output().map_err(|e| e.to_string())?;
-            let said = String::from_utf8_lossy(&out.stdout);
+            let said = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            restarted.map_err(|e| format!("{e}: mastofs upgrade said: {said}"))?;
             if !out.status.success() || !said.contains("the mount paused") {
-                return Err(format!(
-                    "mastofs upgrade: {said}{}",
-                    String::from_utf8_lossy(&out.stderr)
-                ));
+                return Err(format!("mastofs upgrade: {said}"));
             }
             return Ok(());
         }
