@@ -505,4 +505,7 @@ fn without_a_store_an_upgrade_never_exits_75() {
     let _ = std::process::Command::new("umount")
         .arg(mnt.path())
         .status();
+    wait_until(Duration::from_secs(10), "the new daemon's exit", || {
+        new.try_wait().ok().flatten().is_some()
+    });
 }
