@@ -63,6 +63,8 @@ struct Cli {
     debug: bool,
     fake: bool,
     sloppy: bool,
+    /// Run as the mount(8) helper (`mount.mastofs`, `mount.fuse.mastofs`).
+    helper: bool,
 }
 
 enum Command {
@@ -85,6 +87,7 @@ fn parse_args(args: &[OsString], helper: bool) -> Result<Command, String> {
         debug: false,
         fake: false,
         sloppy: false,
+        helper,
     };
     let utf8 = |a: &OsStr| -> Result<String, String> {
         a.to_str()
@@ -216,6 +219,9 @@ fn main() {
 fn configure(cli: &Cli) -> Result<MountConfig, String> {
     let mut cfg = MountConfig::new(&cli.source, cli.mountpoint.clone())?;
     options::apply_options(&mut cfg, &cli.opts, cli.sloppy)?;
+    // mount(8) runs the helper for fstab lines; one without _netdev is mounted by systemd
+    // before the network is up.
+    cfg.unreachable_ok = cli.helper && !cfg.netdev;
     if cli.port.is_some() {
         cfg.ssh.port = cli.port;
     }

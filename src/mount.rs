@@ -114,6 +114,15 @@ pub fn run(
                 tracing::warn!(error = %e, "server not reachable; taking over the mount anyway");
                 None
             }
+            Err(e) if cfg.unreachable_ok && e.is_unreachable() => {
+                tracing::warn!(
+                    error = %e,
+                    "server not reachable: mounted anyway, connecting in the background \
+                     (requests wait up to timeout=). This fstab line lacks _netdev, so \
+                     systemd mounts it before the network is up: add _netdev"
+                );
+                None
+            }
             Err(e) => return Err(e.to_string()),
         }
     };

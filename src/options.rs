@@ -28,7 +28,8 @@
 //! | `ssh_config=FILE` | ssh_config to read instead of ~/.ssh/config (as `-F`; usable in fstab) |
 //! | `Port=`, `User=`, `IdentityFile=`, `ServerAliveInterval=`, `ServerAliveCountMax=`, `ConnectTimeout=`, `StrictHostKeyChecking=`, `UserKnownHostsFile=`, `Ciphers=` | ssh options, override ssh_config |
 //! | `BatchMode=yes`, `IdentitiesOnly=`, `PasswordAuthentication=no`, `PreferredAuthentications=` (with publickey), `LogLevel=`, `Compression=no` | ssh options accepted for compatibility |
-//! | `_netdev`, `user`, `users`, `nouser`, `owner`, `group`, `auto`, `noauto`, `nofail`, `defaults`, `exec`, `suid`, `dev`, `async`, `relatime`, `x-*`, `comment=*`, `user=NAME`, `fsname=`, `subtype=` | mount(8)/systemd bookkeeping, accepted |
+//! | `_netdev` | the mount needs the network (systemd orders it after); a mount(8) helper run for a line without it mounts even when the server cannot be reached yet, and connects in the background (with a warning) |
+//! | `user`, `users`, `nouser`, `owner`, `group`, `auto`, `noauto`, `nofail`, `defaults`, `exec`, `suid`, `dev`, `async`, `relatime`, `x-*`, `comment=*`, `user=NAME`, `fsname=`, `subtype=` | mount(8)/systemd bookkeeping, accepted |
 //! | `kernel_cache`, `auto_cache`, `no_readahead`, `sync_readdir`, `big_writes`, `large_read`, `max_read=`, `max_write=`, `workaround=`, `dir_cache=`, `noforget` | sshfs tuning options, accepted (mastofs chooses its own tuning) |
 
 use std::path::PathBuf;
@@ -49,6 +50,12 @@ pub struct MountConfig {
     pub ssh: Overrides,
     pub fs: FsConfig,
     pub delay_connect: bool,
+    /// `_netdev`: the line says the mount needs the network (systemd orders it after).
+    pub netdev: bool,
+    /// Mount even when the server cannot be reached yet, connecting in the background: a
+    /// mount(8) helper run for an fstab line without `_netdev` (systemd mounts those
+    /// before the network is up; failing would drop the boot into emergency mode).
+    pub unreachable_ok: bool,
     pub timeout: Duration,
     pub max_conns: u32,
     /// SFTP sessions per connection (see [`SftpSessions`]).
@@ -99,7 +106,6 @@ const REFUSED: &[(&str, &str)] = &[
 
 /// Options accepted and ignored (mount(8), systemd, sshfs tuning).
 const IGNORED: &[&str] = &[
-    "_netdev",
     "user",
     "users",
     "nouser",
@@ -252,6 +258,7 @@ pub fn apply_options(cfg: &mut MountConfig, opts: &[String], sloppy: bool) -> Re
                 ("nomap", Some("ignore" | "error")) => {}
                 ("transform_symlinks", None) => cfg.fs.transform_symlinks = true,
                 ("follow_symlinks", None) => cfg.fs.follow_symlinks = true,
+                ("_netdev", None) => cfg.netdev = true,
                 ("contain_symlinks", None) => cfg.fs.contain_symlinks = true,
                 ("no_contain_symlinks", None) => cfg.fs.contain_symlinks = false,
                 ("allow_other", None) => cfg.allow_other = true,
@@ -417,6 +424,8 @@ impl MountConfig {
             mountpoint,
             ssh: Overrides::default(),
             delay_connect: false,
+            netdev: false,
+            unreachable_ok: false,
             timeout: Duration::from_secs(180),
             max_conns: 1,
             sftp_sessions: SftpSessions::Auto,

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::proxy::{Mode, Proxy};
 use common::*;
 
 /// Pids of mastofs processes serving `mnt`.
@@ -349,4 +350,43 @@ fn log_lines_carry_their_priority_to_the_journal_and_no_colour() {
     assert!(warn.is_some_and(|l| l.starts_with("<4>")), "{text}");
     let err = text.lines().find(|l| l.contains("missing"));
     assert!(err.is_some_and(|l| l.starts_with("<3>")), "{text}");
+}
+
+/// An fstab line without `_netdev` is mounted by systemd before the network is up: the
+/// helper mounts anyway and connects once the server can be reached (a failure would drop
+/// the boot into emergency mode). With `_netdev`, or run as `mastofs`, an unreachable
+/// server is an error, as before.
+#[test]
+fn a_line_without_netdev_mounts_before_the_network_and_connects_later() {
+    let s = Server::start();
+    let p = Proxy::start(s.port);
+    s.write_ssh_config_via(p.port, "");
+    p.set_mode(Mode::Blackhole);
+    let bin = tempfile::tempdir().unwrap();
+    let helper = bin.path().join("mount.fuse.mastofs");
+    std::os::unix::fs::symlink(BIN, &helper).unwrap();
+    std::fs::write(s.served.join("hello"), b"later").unwrap();
+    s.give(&s.served);
+    let mnt = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(mnt.path().to_path_buf());
+    let run = |prog: &Path, opts: &str| {
+        Command::new(prog)
+            .arg(s.source())
+            .arg(mnt.path())
+            .args(["-o", opts, "-F"])
+            .arg(&s.ssh_config)
+            .output()
+            .unwrap()
+    };
+    let out = run(&helper, "_netdev,ConnectTimeout=2");
+    assert!(!out.status.success(), "with _netdev the helper fails");
+    assert!(!is_mounted(mnt.path()));
+    let out = run(Path::new(BIN), "ConnectTimeout=2");
+    assert!(!out.status.success(), "mastofs itself fails");
+    let out = run(&helper, "ConnectTimeout=2");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(is_mounted(mnt.path()));
+    p.set_mode(Mode::Pass);
+    assert_eq!(std::fs::read(mnt.path().join("hello")).unwrap(), b"later");
 }

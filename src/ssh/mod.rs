@@ -69,3 +69,14 @@ pub enum SshError {
     #[error("server {host} refused the sftp subsystem: {reason}")]
     Subsystem { host: String, reason: String },
 }
+
+impl SshError {
+    /// The server could not be reached at all (no name, no route, refused, no answer), as
+    /// opposed to reached and refusing us.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            SshError::Resolve { .. } | SshError::Connect { .. } | SshError::Timeout { .. }
+        )
+    }
+}
