@@ -11,6 +11,11 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# tests/systemd.rs boots a real systemd in a container (without libnss-mymachines, which
+# systemd-container recommends and which would edit /etc/nsswitch.conf).
+for pkg in systemd-container debootstrap; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null
+done
 mkdir -p /run/sshd
 getent group mastodon >/dev/null || groupadd -g 991 mastodon
 getent passwd mastodon >/dev/null || useradd -u 991 -g mastodon -M -s /usr/sbin/nologin mastodon 2>/dev/null

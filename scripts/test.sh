@@ -13,6 +13,8 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# The Debian root filesystem tests/systemd.rs boots with systemd-nspawn (cached).
+bash scripts/systemd-rootfs.sh
 # cargo deb builds the Debian package that tests/install.rs installs and purges.
 cargo deb --version >/dev/null 2>&1 || cargo install --quiet --locked cargo-deb
 cargo fmt --all -- --check

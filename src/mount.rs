@@ -270,33 +270,81 @@ pub fn run(
     ready.ok();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
+    let shutdown = Arc::new(Shutdown {
+        session: session.clone(),
+        monitor: monitor.clone(),
+        status_socket: socket,
+        handover_socket: upgrade::socket_path(&cfg.mountpoint),
+        timeout: cfg.timeout,
+        done: std::sync::atomic::AtomicBool::new(false),
+    });
     let mountpoint = cfg.mountpoint.clone();
+    let on_signal = shutdown.clone();
     rt.spawn(async move {
         daemon::termination().await;
         tracing::info!(mountpoint = %mountpoint.display(), "signal received, unmounting");
         if let Err(e) = mountpoint::unmount(&mountpoint) {
             tracing::warn!(error = %e, "unmount failed");
         }
+        // The kernel ends the session once no mount of the filesystem is left. A bind
+        // mount elsewhere (a container's) keeps it: the daemon is being stopped, so it
+        // ends the filesystem for them too rather than wait for its unit's stop timeout.
+        tokio::time::sleep(STOP_GRACE).await;
+        if on_signal.done.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        tracing::warn!(
+            "still mounted elsewhere (bind mounts, containers) after the unmount: ending the \
+             filesystem there too (they see 'Transport endpoint is not connected')"
+        );
+        // Exiting closes /dev/fuse, which ends the filesystem everywhere.
+        if on_signal.finish().await {
+            std::process::exit(0);
+        }
     });
     let served = fuse.run();
-    // Writes acknowledged after the last flush (mmap write-back) still go out.
-    if session.unconfirmed_bytes() > 0 {
-        tracing::info!(
-            bytes = session.unconfirmed_bytes(),
-            "waiting for pending writes"
-        );
-        let _ = rt.block_on(tokio::time::timeout(cfg.timeout, session.drain_all()));
-    }
-    store::release();
-    let _ = std::fs::remove_file(upgrade::socket_path(&cfg.mountpoint));
-    monitor
-        .fuse_alive
-        .store(false, std::sync::atomic::Ordering::Relaxed);
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    let _ = std::fs::remove_file(&socket);
-    tracing::info!("unmounted");
+    rt.block_on(shutdown.finish());
     rt.shutdown_timeout(Duration::from_secs(2));
     served.map_err(|e| format!("fuse session ended with an error: {e}"))
+}
+
+/// How long a stopped daemon waits for the kernel to end its session after unmounting.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// The end of a mount, once: pending writes out, the store emptied, sockets removed.
+struct Shutdown {
+    session: Arc<Session>,
+    monitor: Arc<Monitor>,
+    status_socket: std::path::PathBuf,
+    handover_socket: std::path::PathBuf,
+    timeout: Duration,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Shutdown {
+    /// Runs the end (false: it already ran, or is running, elsewhere).
+    async fn finish(&self) -> bool {
+        if self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
+        // Writes acknowledged after the last flush (mmap write-back) still go out.
+        if self.session.unconfirmed_bytes() > 0 {
+            tracing::info!(
+                bytes = self.session.unconfirmed_bytes(),
+                "waiting for pending writes"
+            );
+            let _ = tokio::time::timeout(self.timeout, self.session.drain_all()).await;
+        }
+        store::release();
+        let _ = std::fs::remove_file(&self.handover_socket);
+        self.monitor
+            .fuse_alive
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        let _ = std::fs::remove_file(&self.status_socket);
+        tracing::info!("unmounted");
+        true
+    }
 }
 
 /// The running daemon's side of a handover: stop serving, confirm writes, give the state.

@@ -137,14 +137,34 @@ pub fn peer_is_trusted(
 }
 
 /// Whether process `pid` (as this process sees it; 0: not visible here) shares this
-/// process's mount and pid namespaces: a process in a container does not.
+/// process's mount and pid namespaces: a process in a container does not. Told from what
+/// any process may read of another (the daemon's unit bounds its capabilities, and
+/// `/proc/PID/ns/*` needs ptrace rights over the peer): the pid namespace from how deep
+/// `NSpid:` in `/proc/PID/status` goes (a visible process in a deeper namespace has more
+/// ids; one in another branch or above is not visible at all), the mount namespace from
+/// the id of its root mount in `/proc/PID/mountinfo` (mount ids are unique across
+/// namespaces: a copied namespace has new ones).
 pub fn same_namespaces(pid: i32) -> bool {
+    let depth = |p: &str| {
+        std::fs::read_to_string(format!("/proc/{p}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("NSpid:"))
+                    .map(|ids| ids.split_whitespace().count())
+            })
+    };
+    let root_mount = |p: &str| {
+        std::fs::read(format!("/proc/{p}/mountinfo"))
+            .ok()
+            .and_then(|m| m.split(|b| *b == b' ').next().map(<[u8]>::to_vec))
+    };
+    let peer = pid.to_string();
     pid > 0
-        && ["mnt", "pid"].iter().all(|ns| {
-            let mine = std::fs::read_link(format!("/proc/self/ns/{ns}"));
-            let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}"));
-            matches!((mine, theirs), (Ok(a), Ok(b)) if a == b)
-        })
+        && depth(&peer).is_some()
+        && depth(&peer) == depth("self")
+        && root_mount(&peer).is_some()
+        && root_mount(&peer) == root_mount("self")
 }
 
 #[cfg(test)]

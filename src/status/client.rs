@@ -145,6 +145,19 @@ pub fn fetch(socket: &Path) -> Result<serde_json::Value, String> {
         .map_err(|_| format!("{}: not a mastofs status answer", socket.display()))
 }
 
+/// The mountpoint `p` names, as the daemon resolved it, found without looking into the
+/// mount itself (a stat of a mount nobody serves, a daemon being replaced, would wait):
+/// its directory is resolved, its last name kept.
+fn mountpoint(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+            .map(|d| d.join(name))
+            .unwrap_or(abs.clone()),
+        _ => abs,
+    }
+}
+
 /// Runs the `status` subcommand; returns the exit code.
 pub fn run(args: &[OsString]) -> i32 {
     let mut json = false;
@@ -164,8 +177,7 @@ pub fn run(args: &[OsString]) -> i32 {
                 }
             },
             _ => {
-                let p = std::fs::canonicalize(a).unwrap_or_else(|_| PathBuf::from(a));
-                sockets.push(super::default_socket(&p));
+                sockets.push(super::default_socket(&mountpoint(Path::new(a))));
                 defaults = true;
             }
         }
