@@ -543,7 +543,7 @@ pub fn is_mounted(p: &Path) -> bool {
 impl Mount {
     /// Mounts `source` with `-F ssh_config -o opts`; Err(stderr) if mastofs exits instead.
     pub fn try_new(server: &Server, source: &str, opts: &str) -> Result<Mount, String> {
-        Self::try_new_in(server, source, opts, None, "mastofs-mnt-".as_ref())
+        Self::try_new_in(server, source, opts, None, ("mastofs-mnt-".as_ref(), None))
     }
 
     /// A mount whose daemon runs with a descriptor store, as under systemd.
@@ -554,7 +554,15 @@ impl Mount {
     /// As [`Mount::with_store`], on a mountpoint whose name begins with `prefix` (bytes).
     pub fn with_store_named(server: &Server, opts: &str, prefix: &std::ffi::OsStr) -> Mount {
         let store = Some(fdstore::FdStore::new());
-        Self::try_new_in(server, &server.source(), opts, store, prefix)
+        Self::try_new_in(server, &server.source(), opts, store, (prefix, None))
+            .unwrap_or_else(|e| panic!("mount failed: {e}"))
+    }
+
+    /// A mount on a new directory in `parent`, with a descriptor store or without.
+    pub fn new_in(server: &Server, opts: &str, parent: &Path, store: bool) -> Mount {
+        let store = store.then(fdstore::FdStore::new);
+        let place = ("mastofs-mnt-".as_ref(), Some(parent));
+        Self::try_new_in(server, &server.source(), opts, store, place)
             .unwrap_or_else(|e| panic!("mount failed: {e}"))
     }
 
@@ -563,13 +571,16 @@ impl Mount {
         source: &str,
         opts: &str,
         store: Option<fdstore::FdStore>,
-        prefix: &std::ffi::OsStr,
+        (prefix, parent): (&std::ffi::OsStr, Option<&Path>),
     ) -> Result<Mount, String> {
         server.give(&server.served);
-        let dir = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir()
-            .expect("mountpoint");
+        let mut b = tempfile::Builder::new();
+        b.prefix(prefix);
+        let dir = match parent {
+            Some(p) => b.tempdir_in(p),
+            None => b.tempdir(),
+        }
+        .expect("mountpoint");
         let stderr_path = server.dir.path().join(format!(
             "mastofs-{}.log",
             dir.path()
