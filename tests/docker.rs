@@ -103,24 +103,19 @@ impl Docker {
         for c in ["sh", "cat", "echo", "sleep", "mkdir", "ls", "test", "true"] {
             std::os::unix::fs::symlink("busybox", img.join("bin").join(c)).unwrap();
         }
+        let tarball = self.dir.path().join("img.tar");
         let tar = Command::new("tar")
             .arg("-C")
             .arg(&img)
-            .args(["-c", "."])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let st = Command::new(DOCKER)
-            .arg("-H")
-            .arg(format!(
-                "unix://{}",
-                self.dir.path().join("docker.sock").display()
-            ))
-            .args(["import", "-", IMAGE])
-            .stdin(tar.stdout.unwrap())
-            .stdout(Stdio::null())
+            .arg("-cf")
+            .arg(&tarball)
+            .arg(".")
             .status()
             .unwrap();
+        assert!(tar.success(), "tar");
+        let st = self
+            .cli(&["import", tarball.to_str().unwrap(), IMAGE])
+            .status;
         assert!(st.success(), "docker import");
     }
 
