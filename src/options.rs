@@ -135,7 +135,6 @@ const IGNORED: &[&str] = &[
     "use_ino",
     "readdir_ino",
     "no_check_root",
-    "rw",
 ];
 const IGNORED_WITH_VALUE: &[&str] = &[
     "user",
@@ -264,7 +263,9 @@ pub fn apply_options(cfg: &mut MountConfig, opts: &[String], sloppy: bool) -> Re
                 ("allow_other", None) => cfg.allow_other = true,
                 ("allow_root", None) => cfg.allow_root = true,
                 ("default_permissions", None) => cfg.default_permissions = true,
+                // As mount(8): the last of ro and rw wins.
                 ("ro", None) => cfg.read_only = true,
+                ("rw", None) => cfg.read_only = false,
                 ("nosuid", None) => cfg.nosuid = true,
                 ("nodev", None) => cfg.nodev = true,
                 ("noexec", None) => cfg.noexec = true,
@@ -479,6 +480,18 @@ mod tests {
         assert_eq!(
             (c.host.as_str(), c.remote_path.as_str()),
             ("box", "/home/media")
+        );
+    }
+
+    #[test]
+    fn the_last_of_ro_and_rw_wins_and_netdev_is_noted() {
+        assert!(!parse("ro,rw").unwrap().read_only);
+        assert!(parse("rw,ro").unwrap().read_only);
+        assert!(parse("_netdev").unwrap().netdev && !parse("rw").unwrap().netdev);
+        assert!(!parse("no_contain_symlinks").unwrap().fs.contain_symlinks);
+        assert!(
+            parse("").unwrap().fs.contain_symlinks,
+            "containment is the default"
         );
     }
 

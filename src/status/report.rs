@@ -8,10 +8,8 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-/// Upper bounds (seconds) of the request latency histogram buckets.
-pub const LATENCY_BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-];
+/// Upper bounds of the request latency histogram buckets: the session's, which counts.
+use crate::session::replay::LATENCY_BUCKETS_US as LATENCY_BUCKETS;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DiskUse {
@@ -83,7 +81,7 @@ pub struct Snapshot {
     pub cache_hits: u64,
     #[serde(skip)]
     pub cache_misses: u64,
-    /// Cumulative counts per LATENCY_BUCKETS bound, then the total count and sum (s).
+    /// Cumulative counts per latency bucket bound, then the total count and sum (s).
     #[serde(skip)]
     pub latency_buckets: Vec<u64>,
     #[serde(skip)]
@@ -264,7 +262,7 @@ impl Snapshot {
         let mut hist: Vec<(String, String)> = LATENCY_BUCKETS
             .iter()
             .zip(&self.latency_buckets)
-            .map(|(le, n)| (format!(",le=\"{le}\""), n.to_string()))
+            .map(|(us, n)| (format!(",le=\"{}\"", *us as f64 / 1e6), n.to_string()))
             .collect();
         hist.push((",le=\"+Inf\"".into(), self.latency_count.to_string()));
         let _ = writeln!(
