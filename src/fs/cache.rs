@@ -168,13 +168,8 @@ impl MetaCache {
     /// `made`: what the change created, if anything. An answer whose mtime is older than
     /// it was sent before the change after all (a request ahead of it yielded), and is
     /// not kept: the kernel asks again.
-    pub fn parent_seen(
-        &self,
-        path: &str,
-        dir: crate::session::RemoteResult<Attrs>,
-        made: Option<&Attrs>,
-    ) {
-        if let (Some(parent), Ok(a)) = (parent_key(path), dir) {
+    pub fn parent_seen(&self, path: &str, dir: Option<Attrs>, made: Option<&Attrs>) {
+        if let (Some(parent), Some(a)) = (parent_key(path), dir) {
             let predates =
                 matches!((a.mtime, made.and_then(|m| m.mtime)), (Some(d), Some(m)) if d < m);
             if a.kind() == crate::session::Kind::Dir && !predates {

@@ -285,16 +285,16 @@ impl<R: Remote> Fs<R> {
     }
 
     /// The attributes of `path`'s directory, asked right behind a change to `path` just
-    /// sent (same connection, so the answer shows the change). Not on a server that runs
-    /// requests concurrently: there the answer may predate the change (the directory is
-    /// then asked again when the kernel wants it).
-    pub(super) async fn dir_after(&self, path: &str) -> crate::session::RemoteResult<Attrs> {
-        match super::cache::parent_key(path) {
-            Some(dir) if self.remote.capabilities().in_order => {
-                self.remote.lstat_after(dir, path).await
-            }
-            _ => Err(crate::session::RemoteError::BadHandle),
+    /// sent (same connection, so the answer shows the change); None when not asked or not
+    /// answered. Not asked of a server that runs requests concurrently: there the answer
+    /// may predate the change (the directory is then asked again when the kernel wants
+    /// it).
+    pub(super) async fn dir_after(&self, path: &str) -> Option<Attrs> {
+        let dir = super::cache::parent_key(path)?;
+        if !self.remote.capabilities().in_order {
+            return None;
         }
+        self.remote.lstat_after(dir, path).await.ok()
     }
 
     /// unlink(2) of a file a descriptor holds open: the file moves to a hidden name in its
