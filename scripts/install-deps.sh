@@ -13,9 +13,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # tests/systemd.rs boots a real systemd in a container (without libnss-mymachines, which
 # systemd-container recommends and which would edit /etc/nsswitch.conf).
-# tests/docker.rs runs Debian's Docker engine (started by the test, its own roots) and an
-# image made from busybox-static.
-for pkg in systemd-container debootstrap docker.io busybox-static; do
+# tests/docker.rs runs Debian's Docker engine (started by the test, its own roots), an
+# image made from busybox-static, and the compose example with docker-compose.
+for pkg in systemd-container debootstrap docker.io docker-compose busybox-static; do
   dpkg -s "$pkg" >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null
 done
 mkdir -p /run/sshd

@@ -306,10 +306,134 @@ fn containers_keep_working_through_cuts_outages_crashes_and_upgrades() {
         dk.still_up(id);
     }
     dk.remove_containers();
-    drop((m, bare));
+    drop(bare);
     println!("mastofs part took {:.1} s", t0.elapsed().as_secs_f64());
+    compose_example(&dk, &s, &p, &mut m);
+    drop(m);
     sshfs_for_comparison(&dk, &s);
     println!("docker test took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// The compose example itself (`contrib/docker/docker-compose.yml`), run by docker-compose
+/// with the local image: its services write through binding (A) and answer their health
+/// check through the status directory it shares read-only: healthy, unhealthy during a
+/// blackhole, healthy again after it and after `kill -9`.
+fn compose_example(dk: &Docker, s: &Server, p: &Proxy, m: &mut Mount) {
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/docker/docker-compose.yml"),
+    )
+    .unwrap();
+    let escaped = String::from_utf8(
+        Command::new("systemd-escape")
+            .arg("--path")
+            .arg(m.path())
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    // Compose interpolates `$`: the loop's own are written `$$`.
+    let writer = "i=0; d=/mastodon/public/system/$$HOSTNAME; mkdir -p $$d; \
+                  while true; do i=$$((i+1)); if echo $$i > $$d/f 2>/dev/null && \
+                  test \"$$(cat $$d/f 2>/dev/null)\" = $$i; then echo ok $$i; \
+                  else echo FAIL $$i; fi; sleep 0.2; done";
+    let service = format!(
+        "image: {IMAGE}\n    network_mode: none\n    command: [\"sh\", \"-c\", \"{}\"]",
+        writer.replace('"', "\\\"")
+    );
+    // The binary for the health check runs with the host's C library.
+    let libs = "- /usr/lib:/usr/lib:ro\n      - /usr/lib:/lib:ro\n      - /usr/lib64:/lib64:ro";
+    let file = example
+        .replace("image: ghcr.io/mastodon/mastodon:v4.3", &service)
+        .replace(
+            "source: /mnt/mastodon",
+            &format!("source: {}", m.path().display()),
+        )
+        // In YAML's double quotes a backslash (systemd-escape's \x2d) is written twice.
+        .replace(
+            "/run/mastofs/mnt-mastodon.sock",
+            &format!("/run/mastofs/{}.sock", escaped.trim().replace('\\', "\\\\")),
+        )
+        .replace(
+            "- /usr/bin/mastofs:/usr/bin/mastofs:ro",
+            &format!("- {BIN}:/usr/bin/mastofs:ro\n      {libs}"),
+        )
+        .replace("interval: 30s", "interval: 1s")
+        .replace("timeout: 10s", "timeout: 5s");
+    let path = dk.dir.path().join("docker-compose.yml");
+    std::fs::write(&path, &file).unwrap();
+    let compose = |args: &[&str]| {
+        Command::new("docker-compose")
+            .env(
+                "DOCKER_HOST",
+                format!("unix://{}", dk.dir.path().join("docker.sock").display()),
+            )
+            .arg("-p")
+            .arg("mastofstest")
+            .arg("-f")
+            .arg(&path)
+            .args(args)
+            .output()
+            .expect("docker-compose (package docker-compose)")
+    };
+    let up = compose(&["up", "-d"]);
+    assert!(
+        up.status.success(),
+        "compose up: {}\n{file}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let ids: Vec<String> = String::from_utf8_lossy(&compose(&["ps", "-q"]).stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(ids.len(), 2, "web and sidekiq");
+    let health = |id: &str| {
+        let out = dk.cli(&["inspect", "-f", "{{.State.Health.Status}}", id]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let all = |want: &str| ids.iter().all(|id| health(id) == want);
+    let why = || {
+        let out = dk.cli(&["inspect", "-f", "{{json .State.Health}}", &ids[0]]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let start = Instant::now();
+    while !all("healthy") {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not healthy: {}",
+            why()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for id in &ids {
+        dk.progresses(id, 3, "a service writes media");
+    }
+    p.set_mode(Mode::Blackhole);
+    wait_until(
+        Duration::from_secs(60),
+        "unhealthy during the blackhole",
+        || all("unhealthy"),
+    );
+    p.set_mode(Mode::Pass);
+    wait_until(Duration::from_secs(60), "healthy after it", || {
+        all("healthy")
+    });
+    m.crash();
+    m.restart(s, "timeout=5,ServerAliveInterval=1,ServerAliveCountMax=3")
+        .expect("the stored connection taken over");
+    for id in &ids {
+        dk.progresses(id, 3, "a service writes after kill -9");
+        dk.still_up(id);
+    }
+    wait_until(Duration::from_secs(60), "healthy after kill -9", || {
+        all("healthy")
+    });
+    let down = compose(&["down"]);
+    assert!(
+        down.status.success(),
+        "compose down: {}",
+        String::from_utf8_lossy(&down.stderr)
+    );
 }
 
 /// sshfs killed with -9 and mounted again on the same path, with containers bound the
