@@ -296,7 +296,7 @@ fn upgrade(rest: &[OsString]) {
 
 /// `mastofs upgrade` of a daemon its service manager runs: it hands over to the store and
 /// exits; success is reported only once the successor the service manager starts serves
-/// (its `/status` says `upgrade`), with how long the mount paused.
+/// (`/status` answers with a new `daemon_pid`), with how long the mount paused.
 fn upgrade_service(incoming: handover::upgrade::Incoming, mp: &Path) {
     let helper = is_helper(&incoming.args);
     let socket = match parse_args(&incoming.args[1.min(incoming.args.len())..], helper) {
@@ -318,6 +318,7 @@ fn upgrade_service(incoming: handover::upgrade::Incoming, mp: &Path) {
                 let how = v
                     .get("daemon_start")
                     .and_then(|s| s.as_str())
+                    .filter(|s| !s.chars().any(char::is_control))
                     .unwrap_or("-");
                 println!(
                     "mastofs: {}: upgraded through the service manager: new daemon {pid} ({how}) serves; \
