@@ -441,16 +441,20 @@ impl<R: Remote> Filesystem for FuseFs<R> {
     ) {
         // The kernel ignores release's outcome (close(2) got flush's): answer at once and
         // close the remote handle behind the application's back, saving it a round trip.
-        let Some((_pass, reply)) = self.gate.enter(reply) else {
+        // The close runs under the same pass: a handover waits for it (asking the gate
+        // again could park it, and a file unlinked while open would stay on the server).
+        let Some((pass, reply)) = self.gate.enter(reply) else {
             return;
         };
         reply.ok();
         let ino = self.fs.released(fh.0);
-        self.run(
-            "release",
-            move |fs| async move { fs.close_released(fh.0, ino).await },
-            |_| (),
-        );
+        let fs = self.fs.clone();
+        self.spawn(async move {
+            let _pass = pass;
+            let _ = fs
+                .stats
+                .track("release", fs.close_released(fh.0, ino).await);
+        });
     }
     fn fsync(
         &self,
