@@ -55,38 +55,37 @@ pub fn show(
     if !absolute && in_climbing_form(target, dir.len()) {
         return Ok(target.to_string());
     }
-    let root: Option<Vec<&str>> = root.map(|r| parts(r).collect());
+    // Out of the mount, or not to be judged: refused, or (trusted) shown as it is.
+    let outside = || {
+        if policy.contain {
+            Err(Outside)
+        } else {
+            Ok(target.to_string())
+        }
+    };
+    let known = root.is_some();
+    if absolute && !known {
+        return outside();
+    }
     // Where the target leads, lexically, as absolute remote components (the root unknown:
     // relative to the root, and nothing above it can be told apart).
-    let base = root.clone().unwrap_or_default();
+    let base: Vec<&str> = root.map(|r| parts(r).collect()).unwrap_or_default();
     let mut at: Vec<&str> = if absolute {
         Vec::new()
     } else {
         base.iter().chain(&dir).copied().collect()
     };
-    if absolute && root.is_none() {
-        return if policy.contain {
-            Err(Outside)
-        } else {
-            Ok(target.to_string())
-        };
-    }
     for c in parts(target) {
-        if c == ".." {
-            if at.len() <= base.len() && root.is_none() {
-                return Err(Outside);
-            }
-            at.pop();
-        } else {
+        if c != ".." {
             at.push(c);
+        } else if at.is_empty() && !known {
+            return Err(Outside);
+        } else {
+            at.pop();
         }
     }
     let Some(inside) = at.strip_prefix(&base[..]) else {
-        return if policy.contain {
-            Err(Outside)
-        } else {
-            Ok(target.to_string())
-        };
+        return outside();
     };
     let common = dir.iter().zip(inside).take_while(|(a, b)| a == b).count();
     let mut out: Vec<&str> = vec![".."; dir.len() - common];
