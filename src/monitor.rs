@@ -198,7 +198,7 @@ impl Source for Monitor {
             attr_cache_hit_rate: (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
             open_files: self.session.open_files() as u64,
             unconfirmed_write_bytes: self.session.unconfirmed_bytes() as u64,
-            files_with_unconfirmed_writes: self.fs.journal().dirty().len() as u64,
+            files_with_unconfirmed_writes: self.fs.unconfirmed_files() as u64,
             connections_up: self.session.connections_up() as u64,
             connections: self.session.connections() as u64,
             server: server.id,

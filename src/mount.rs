@@ -12,7 +12,7 @@ use std::time::Duration;
 use fuser::{MountOption, SessionACL};
 
 use crate::daemon::{self, Ready};
-use crate::fs::journal::{Journal, Record, State};
+use crate::fs::state::journal::{Journal, State};
 use crate::fs::Fs;
 use crate::fuse::gate::Gate;
 use crate::fuse::FuseFs;
@@ -212,14 +212,6 @@ pub fn run(
             }
         }
         rt.spawn(monitor.clone().refresh_disk());
-        let confirmed = fs.clone();
-        rt.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                confirmed.note_confirmed();
-            }
-        });
         rt.spawn(monitor.clone().notify_systemd());
     }
 
@@ -248,7 +240,7 @@ pub fn run(
                     format!("cannot mount on {}: {e}", cfg.mountpoint.display())
                 })?;
             if let Some(device) = mountpoint::device_of(&cfg.mountpoint) {
-                fs.journal().record(Record::Mount { device });
+                fs.journal().mount(device);
             }
             store::keep(fd.as_fd(), fs.journal());
             tracing::info!(mountpoint = %cfg.mountpoint.display(), source = %cfg.source(), "mounted");
@@ -368,7 +360,7 @@ impl upgrade::Handing for Handing {
             }
             let failed = self.fs.confirm_writes().await;
             if failed == 0 {
-                self.fs.journal().record(Record::HandedOver);
+                self.fs.journal().handed_over();
             }
         });
         self.fs.journal().state()

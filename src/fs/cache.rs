@@ -29,7 +29,16 @@ pub struct MetaCache {
     pub dirs: Listings,
     attr_ttl: Duration,
     negative_ttl: Duration,
+    /// The root's attributes as last seen, served while disconnected (so `umount`, `ls -d`
+    /// and `stat` of the mountpoint do not wait for the link).
+    root: Mutex<Option<Attrs>>,
+    /// Node -> its mtime and size when last opened: whether the kernel's cached pages of
+    /// it still hold.
+    opened: Mutex<LruCache<u64, Version>>,
 }
+
+/// A file's mtime and size: what tells whether pages cached from it still hold.
+pub type Version = (Option<u32>, Option<u64>);
 
 impl MetaCache {
     pub fn new(attr_ttl: Duration, negative_ttl: Duration, dir_ttl: Duration) -> Self {
@@ -42,7 +51,28 @@ impl MetaCache {
             dirs: Listings::new(dir_ttl),
             attr_ttl,
             negative_ttl,
+            root: Mutex::new(None),
+            opened: Mutex::new(LruCache::new(cap)),
         }
+    }
+
+    /// The root's attributes as last seen.
+    pub fn root(&self) -> Option<Attrs> {
+        self.root.lock().ok().and_then(|r| r.clone())
+    }
+
+    pub fn root_seen(&self, attrs: &Attrs) {
+        if let Ok(mut r) = self.root.lock() {
+            *r = Some(attrs.clone());
+        }
+    }
+
+    /// Node `ino` is opened at `version`: whether it is the version it had when last
+    /// opened (the kernel may keep its pages).
+    pub fn opened(&self, ino: u64, version: Version) -> bool {
+        self.opened
+            .lock()
+            .is_ok_and(|mut seen| seen.put(ino, version) == Some(version))
     }
 
     /// The cached listing of directory `path`, if fresh.

@@ -6,18 +6,17 @@
 //! mkdir/rmdir/unlink/rename. It must never hand the kernel a name with `/`, `.` or `..`
 //! from the server.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use fuser::FileType;
 
 use crate::session::{Attrs, Kind, Remote, RenameMode};
 
 use super::error::{FsError, FsResult};
-use super::journal::Record;
 use super::listings::{dir_key, split, DirEntryOut};
+use super::state::nodes::{self as inode, Inodes};
 use super::unlinked;
-use super::{file_type, inode, Entry, Fs};
+use super::{file_type, Entry, Fs};
 
 /// A directory listing held open by the kernel.
 pub struct OpenDir {
@@ -58,6 +57,7 @@ async fn list<R: Remote>(
     path: &str,
     max: usize,
     hidden: &unlinked::Unlinked,
+    nodes: &Mutex<Inodes>,
 ) -> FsResult<Option<Vec<DirEntryOut>>> {
     let Some(list) = remote.read_dir(path, max).await? else {
         return Ok(None);
@@ -77,7 +77,8 @@ async fn list<R: Remote>(
             continue;
         }
         if unlinked::is_hidden(&e.name) {
-            if hidden.is_stale(&e.name) {
+            let held = |n: &str| nodes.lock().map_or(true, |t| t.holds_hidden(n));
+            if hidden.is_stale(&e.name, held) {
                 let stale = format!("{prefix}{}", e.name);
                 match remote.remove(&stale).await {
                     Ok(()) => {
@@ -118,10 +119,10 @@ impl<R: Remote> Fs<R> {
         }
         let (remote, cache) = (self.remote.clone(), self.cache.clone());
         let (follow, owned) = (self.cfg.follow_symlinks, dir.to_string());
-        let hidden = self.unlinked.clone();
+        let (hidden, nodes) = (self.hidden_names.clone(), self.nodes.clone());
         self.prefetcher.spawn(dir, async move {
             let fetch = cache.begin_listing(&owned);
-            let listed = list(&*remote, follow, &owned, PREFETCH_MAX, &hidden).await;
+            let listed = list(&*remote, follow, &owned, PREFETCH_MAX, &hidden, &nodes).await;
             if let Ok(Some(entries)) = listed {
                 cache.put_listing(fetch, Arc::new(entries));
             }
@@ -153,12 +154,7 @@ impl<R: Remote> Fs<R> {
     /// before (so the kernel may keep its own cached copy of it).
     pub async fn opendir(&self, ino: u64) -> FsResult<(u64, bool)> {
         let (listing, reused) = self.open_listing(ino).await?;
-        let fh = self.next_dir.fetch_add(1, Ordering::Relaxed);
-        self.journal.record(Record::DirOpened { fh, ino });
-        if let Ok(mut d) = self.dirs.lock() {
-            d.insert(fh, listing);
-        }
-        Ok((fh, reused))
+        Ok((self.handles.open_dir(ino, listing), reused))
     }
 
     /// The listing of directory `ino` for a new handle, and whether it is a cached one.
@@ -175,7 +171,8 @@ impl<R: Remote> Fs<R> {
             None => {
                 let fetch = self.cache.begin_listing(&path);
                 let follow = self.cfg.follow_symlinks;
-                let fresh = list(&*self.remote, follow, &path, usize::MAX, &self.unlinked)
+                let (hidden, nodes) = (&self.hidden_names, &self.nodes);
+                let fresh = list(&*self.remote, follow, &path, usize::MAX, hidden, nodes)
                     .await?
                     .unwrap_or_default();
                 let fresh = Arc::new(fresh);
@@ -191,34 +188,25 @@ impl<R: Remote> Fs<R> {
         if ino == inode::ROOT {
             return inode::ROOT;
         }
-        self.inodes
-            .lock()
+        self.with_inodes(|t| t.parent(ino))
             .ok()
-            .and_then(|t| t.parent(ino))
+            .flatten()
             .unwrap_or(inode::ROOT)
     }
 
     pub fn listing(&self, fh: u64) -> FsResult<Arc<OpenDir>> {
-        self.dirs
-            .lock()
-            .ok()
-            .and_then(|d| d.get(&fh).cloned())
-            .ok_or_else(|| FsError::new(libc::EBADF, "no such directory handle"))
+        self.handles.dir(fh)
     }
 
     pub fn releasedir(&self, fh: u64) {
-        self.journal.record(Record::DirReleased { fh });
-        if let Ok(mut d) = self.dirs.lock() {
-            d.remove(&fh);
-        }
+        self.handles.close_dir(fh)
     }
 
     /// Inode number to show for a listed name in plain readdir (no lookup is counted).
     pub fn peek_ino(&self, parent: u64, name: &str) -> u64 {
-        self.inodes
-            .lock()
+        self.with_inodes(|t| t.child(parent, name))
             .ok()
-            .and_then(|t| t.child(parent, name))
+            .flatten()
             // Unknown yet: a stable, non-zero number outside the range we hand out.
             .unwrap_or_else(|| {
                 let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -269,7 +257,7 @@ impl<R: Remote> Fs<R> {
         let path = self.child_path(parent, name)?;
         let open = self
             .with_inodes(|t| t.child(parent, name))?
-            .filter(|ino| self.is_open(*ino));
+            .filter(|ino| self.handles.holds(*ino));
         if let Some(ino) = open {
             return self.unlink_open(parent, name, ino).await;
         }
@@ -301,7 +289,7 @@ impl<R: Remote> Fs<R> {
     /// directory and is removed at its last close ([`unlinked`]).
     async fn unlink_open(&self, parent: u64, name: &str, ino: u64) -> FsResult<()> {
         let from = self.child_path(parent, name)?;
-        let hidden = self.unlinked.name_for(ino);
+        let hidden = self.hidden_names.name_for(ino);
         let to = self.child_path(parent, &hidden)?;
         let r = self
             .remote
@@ -313,16 +301,10 @@ impl<R: Remote> Fs<R> {
         }
         self.cache.removed(&from);
         self.cache.invalidate(&to);
-        self.with_inodes(|t| t.rename(parent, name, parent, &hidden))?;
-        self.journal.record(Record::Hidden {
-            ino,
-            parent,
-            name: hidden.clone(),
-        });
-        self.unlinked.insert(ino, parent, hidden);
+        self.with_inodes(|t| t.hide(parent, name, &hidden))?;
         // The last descriptor may have closed while the rename was on its way (the kernel
         // sends RELEASE after close(2) returns): then nobody else removes the file.
-        if !self.is_open(ino) {
+        if !self.handles.holds(ino) {
             self.last_close(ino).await;
         }
         Ok(())
@@ -330,18 +312,20 @@ impl<R: Remote> Fs<R> {
 
     /// The last descriptor of `ino` closed: a file unlinked while open goes now.
     pub(super) async fn last_close(&self, ino: u64) {
-        let Some((parent, hidden)) = self.unlinked.take(ino) else {
+        let Ok(Some((parent, hidden))) = self.with_inodes(|t| t.unhide(ino)) else {
             return;
         };
-        self.journal.record(Record::Unhidden { ino });
         let Ok(path) = self.child_path(parent, &hidden) else {
             return;
         };
-        if let Err(e) = self.remote.remove(&path).await {
-            tracing::warn!(%path, error = %e, "cannot remove a file unlinked while open");
+        match self.remote.remove(&path).await {
+            // Gone already: a daemon this one took over from removed it.
+            Err(e) if e.errno() != libc::ENOENT => {
+                tracing::warn!(%path, error = %e, "cannot remove a file unlinked while open")
+            }
+            _ => {}
         }
         self.cache.removed(&path);
-        let _ = self.with_inodes(|t| t.unlink(parent, &hidden));
     }
 
     pub async fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {

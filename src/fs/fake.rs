@@ -3,11 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
 
 use crate::session::remote::{
-    Attrs, Bytes, Capabilities, DirEntry, FileId, Kind, OpenMode, Remote, RemoteError,
-    RemoteResult, RenameMode, StatVfs,
+    Attrs, Bytes, Capabilities, DirEntry, Kind, OpenMode, Remote, RemoteError, RemoteResult,
+    RenameMode, StatVfs,
 };
 
 #[derive(Clone)]
@@ -29,7 +31,32 @@ pub struct FakeRemote {
     pub offline: std::sync::atomic::AtomicBool,
     /// Calls by name (`"fsetstat"`) that fail with the given errno.
     pub fail: Mutex<BTreeMap<&'static str, i32>>,
+    /// Calls by name (`"close"`, `"write"`, `"confirmed"`) held until released.
+    holds: Mutex<BTreeMap<&'static str, Arc<Hold>>>,
 }
+
+/// Holds the calls of one name: each says it arrived, then waits for [`Hold::release`].
+pub struct Hold {
+    arrived: Semaphore,
+    go: Semaphore,
+}
+
+impl Hold {
+    /// Waits until a held call arrived (one per call).
+    pub async fn arrived(&self) {
+        if let Ok(p) = self.arrived.acquire().await {
+            p.forget();
+        }
+    }
+
+    /// Lets every held call, and every later one, go on.
+    pub fn release(&self) {
+        self.go.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+}
+
+/// An open file of the fake: its number in [`FakeRemote`]'s table.
+pub struct FakeFile(u64);
 
 fn no_such() -> RemoteError {
     RemoteError::refused(libc::ENOENT, "No such file")
@@ -104,6 +131,26 @@ impl FakeRemote {
         self.open.lock().map(|o| o.len()).unwrap_or(0)
     }
 
+    /// Holds every call of `op` from now on (see [`Hold`]).
+    pub fn hold(&self, op: &'static str) -> Arc<Hold> {
+        let h = Arc::new(Hold {
+            arrived: Semaphore::new(0),
+            go: Semaphore::new(0),
+        });
+        if let Ok(mut holds) = self.holds.lock() {
+            holds.insert(op, h.clone());
+        }
+        h
+    }
+
+    async fn pause(&self, op: &'static str) {
+        let hold = self.holds.lock().ok().and_then(|h| h.get(op).cloned());
+        if let Some(h) = hold {
+            h.arrived.add_permits(1);
+            let _ = h.go.acquire().await;
+        }
+    }
+
     /// The failure injected for `op`, if any.
     fn injected(&self, op: &'static str) -> RemoteResult<()> {
         match self.fail.lock().ok().and_then(|f| f.get(op).copied()) {
@@ -134,12 +181,21 @@ impl FakeRemote {
             .ok_or_else(no_such)
     }
 
-    fn path_of(&self, f: FileId) -> RemoteResult<String> {
+    fn path_of(&self, f: &FakeFile) -> RemoteResult<String> {
         self.open
             .lock()
             .ok()
             .and_then(|o| o.get(&f.0).cloned())
-            .ok_or(RemoteError::BadHandle)
+            .ok_or_else(|| RemoteError::Broken("not open".into()))
+    }
+
+    /// The names in directory `dir`.
+    pub fn names(&self, dir: &str) -> Vec<String> {
+        let children = self.children(dir);
+        children
+            .iter()
+            .map(|c| c[dir.len() + 1..].to_string())
+            .collect()
     }
 
     fn children(&self, dir: &str) -> Vec<String> {
@@ -157,6 +213,8 @@ impl FakeRemote {
 }
 
 impl Remote for FakeRemote {
+    type File = FakeFile;
+
     fn is_connected(&self) -> bool {
         !self.offline.load(Ordering::Relaxed)
     }
@@ -296,6 +354,12 @@ impl Remote for FakeRemote {
                 t.insert(format!("{to}{}", &k[from.len()..]), n);
             }
         }
+        // Open files follow (as a server's handles do).
+        for p in self.open.lock().map_err(|_| failure())?.values_mut() {
+            if p == from || p.starts_with(&format!("{from}/")) {
+                *p = format!("{to}{}", &p[from.len()..]);
+            }
+        }
         Ok(())
     }
 
@@ -329,7 +393,7 @@ impl Remote for FakeRemote {
         })
     }
 
-    async fn open(&self, path: &str, mode: OpenMode, perm: Option<u32>) -> RemoteResult<FileId> {
+    async fn open(&self, path: &str, mode: OpenMode, perm: Option<u32>) -> RemoteResult<FakeFile> {
         let exists = self.exists(path);
         if exists && mode.exclusive {
             return Err(failure());
@@ -359,19 +423,20 @@ impl Remote for FakeRemote {
             .lock()
             .map_err(|_| failure())?
             .insert(id, path.to_string());
-        Ok(FileId(id))
+        Ok(FakeFile(id))
     }
 
-    fn adopt(&self, f: FileId, path: &str, _mode: OpenMode) {
-        self.next.fetch_max(f.0, Ordering::Relaxed);
+    fn adopt(&self, path: &str, _mode: OpenMode) -> FakeFile {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         if let Ok(mut o) = self.open.lock() {
-            o.insert(f.0, path.to_string());
+            o.insert(id, path.to_string());
         }
+        FakeFile(id)
     }
 
     async fn read(
         &self,
-        f: FileId,
+        f: &FakeFile,
         offset: u64,
         len: u32,
         _size: Option<u64>,
@@ -382,7 +447,8 @@ impl Remote for FakeRemote {
         Ok(Bytes::copy_from_slice(&d[start..end]))
     }
 
-    async fn write(&self, f: FileId, offset: u64, data: Bytes) -> RemoteResult<()> {
+    async fn write(&self, f: &FakeFile, offset: u64, data: Bytes) -> RemoteResult<()> {
+        self.pause("write").await;
         let path = self.path_of(f)?;
         let mut t = self.tree.lock().map_err(|_| failure())?;
         let n = t.get_mut(&path).ok_or_else(no_such)?;
@@ -395,34 +461,36 @@ impl Remote for FakeRemote {
         Ok(())
     }
 
-    async fn fstat(&self, f: FileId) -> RemoteResult<Attrs> {
+    async fn fstat(&self, f: &FakeFile) -> RemoteResult<Attrs> {
         Ok(self.node(&self.path_of(f)?)?.attrs)
     }
 
-    async fn fsetstat(&self, f: FileId, attrs: &Attrs) -> RemoteResult<()> {
+    async fn fsetstat(&self, f: &FakeFile, attrs: &Attrs) -> RemoteResult<()> {
         self.injected("fsetstat")?;
         let p = self.path_of(f)?;
         self.setstat(&p, attrs).await
     }
 
-    fn confirmed(&self, _f: FileId) -> bool {
+    async fn confirmed(&self, _f: &FakeFile) -> bool {
+        self.pause("confirmed").await;
         true
     }
 
-    async fn flush(&self, f: FileId) -> RemoteResult<()> {
+    async fn flush(&self, f: &FakeFile) -> RemoteResult<()> {
         self.path_of(f).map(|_| ())
     }
 
-    async fn fsync(&self, f: FileId) -> RemoteResult<()> {
+    async fn fsync(&self, f: &FakeFile) -> RemoteResult<()> {
         self.path_of(f).map(|_| ())
     }
 
-    async fn close(&self, f: FileId) -> RemoteResult<()> {
+    async fn close(&self, f: &FakeFile) -> RemoteResult<()> {
+        self.pause("close").await;
         self.open
             .lock()
             .map_err(|_| failure())?
             .remove(&f.0)
             .map(|_| ())
-            .ok_or(RemoteError::BadHandle)
+            .ok_or_else(|| RemoteError::Broken("not open".into()))
     }
 }

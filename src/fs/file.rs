@@ -6,10 +6,12 @@
 //! confirmed them (the session's write-behind); their failures must reach flush, fsync or
 //! close, never be dropped.
 
-use crate::session::{Attrs, Bytes, FileId, Kind, OpenMode, Remote, RemoteError};
+use std::sync::Arc;
+
+use crate::session::{Attrs, Bytes, Kind, OpenMode, Remote, RemoteError};
 
 use super::error::{FsError, FsResult};
-use super::journal::Record;
+use super::state::handles::OpenFile;
 use super::{Entry, Fs};
 
 pub(super) fn open_mode(flags: i32) -> OpenMode {
@@ -32,14 +34,11 @@ impl<R: Remote> Fs<R> {
         if mode.truncate {
             self.cache.invalidate(&path);
         }
-        let fid = self.remote.open(&path, mode, None).await?;
-        self.track(fid.0, ino, flags);
+        let remote = self.remote.open(&path, mode, None).await?;
+        let fh = self.handles.open_file(ino, flags, remote).fh;
         let now = self.cache.peek(&path).map(|a| (a.mtime, a.size));
-        let keep = match (&now, self.page_cache.lock()) {
-            (Some(now), Ok(mut seen)) => seen.put(ino, *now).as_ref() == Some(now),
-            _ => false,
-        };
-        Ok((fid.0, keep && !mode.truncate))
+        let keep = now.is_some_and(|now| self.cache.opened(ino, now));
+        Ok((fh, keep && !mode.truncate))
     }
 
     pub async fn create(
@@ -70,7 +69,7 @@ impl<R: Remote> Fs<R> {
             self.remote.lstat(&path),
             self.dir_after(&path)
         );
-        let fid = match opened {
+        let file = match opened {
             Ok(f) => f,
             Err(e) if e.is_vague() => {
                 self.cache.unsure(&path);
@@ -86,14 +85,14 @@ impl<R: Remote> Fs<R> {
         let finish = async {
             let mut attrs = match seen {
                 Ok(a) if a.kind() == Kind::File && (!open.truncate || a.size == Some(0)) => a,
-                _ => self.remote.fstat(fid).await?,
+                _ => self.remote.fstat(&file).await?,
             };
             // The server applies its umask to OPEN: set the mode that was asked for, on a
             // file this call created (O_CREAT on an existing file must not change its mode;
             // a non-empty file certainly existed).
             let created = open.exclusive || attrs.size == Some(0);
             if created && attrs.mode.map(|m| m & 0o7777) != Some(perm) {
-                self.remote.fsetstat(fid, &Attrs::with_perm(perm)).await?;
+                self.remote.fsetstat(&file, &Attrs::with_perm(perm)).await?;
                 attrs.mode = Some(libc::S_IFREG | perm);
             }
             self.cache.created(&path, Some(&attrs));
@@ -102,41 +101,27 @@ impl<R: Remote> Fs<R> {
         };
         match finish.await {
             Ok(entry) => {
-                self.track(fid.0, entry.attr.ino.0, flags);
-                Ok((entry, fid.0))
+                let fh = self.handles.open_file(entry.attr.ino.0, flags, file).fh;
+                Ok((entry, fh))
             }
             Err(e) => {
                 // The kernel never hears of this handle: close it here, not never.
-                let _ = self.remote.close(fid).await;
+                let _ = self.remote.close(&file).await;
                 self.cache.unsure(&path);
                 Err(e)
             }
         }
     }
 
-    fn track(&self, fh: u64, ino: u64, flags: i32) {
-        self.journal.record(Record::Opened { fh, ino, flags });
-        if let Ok(mut o) = self.open.lock() {
-            o.insert(fh, ino);
-        }
-    }
-
-    /// The remote path of the file behind `fh`.
-    fn open_path(&self, fh: u64) -> Option<String> {
-        let ino = self.open.lock().ok()?.get(&fh).copied()?;
-        self.path_of(ino).ok()
-    }
-
-    /// Drops cached attributes of the file behind `fh` (its size or times changed).
-    fn invalidate_open(&self, fh: u64) {
-        if let Some(path) = self.open_path(fh) {
-            self.cache.invalidate(&path);
-        }
+    /// The remote path of the file behind `f`.
+    fn open_path(&self, f: &OpenFile<R::File>) -> Option<String> {
+        self.path_of(f.ino).ok()
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        let known = self.open_path(fh).and_then(|p| self.cache.peek(&p)?.size);
-        let data = self.remote.read(FileId(fh), offset, size, known).await?;
+        let f = self.handles.file(fh)?;
+        let known = self.open_path(&f).and_then(|p| self.cache.peek(&p)?.size);
+        let data = self.remote.read(&f.remote, offset, size, known).await?;
         self.stats.add_read(data.len());
         Ok(data)
     }
@@ -144,43 +129,55 @@ impl<R: Remote> Fs<R> {
     /// Writes `data` (perhaps acknowledged before the server confirmed it: a failure is
     /// then reported by `flush`, `fsync` or a later write).
     pub async fn write(&self, fh: u64, offset: u64, data: Bytes) -> FsResult<u32> {
-        self.check_lost(fh)?;
-        self.invalidate_open(fh);
-        let n = data.len();
-        self.writes_in_progress(fh, true);
-        let written = self.remote.write(FileId(fh), offset, data).await;
-        if written.is_ok() {
-            // Written down before the kernel hears "written": a successor then knows the
-            // file may have unconfirmed writes.
-            self.journal.record(Record::Dirty { fh });
+        let f = self.handles.file(fh)?;
+        f.check_lost()?;
+        // Its size and times change.
+        if let Some(path) = self.open_path(&f) {
+            self.cache.invalidate(&path);
         }
-        self.writes_in_progress(fh, false);
+        let n = data.len();
+        f.write_begins();
+        let written = self.remote.write(&f.remote, offset, data).await;
+        if f.write_ends(written.is_ok()) {
+            self.watch_confirmation(f.clone());
+        }
         match written {
             Ok(()) => {
                 self.stats.add_written(n);
                 Ok(n as u32)
             }
-            Err(e) => Err(self.refine_write(fh, e).await),
+            Err(e) => Err(self.refine_write(&f, e).await),
         }
+    }
+
+    /// Waits, in the background, until the writes acknowledged through `f` are confirmed
+    /// by the server, and marks it clean then (a crash after that loses nothing of it).
+    fn watch_confirmation(&self, f: Arc<OpenFile<R::File>>) {
+        let remote = self.remote.clone();
+        tokio::spawn(async move {
+            let confirmed = remote.confirmed(&f.remote).await;
+            f.settled(confirmed);
+        });
     }
 
     /// close(2) of one descriptor: every write through `fh` confirmed, or its failure.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
-        self.check_lost(fh)?;
-        match self.remote.flush(FileId(fh)).await {
+        let f = self.handles.file(fh)?;
+        f.check_lost()?;
+        match self.remote.flush(&f.remote).await {
             Ok(()) => {
-                self.journal.record(Record::Clean { fh });
+                f.flushed();
                 Ok(())
             }
-            Err(e) => Err(self.refine_write(fh, e).await),
+            Err(e) => Err(self.refine_write(&f, e).await),
         }
     }
 
     /// A generic write FAILURE on a full disk is ENOSPC (asked of the file's own
     /// filesystem: the remote tree may span several).
-    async fn refine_write(&self, fh: u64, e: RemoteError) -> FsError {
+    async fn refine_write(&self, f: &OpenFile<R::File>, e: RemoteError) -> FsError {
         if e.is_vague() && self.remote.capabilities().statvfs {
-            let path = self.open_path(fh).unwrap_or_else(|| self.root_path());
+            let path = self.open_path(f).unwrap_or_else(|| self.root_path());
             if let Ok(s) = self.remote.statvfs(&path).await {
                 // Nearly full counts: the failed write itself may have needed up to a
                 // request's worth, and other space may come and go meanwhile.
@@ -194,51 +191,37 @@ impl<R: Remote> Fs<R> {
     }
 
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
-        self.check_lost(fh)?;
-        match self.remote.fsync(FileId(fh)).await {
+        let f = self.handles.file(fh)?;
+        f.check_lost()?;
+        match self.remote.fsync(&f.remote).await {
             Ok(()) => {
-                self.journal.record(Record::Clean { fh });
+                f.flushed();
                 Ok(())
             }
-            Err(e) => Err(self.refine_write(fh, e).await),
+            Err(e) => Err(self.refine_write(&f, e).await),
         }
     }
 
-    /// The kernel let go of `fh`: forgotten at once, in the order of the kernel's requests
-    /// (an unlink right after close(2) must not find the file still open). Returns its
-    /// inode for [`Fs::release`].
-    pub fn released(&self, fh: u64) -> Option<u64> {
-        self.journal.record(Record::Released { fh });
-        if let Ok(mut l) = self.lost.lock() {
-            l.remove(&fh);
+    /// The kernel let go of `fh`: the handle leaves the table now, in the order of the
+    /// kernel's requests (an unlink right after close(2) must not find the file still
+    /// open); the future returned closes the remote file, and a file unlinked while open
+    /// goes with its last handle. Should this daemon stop in between, its successor
+    /// finishes the job ([`Fs::restore`] removes a hidden file that no handle holds).
+    pub fn release(
+        self: &Arc<Self>,
+        fh: u64,
+    ) -> impl std::future::Future<Output = FsResult<()>> + Send + 'static {
+        let (fs, f) = (self.clone(), self.handles.close_file(fh));
+        async move {
+            let f = f.ok_or_else(|| FsError::new(libc::EBADF, "no such file handle"))?;
+            // Every write already dropped the file's cached attributes (and getattr waits
+            // for pending writes), so closing changes nothing the cache holds.
+            let closed = fs.remote.close(&f.remote).await;
+            if !fs.handles.holds(f.ino) {
+                fs.last_close(f.ino).await;
+            }
+            Ok(closed?)
         }
-        self.open.lock().ok().and_then(|mut o| o.remove(&fh))
-    }
-
-    /// [`Fs::released`] and [`Fs::close_released`] in one.
-    pub async fn release(&self, fh: u64) -> FsResult<()> {
-        let ino = self.released(fh);
-        self.close_released(fh, ino).await
-    }
-
-    /// Closes the remote side of `fh` (see [`Fs::released`]); a file unlinked while open
-    /// goes with its last descriptor.
-    pub async fn close_released(&self, fh: u64, ino: Option<u64>) -> FsResult<()> {
-        // Every write already dropped the file's cached attributes (and getattr waits for
-        // pending writes), so closing changes nothing the cache holds.
-        let closed = self.remote.close(FileId(fh)).await;
-        if let Some(ino) = ino.filter(|i| !self.is_open(*i)) {
-            self.last_close(ino).await;
-        }
-        Ok(closed?)
-    }
-
-    /// Whether a descriptor holds inode `ino` open.
-    pub(super) fn is_open(&self, ino: u64) -> bool {
-        self.open
-            .lock()
-            .map(|o| o.values().any(|i| *i == ino))
-            .unwrap_or(false)
     }
 
     /// Attributes through an open handle (accurate while the file is being written).
@@ -247,8 +230,9 @@ impl<R: Remote> Fs<R> {
         ino: u64,
         fh: u64,
     ) -> FsResult<(fuser::FileAttr, std::time::Duration)> {
-        let attrs = self.remote.fstat(FileId(fh)).await?;
-        Ok((self.file_attr(ino, &attrs), self.cfg.attr_ttl))
+        let f = self.handles.file(fh)?;
+        let attrs = self.remote.fstat(&f.remote).await?;
+        Ok((self.node_attr(ino, &attrs), self.cfg.attr_ttl))
     }
 }
 

@@ -12,12 +12,10 @@ mod dir;
 pub mod error;
 mod file;
 pub mod idmap;
-pub mod inode;
-pub mod journal;
 mod listings;
-mod mapped;
 mod prefetch;
 mod restore;
+pub mod state;
 pub mod stats;
 mod symlink;
 mod unlinked;
@@ -27,8 +25,6 @@ mod fake;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -40,14 +36,12 @@ use cache::MetaCache;
 pub use dir::OpenDir;
 pub use error::{FsError, FsResult};
 use idmap::IdMap;
-use inode::Inodes;
-use journal::Journal;
+use state::handles::Handles;
+use state::journal::{Journal, State};
+use state::nodes::{self as inode, Inodes};
 
 /// Longest file name the kernel may send us (as ext4).
 pub const NAME_MAX: usize = 255;
-
-/// A file's mtime and size: what tells whether pages cached from it still hold.
-type Version = (Option<u32>, Option<u64>);
 
 /// Filesystem settings derived from the mount options.
 #[derive(Debug, Clone)]
@@ -123,56 +117,41 @@ pub struct FsStat {
     pub frsize: u32,
 }
 
+/// The filesystem: what the kernel holds (nodes, handles: [`state`]), what is cached of
+/// the server ([`cache`]), and the remote.
 pub struct Fs<R: Remote> {
     remote: Arc<R>,
     cfg: FsConfig,
     idmap: RwLock<IdMap>,
-    /// The absolute remote path of the root, once known (for transform_symlinks).
+    /// The absolute remote path of the root, once known (for symlinks).
     abs_root: RwLock<Option<String>>,
-    inodes: Mutex<Inodes>,
+    nodes: Arc<Mutex<Inodes>>,
+    handles: Handles<R::File>,
     pub cache: Arc<MetaCache>,
     /// Directories being listed in the background.
     prefetcher: Arc<prefetch::Prefetcher>,
     pub stats: stats::FsStats,
-    dirs: Mutex<HashMap<u64, Arc<OpenDir>>>,
-    next_dir: AtomicU64,
-    /// The root's attributes as last seen, served while disconnected (so `umount`, `ls -d`
-    /// and `stat` of the mountpoint do not wait for the link).
-    root_attrs: Mutex<Option<Attrs>>,
-    /// Inode -> mtime and size when last opened (whether the kernel's pages still hold).
-    page_cache: Mutex<lru::LruCache<u64, Version>>,
-    /// Open file handle -> its inode (to invalidate cached attributes on write).
-    open: Mutex<HashMap<u64, u64>>,
-    /// Files unlinked while open, waiting under hidden names for their last close.
-    unlinked: Arc<unlinked::Unlinked>,
-    /// Where every change the kernel must find again after a restart is written down.
-    journal: Arc<Journal>,
-    /// Handles restored after a restart whose acknowledged writes may not have reached the
-    /// server: their next write, fsync or flush fails with EIO, once.
-    lost: Mutex<std::collections::HashSet<u64>>,
-    /// Writes in progress per handle (see [`Fs::note_confirmed`]).
-    writing: Mutex<HashMap<u64, u64>>,
+    /// Makes and recognises the hidden names of files unlinked while open.
+    hidden_names: Arc<unlinked::Unlinked>,
 }
 
 impl<R: Remote> Fs<R> {
     #[cfg(test)]
-    pub fn new(remote: Arc<R>, cfg: FsConfig) -> Self {
-        Self::with_journal(remote, cfg, Arc::new(Journal::new(Default::default())))
+    pub fn new(remote: Arc<R>, cfg: FsConfig) -> Arc<Self> {
+        Arc::new(Self::with_journal(
+            remote,
+            cfg,
+            Arc::new(Journal::new(State::default())),
+        ))
     }
 
     /// A filesystem writing its state to `journal` (see [`Fs::restore`]).
     pub fn with_journal(remote: Arc<R>, cfg: FsConfig, journal: Arc<Journal>) -> Self {
         let token = crate::ident::random_token();
-        let unlinked = Arc::new(unlinked::Unlinked::new(&cfg.tag, &token));
         Fs {
-            inodes: Mutex::new(Inodes::new(
-                journal.clone(),
-                &std::collections::BTreeMap::new(),
-                0,
-            )),
-            journal,
-            lost: Mutex::default(),
-            writing: Mutex::default(),
+            nodes: Arc::new(Mutex::new(Inodes::new(journal.clone(), &State::default()))),
+            handles: Handles::new(journal),
+            hidden_names: Arc::new(unlinked::Unlinked::new(&cfg.tag, &token)),
             idmap: RwLock::new(cfg.idmap.clone()),
             cache: Arc::new(MetaCache::new(cfg.attr_ttl, cfg.negative_ttl, cfg.dir_ttl)),
             prefetcher: Arc::default(),
@@ -180,14 +159,6 @@ impl<R: Remote> Fs<R> {
             remote,
             cfg,
             abs_root: RwLock::new(None),
-            dirs: Mutex::new(HashMap::new()),
-            next_dir: AtomicU64::new(1),
-            open: Mutex::new(HashMap::new()),
-            unlinked,
-            page_cache: Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(65_536).unwrap_or(std::num::NonZeroUsize::MIN),
-            )),
-            root_attrs: Mutex::new(None),
         }
     }
 
@@ -211,9 +182,7 @@ impl<R: Remote> Fs<R> {
                 format!("remote path '{root}' is not a directory"),
             ));
         }
-        if let Ok(mut r) = self.root_attrs.lock() {
-            *r = Some(attrs);
-        }
+        self.cache.root_seen(&attrs);
         if let Ok(abs) = self.remote.realpath(&root).await {
             if let Ok(mut r) = self.abs_root.write() {
                 *r = Some(abs);
@@ -254,10 +223,7 @@ impl<R: Remote> Fs<R> {
     }
 
     fn rel_path(&self, ino: u64) -> FsResult<String> {
-        self.inodes
-            .lock()
-            .map_err(|_| FsError::new(libc::EIO, "inode table poisoned"))?
-            .rel_path(ino)
+        self.with_inodes(|t| t.rel_path(ino))?
             .ok_or_else(|| FsError::new(libc::ESTALE, format!("inode {ino} is gone")))
     }
 
@@ -279,7 +245,7 @@ impl<R: Remote> Fs<R> {
 
     fn with_inodes<T>(&self, f: impl FnOnce(&mut Inodes) -> T) -> FsResult<T> {
         let mut t = self
-            .inodes
+            .nodes
             .lock()
             .map_err(|_| FsError::new(libc::EIO, "inode table poisoned"))?;
         Ok(f(&mut t))
@@ -371,18 +337,25 @@ impl<R: Remote> Fs<R> {
         let path = self.path_of(ino)?;
         if ino != inode::ROOT {
             let attrs = self.fetch_attrs(&path).await?;
-            return Ok((self.file_attr(ino, &attrs), self.cfg.attr_ttl));
+            return Ok((self.node_attr(ino, &attrs), self.cfg.attr_ttl));
         }
         if !self.remote.is_connected() {
-            let known = self.root_attrs.lock().ok().and_then(|a| a.clone());
+            let known = self.cache.root();
             let attrs = known.unwrap_or_else(|| Attrs::with_perm(0o755 | libc::S_IFDIR));
             return Ok((self.file_attr(ino, &attrs), Duration::from_secs(1)));
         }
         let attrs = self.remote.stat(&path).await?;
-        if let Ok(mut r) = self.root_attrs.lock() {
-            *r = Some(attrs.clone());
-        }
+        self.cache.root_seen(&attrs);
         Ok((self.file_attr(ino, &attrs), self.cfg.attr_ttl))
+    }
+
+    /// [`Fs::file_attr`] for `stat` of a node: one unlinked while open has no links left.
+    fn node_attr(&self, ino: u64, a: &Attrs) -> FileAttr {
+        let mut attr = self.file_attr(ino, a);
+        if self.with_inodes(|t| t.is_hidden(ino)).unwrap_or(false) {
+            attr.nlink = 0;
+        }
+        attr
     }
 
     pub async fn setattr(
@@ -430,9 +403,8 @@ impl<R: Remote> Fs<R> {
         if change != Attrs::default() {
             let r = match fh {
                 Some(fh) => {
-                    self.remote
-                        .fsetstat(crate::session::FileId(fh), &change)
-                        .await
+                    let f = self.handles.file(fh)?;
+                    self.remote.fsetstat(&f.remote, &change).await
                 }
                 None => self.remote.setstat(&path, &change).await,
             };
@@ -493,7 +465,7 @@ impl<R: Remote> Fs<R> {
 
     /// Number of inodes the kernel holds (for status).
     pub fn inode_count(&self) -> usize {
-        self.inodes.lock().map(|t| t.len()).unwrap_or(0)
+        self.nodes.lock().map(|t| t.len()).unwrap_or(0)
     }
 }
 

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use super::fake::FakeRemote;
 use super::idmap::IdMap;
-use super::inode::ROOT;
+use super::state::nodes::ROOT;
 use super::{Fs, FsConfig, SetAttr};
 use crate::session::Bytes;
 
-fn fs_with(cfg: FsConfig) -> (Arc<FakeRemote>, Fs<FakeRemote>) {
+fn fs_with(cfg: FsConfig) -> (Arc<FakeRemote>, Arc<Fs<FakeRemote>>) {
     let remote = Arc::new(FakeRemote::new());
     let fs = Fs::new(
         remote.clone(),
@@ -21,7 +21,7 @@ fn fs_with(cfg: FsConfig) -> (Arc<FakeRemote>, Fs<FakeRemote>) {
     (remote, fs)
 }
 
-fn fs() -> (Arc<FakeRemote>, Fs<FakeRemote>) {
+fn fs() -> (Arc<FakeRemote>, Arc<Fs<FakeRemote>>) {
     fs_with(FsConfig::default())
 }
 
@@ -424,6 +424,17 @@ async fn a_create_whose_mode_cannot_be_set_closes_its_handle() {
     assert_eq!(remote.open_count(), 0, "the remote handle was closed");
 }
 
+/// Runs the spawned tasks (a confirmation's watcher) until `done` holds (bounded).
+async fn until(done: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if done() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("condition not reached");
+}
+
 #[tokio::test]
 async fn a_successor_restores_node_ids_handles_and_reports_possibly_lost_writes_once() {
     let (remote, fs) = fs();
@@ -433,6 +444,8 @@ async fn a_successor_restores_node_ids_handles_and_reports_possibly_lost_writes_
     let f = fs.lookup(d, "f").await.unwrap().attr.ino.0;
     let (written, _) = fs.open(f, libc::O_RDWR).await.unwrap();
     let (synced, _) = fs.open(f, libc::O_RDONLY).await.unwrap();
+    // The server has not confirmed the write when the daemon dies.
+    let _unconfirmed = remote.hold("confirmed");
     fs.write(written, 0, Bytes::from_static(b"new"))
         .await
         .unwrap();
@@ -481,13 +494,96 @@ async fn confirmed_writes_are_noted_so_a_crash_reports_nothing_for_them() {
     remote.put_file("/r/f", b"");
     let f = fs.lookup(ROOT, "f").await.unwrap().attr.ino.0;
     let (fh, _) = fs.open(f, libc::O_WRONLY).await.unwrap();
+    let dirty = || fs.journal().state().files[&fh].dirty;
+    let confirmations = remote.hold("confirmed");
     fs.write(fh, 0, Bytes::from_static(b"x")).await.unwrap();
-    assert_eq!(fs.journal().dirty(), [fh]);
-    // The in-memory remote confirms at once; a write in progress would be skipped.
-    fs.writes_in_progress(fh, true);
-    fs.note_confirmed();
-    assert_eq!(fs.journal().dirty(), [fh]);
-    fs.writes_in_progress(fh, false);
-    fs.note_confirmed();
-    assert!(fs.journal().dirty().is_empty());
+    assert!(dirty(), "acknowledged, not yet confirmed");
+    // A second write is on its way when the server confirms the first.
+    let writes = remote.hold("write");
+    let second = fs.write(fh, 1, Bytes::from_static(b"y"));
+    let confirm_meanwhile = async {
+        writes.arrived().await;
+        confirmations.arrived().await;
+        confirmations.release();
+        until(|| remote.data("/r/f").is_some()).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(dirty(), "a write in progress: not clean");
+        writes.release();
+    };
+    let (written, ()) = tokio::join!(second, confirm_meanwhile);
+    written.unwrap();
+    until(|| !dirty()).await;
+    assert_eq!(remote.data("/r/f").unwrap(), b"xy");
+}
+
+#[tokio::test]
+async fn a_close_cut_by_a_handover_is_finished_by_the_successor() {
+    let (remote, fs) = fs();
+    let (entry, fh) = fs.create(ROOT, "f", 0o644, libc::O_RDWR).await.unwrap();
+    fs.write(fh, 0, Bytes::from_static(b"data")).await.unwrap();
+    fs.unlink(ROOT, "f").await.unwrap();
+    let hidden = || {
+        remote
+            .names("/r")
+            .into_iter()
+            .filter(|n| n.starts_with(".mastofs-unlinked-"))
+            .count()
+    };
+    assert_eq!(hidden(), 1, "open: kept under a hidden name");
+    // fstat of the open, unlinked file: no links, its size.
+    let (attr, _) = fs.getattr(entry.attr.ino.0).await.unwrap();
+    assert_eq!((attr.nlink, attr.size), (0, 4));
+    let (attr, _) = fs.getattr_open(entry.attr.ino.0, fh).await.unwrap();
+    assert_eq!((attr.nlink, attr.size), (0, 4));
+
+    // The kernel releases the handle; the handover takes the state while the remote close
+    // is on its way (a sealed request: the old daemon never finishes it).
+    let closes = remote.hold("close");
+    let closing = fs.release(fh);
+    let cut = async {
+        closes.arrived().await;
+        fs.journal().state()
+    };
+    let state = tokio::select! {
+        _ = closing => panic!("the close was held"),
+        state = cut => state,
+    };
+    closes.release();
+    let next = Fs::new(
+        remote.clone(),
+        FsConfig {
+            root: "/r".into(),
+            ..Default::default()
+        },
+    );
+    next.restore(&state).await.unwrap();
+    assert_eq!(hidden(), 0, "the successor removed what no handle holds");
+    assert!(next.journal().state().hidden.is_empty());
+}
+
+#[tokio::test]
+async fn a_hidden_file_still_held_survives_the_handover_and_goes_at_its_last_close() {
+    let (remote, fs) = fs();
+    let (_, fh) = fs.create(ROOT, "f", 0o644, libc::O_RDWR).await.unwrap();
+    fs.unlink(ROOT, "f").await.unwrap();
+    let next = Fs::new(
+        remote.clone(),
+        FsConfig {
+            root: "/r".into(),
+            ..Default::default()
+        },
+    );
+    next.restore(&fs.journal().state()).await.unwrap();
+    let hidden = || {
+        remote
+            .names("/r")
+            .into_iter()
+            .filter(|n| n.starts_with(".mastofs-unlinked-"))
+            .count()
+    };
+    assert_eq!(hidden(), 1, "still open through the restored handle");
+    next.release(fh).await.unwrap();
+    assert_eq!(hidden(), 0);
 }

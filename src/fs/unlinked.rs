@@ -1,8 +1,9 @@
 //! Files unlinked while open: renamed aside on the server, removed at their last close.
 //!
-//! Owns the hidden names (`.mastofs-unlinked-<mount tag>-<daemon token>-<ino>-<n>` in the
-//! file's directory, as NFS clients do with `.nfsXXXX`; see `crate::ident`) and which
-//! inode each belongs to. A file unlinked while a descriptor holds it stays usable through
+//! Owns making the hidden names (`.mastofs-unlinked-<mount tag>-<daemon token>-<ino>-<n>`
+//! in the file's directory, as NFS clients do with `.nfsXXXX`; see `crate::ident`) and
+//! telling stale ones; which node waits under which name is the node table's
+//! (`state::nodes`). A file unlinked while a descriptor holds it stays usable through
 //! that descriptor: reads, writes, `fstat`, and reopening by path after a reconnect or on
 //! a further write session all find it under its hidden name. Hidden names (and the
 //! probe's scratch directories) never show in listings or lookups. One that this mount's
@@ -10,9 +11,7 @@
 //! removes it. It must never hide or remove a name it did not make, nor one another
 //! mount's daemon made, nor one a daemon it took over from still holds.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 use crate::ident::{SCRATCH_PREFIX, UNLINKED_PREFIX as PREFIX};
 
@@ -21,9 +20,8 @@ pub fn is_hidden(name: &str) -> bool {
     name.starts_with(PREFIX) || name.starts_with(SCRATCH_PREFIX)
 }
 
-/// Where unlinked, still open files wait for their last close: inode -> (parent, name).
+/// The hidden names of one daemon of one mount.
 pub struct Unlinked {
-    by_ino: Mutex<HashMap<u64, (u64, String)>>,
     next: AtomicU64,
     /// `<PREFIX><mount tag>-`: names this mount's daemons make.
     mine: String,
@@ -35,7 +33,6 @@ impl Unlinked {
     /// Hidden names for the mount tagged `tag`, made by the daemon with `token`.
     pub fn new(tag: &str, token: &str) -> Self {
         Unlinked {
-            by_ino: Mutex::default(),
             next: AtomicU64::new(0),
             mine: format!("{PREFIX}{tag}-"),
             token: token.to_string(),
@@ -49,29 +46,12 @@ impl Unlinked {
     }
 
     /// Whether `name` was left by an earlier daemon of this mount and nobody holds it: a
-    /// name of this mount, not this daemon's, and not one taken over ([`Unlinked::insert`]).
-    pub fn is_stale(&self, name: &str) -> bool {
+    /// name of this mount, not this daemon's, and not `held` (one taken over).
+    pub fn is_stale(&self, name: &str, held: impl FnOnce(&str) -> bool) -> bool {
         let Some(rest) = name.strip_prefix(&self.mine) else {
             return false;
         };
-        if rest.split('-').next() == Some(self.token.as_str()) {
-            return false;
-        }
-        self.by_ino
-            .lock()
-            .is_ok_and(|m| !m.values().any(|(_, n)| n == name))
-    }
-
-    /// `ino` now lives under the hidden `name` in `parent`.
-    pub fn insert(&self, ino: u64, parent: u64, name: String) {
-        if let Ok(mut m) = self.by_ino.lock() {
-            m.insert(ino, (parent, name));
-        }
-    }
-
-    /// The hidden place of `ino`, forgotten (its last descriptor closed).
-    pub fn take(&self, ino: u64) -> Option<(u64, String)> {
-        self.by_ino.lock().ok()?.remove(&ino)
+        rest.split('-').next() != Some(self.token.as_str()) && !held(name)
     }
 }
 
@@ -84,13 +64,13 @@ mod tests {
         let earlier = Unlinked::new("tag1", "aaaa");
         let (left, held) = (earlier.name_for(3), earlier.name_for(4));
         let u = Unlinked::new("tag1", "bbbb");
-        u.insert(4, 1, held.clone());
-        assert!(u.is_stale(&left));
-        assert!(!u.is_stale(&held), "taken over: still held");
-        assert!(!u.is_stale(&u.name_for(5)), "this daemon's own");
+        let stale = |name: &str| u.is_stale(name, |n| n == held);
+        assert!(stale(&left));
+        assert!(!stale(&held), "taken over: still held");
+        assert!(!stale(&u.name_for(5)), "this daemon's own");
         let other_mount = Unlinked::new("tag2", "aaaa").name_for(3);
-        assert!(!u.is_stale(&other_mount) && is_hidden(&other_mount));
-        assert!(!u.is_stale("file") && !u.is_stale(".mastofs-probe-tag1-x"));
+        assert!(!stale(&other_mount) && is_hidden(&other_mount));
+        assert!(!stale("file") && !stale(".mastofs-probe-tag1-x"));
     }
 
     #[test]
@@ -100,8 +80,5 @@ mod tests {
         assert_ne!(a, b);
         assert!(is_hidden(&a) && !is_hidden("file") && !is_hidden(".mastofs"));
         assert!(is_hidden(".mastofs-probe-t-0123"));
-        u.insert(7, 1, a.clone());
-        assert_eq!(u.take(7), Some((1, a)));
-        assert_eq!(u.take(7), None);
     }
 }

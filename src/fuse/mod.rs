@@ -447,13 +447,10 @@ impl<R: Remote> Filesystem for FuseFs<R> {
             return;
         };
         reply.ok();
-        let ino = self.fs.released(fh.0);
-        let fs = self.fs.clone();
+        let (fs, closing) = (self.fs.clone(), self.fs.release(fh.0));
         self.spawn(async move {
             let _pass = pass;
-            let _ = fs
-                .stats
-                .track("release", fs.close_released(fh.0, ino).await);
+            let _ = fs.stats.track("release", closing.await);
         });
     }
     fn fsync(

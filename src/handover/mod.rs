@@ -14,7 +14,7 @@ pub mod upgrade;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use crate::fs::journal::{Journal, State};
+use crate::fs::state::journal::{Journal, State};
 
 /// How this daemon started (shown by `mastofs status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use sd_notify::NotifyState;
 
 use super::{Inherited, Start};
-use crate::fs::journal::Journal;
+use crate::fs::state::journal::Journal;
 use crate::mountpoint;
 
 const FUSE: &str = "fuse";

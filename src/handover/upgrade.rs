@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Inherited, Start};
 use crate::fd_passing;
-use crate::fs::journal::{Journal, State};
+use crate::fs::state::journal::{Journal, State};
 use crate::name_bytes;
 use crate::rundir::{self, Dir};
 use crate::status;

@@ -1,20 +1,20 @@
-//! Logical file handles that outlive connections.
+//! Open files that outlive connections.
 //!
-//! Owns the table from [`FileId`] to the open file's path and mode, and for each its remote
-//! handles, one per connection it was used on (with `max_conns`, writes of one file are
-//! spread over connections). A file is opened by path on a connection the first time it is
-//! used there (never with O_TRUNC/O_EXCL/O_CREAT again); handles of dead connections are
-//! dropped. It must never retry requests; it only answers "which remote handle, on this
-//! link".
+//! Owns [`OpenFile`], what [`super::Remote::open`] returns: the file's path and mode, its
+//! remote handles, one per connection it was used on (with `max_conns`, writes of one file
+//! are spread over connections), and its write-behind. A file is opened by path on a
+//! connection the first time it is used there (never with O_TRUNC/O_EXCL/O_CREAT again);
+//! handles of dead connections are dropped. [`Handles`] only knows the open files weakly,
+//! to close idle handles near a server's limit, follow renames and wait for writes: the
+//! filesystem's table of kernel handles owns them. It must never retry requests; it only
+//! answers "which remote handle, on this link".
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::meta::{Attrs, OpenMode};
 use crate::sftp::{RemoteHandle, SftpError};
 
-use super::remote::FileId;
 use super::supervisor::Link;
 use super::writeback::WriteBehind;
 
@@ -153,48 +153,63 @@ impl OpenFile {
     }
 }
 
+/// The open files of a session, known weakly (their owner is the filesystem's table).
 #[derive(Default)]
 pub struct Handles {
-    next: AtomicU64,
-    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    files: Mutex<Vec<Weak<OpenFile>>>,
 }
 
 impl Handles {
-    pub fn insert(&self, path: &str, mode: OpenMode, link: &Arc<Link>, h: RemoteHandle) -> FileId {
-        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let file = Arc::new(OpenFile::new(
+    /// A file just opened on session 0 of `link` as remote handle `h`.
+    pub fn insert(
+        &self,
+        path: &str,
+        mode: OpenMode,
+        link: &Arc<Link>,
+        h: RemoteHandle,
+    ) -> Arc<OpenFile> {
+        self.add(OpenFile::new(
             path,
             mode,
             vec![Slot::new(link, 0, Arc::new(h))],
-        ));
+        ))
+    }
+
+    /// A file a previous daemon opened: no remote handle yet (opened by path at first use).
+    pub fn adopt(&self, path: &str, mode: OpenMode) -> Arc<OpenFile> {
+        self.add(OpenFile::new(path, mode, Vec::new()))
+    }
+
+    fn add(&self, file: OpenFile) -> Arc<OpenFile> {
+        let file = Arc::new(file);
         if let Ok(mut files) = self.files.lock() {
-            files.insert(id, file);
+            // Files dropped without a close (an open the kernel never heard of) go here.
+            files.retain(|f| f.strong_count() > 0);
+            files.push(Arc::downgrade(&file));
         }
-        FileId(id)
+        file
     }
 
-    /// A handle given out by a previous daemon: no remote handle yet (opened by path at
-    /// first use); ids handed out from now on are above it.
-    pub fn adopt(&self, id: FileId, path: &str, mode: OpenMode) {
-        self.next.fetch_max(id.0, Ordering::Relaxed);
+    /// Forgets `file` (closed).
+    pub fn remove(&self, file: &Arc<OpenFile>) {
         if let Ok(mut files) = self.files.lock() {
-            files.insert(id.0, Arc::new(OpenFile::new(path, mode, Vec::new())));
+            let me = Arc::downgrade(file);
+            files.retain(|f| f.strong_count() > 0 && !f.ptr_eq(&me));
         }
     }
 
-    pub fn get(&self, id: FileId) -> Option<Arc<OpenFile>> {
-        self.files.lock().ok()?.get(&id.0).cloned()
-    }
-
-    pub fn remove(&self, id: FileId) -> Option<Arc<OpenFile>> {
-        self.files.lock().ok()?.remove(&id.0)
+    /// The open files, while they live.
+    fn live(&self) -> Vec<Arc<OpenFile>> {
+        self.files
+            .lock()
+            .map(|f| f.iter().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default()
     }
 
     /// Keeps open files pointing at their file after a rename of it or of a parent.
     pub fn renamed(&self, from: &str, to: &str) {
-        let Ok(files) = self.files.lock() else { return };
         let prefix = format!("{}/", from.trim_end_matches('/'));
-        for f in files.values() {
+        for f in self.live() {
             if let Ok(mut p) = f.path.lock() {
                 if *p == from {
                     *p = to.to_string();
@@ -207,18 +222,16 @@ impl Handles {
 
     /// Open files with writes on their way whose path satisfies `pred`.
     pub fn writing(&self, pred: impl Fn(&str) -> bool) -> Vec<Arc<OpenFile>> {
-        let Ok(files) = self.files.lock() else {
-            return Vec::new();
-        };
+        let mut files = self.live();
+        files.retain(|f| !f.wb.is_idle() && pred(&f.path()));
         files
-            .values()
-            .filter(|f| !f.wb.is_idle() && pred(&f.path()))
-            .cloned()
-            .collect()
     }
 
     pub fn len(&self) -> usize {
-        self.files.lock().map(|f| f.len()).unwrap_or(0)
+        self.files
+            .lock()
+            .map(|f| f.iter().filter(|f| f.strong_count() > 0).count())
+            .unwrap_or(0)
     }
 
     /// Runs `open` (an OPEN on session `channel` of `link`) so that the server's limit on
@@ -261,10 +274,7 @@ impl Handles {
     /// `keep(held)` remain of the `held` ones open there (busy handles are never closed).
     /// Returns how many were closed.
     fn make_room(&self, link: &Link, channel: usize, keep: impl Fn(usize) -> usize) -> usize {
-        let files: Vec<Arc<OpenFile>> = match self.files.lock() {
-            Ok(f) => f.values().cloned().collect(),
-            Err(_) => return 0,
-        };
+        let files = self.live();
         let mut held: usize = 0;
         let mut idle = Vec::new();
         for f in &files {
@@ -313,13 +323,15 @@ mod tests {
     #[test]
     fn rename_moves_open_paths() {
         let h = Handles::default();
-        let mk = |p: &str| OpenFile::new(p, OpenMode::default(), Vec::new());
-        h.files.lock().unwrap().insert(1, Arc::new(mk("/a/b")));
-        h.files.lock().unwrap().insert(2, Arc::new(mk("/a/bc")));
-        h.files.lock().unwrap().insert(3, Arc::new(mk("/a/b/c")));
+        let mk = |p: &str| h.adopt(p, OpenMode::default());
+        let (one, two, three) = (mk("/a/b"), mk("/a/bc"), mk("/a/b/c"));
         h.renamed("/a/b", "/x");
-        assert_eq!(h.get(FileId(1)).unwrap().path(), "/x");
-        assert_eq!(h.get(FileId(2)).unwrap().path(), "/a/bc");
-        assert_eq!(h.get(FileId(3)).unwrap().path(), "/x/c");
+        assert_eq!(one.path(), "/x");
+        assert_eq!(two.path(), "/a/bc");
+        assert_eq!(three.path(), "/x/c");
+        drop(two);
+        assert_eq!(h.len(), 2, "a dropped file is no longer counted");
+        h.remove(&one);
+        assert_eq!(h.len(), 1);
     }
 }

@@ -29,8 +29,7 @@ use crate::ssh::{SshError, Target};
 
 use crate::sftp::SftpError;
 pub use remote::{
-    Attrs, Bytes, Capabilities, FileId, Kind, OpenMode, Remote, RemoteError, RemoteResult,
-    RenameMode,
+    Attrs, Bytes, Capabilities, Kind, OpenMode, Remote, RemoteError, RemoteResult, RenameMode,
 };
 use replay::{OnConfused, ReplayStats};
 pub use sftp_sessions::SftpSessions;
@@ -249,12 +248,10 @@ impl Session {
         .await
     }
 
-    /// The open file behind `f`, once every write to its path is answered.
-    pub(super) async fn settled(&self, f: FileId) -> RemoteResult<Arc<handles::OpenFile>> {
-        let file = self.handles.get(f).ok_or(RemoteError::BadHandle)?;
+    /// Waits until every write to the path of `file` is answered.
+    async fn settled(&self, file: &handles::OpenFile) {
         let path = file.path();
         self.settle_paths(|p| p == path).await;
-        Ok(file)
     }
 
     /// Runs `op` with the remote handle of `f` on a live link (reopening it there), after
@@ -262,15 +259,15 @@ impl Session {
     pub(super) async fn with_handle<T, F, Fut>(
         &self,
         what: &str,
-        f: FileId,
+        file: &Arc<handles::OpenFile>,
         op: F,
     ) -> RemoteResult<T>
     where
         F: Fn(Arc<Link>, Arc<crate::sftp::RemoteHandle>) -> Fut,
         Fut: std::future::Future<Output = Result<T, SftpError>>,
     {
-        let file = self.settled(f).await?;
-        self.with_file(what, &file, None, |l, _, h| op(l, h)).await
+        self.settled(file).await;
+        self.with_file(what, file, None, |l, _, h| op(l, h)).await
     }
 
     /// Runs `op` with the remote handle of `file` on a live link (opening it there). A

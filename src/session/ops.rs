@@ -6,16 +6,20 @@
 //! closing handles. It must never reconnect or choose connections itself (that is
 //! [`super::supervisor`] and [`Session::sup_for`]).
 
+use super::handles::OpenFile;
 use super::remote::{
-    Attrs, Bytes, Capabilities, DirEntry, FileId, Kind, OpenMode, Remote, RemoteError,
-    RemoteResult, RenameMode, StatVfs,
+    Attrs, Bytes, Capabilities, DirEntry, Kind, OpenMode, Remote, RemoteError, RemoteResult,
+    RenameMode, StatVfs,
 };
 use super::replay::{exists_is_done, gone_is_done, renamed_is_done};
 use super::supervisor::LinkState;
 use super::Session;
 use crate::name_bytes::{decode, encode as w};
+use std::sync::Arc;
 
 impl Remote for Session {
+    type File = Arc<OpenFile>;
+
     fn is_connected(&self) -> bool {
         self.primary().is_up()
     }
@@ -181,7 +185,12 @@ impl Remote for Session {
         .await
     }
 
-    async fn open(&self, path: &str, mode: OpenMode, perm: Option<u32>) -> RemoteResult<FileId> {
+    async fn open(
+        &self,
+        path: &str,
+        mode: OpenMode,
+        perm: Option<u32>,
+    ) -> RemoteResult<Self::File> {
         self.settle_paths(|p| p == path).await;
         let attrs = perm.map(Attrs::with_perm).unwrap_or_default();
         let (link, h) = self
@@ -208,13 +217,13 @@ impl Remote for Session {
         Ok(self.handles.insert(path, mode, &link, h))
     }
 
-    fn adopt(&self, f: FileId, path: &str, mode: OpenMode) {
-        self.handles.adopt(f, path, mode)
+    fn adopt(&self, path: &str, mode: OpenMode) -> Self::File {
+        self.handles.adopt(path, mode)
     }
 
     async fn read(
         &self,
-        f: FileId,
+        f: &Self::File,
         offset: u64,
         len: u32,
         size: Option<u64>,
@@ -225,16 +234,14 @@ impl Remote for Session {
         // the file is reopened (a fresh handle sees it as it is now) and read again.
         let end = offset + data.len() as u64;
         if (data.len() as u32) < len && size.is_some_and(|s| end < s) {
-            if let Some(file) = self.handles.get(f) {
-                file.close_idle().await;
-                return self.read_once(f, offset, len, size).await;
-            }
+            f.close_idle().await;
+            return self.read_once(f, offset, len, size).await;
         }
         Ok(data)
     }
 
-    async fn write(&self, f: FileId, offset: u64, data: Bytes) -> RemoteResult<()> {
-        let file = self.handles.get(f).ok_or(RemoteError::BadHandle)?;
+    async fn write(&self, f: &Self::File, offset: u64, data: Bytes) -> RemoteResult<()> {
+        let file = f.clone();
         let len = data.len();
         let me = self.me.upgrade();
         let (Some(me), true) = (me, len <= self.write_behind) else {
@@ -247,7 +254,7 @@ impl Remote for Session {
             .clone()
             .acquire_many_owned(len as u32)
             .await
-            .map_err(|_| RemoteError::BadHandle)?;
+            .map_err(|_| RemoteError::Broken("write budget closed".into()))?;
         file.wb.begin(offset, len).await?;
         tokio::spawn(async move {
             let r = me.write_now(&file, offset, &data).await;
@@ -261,30 +268,28 @@ impl Remote for Session {
         Ok(())
     }
 
-    fn confirmed(&self, f: FileId) -> bool {
-        self.handles
-            .get(f)
-            .is_some_and(|file| file.wb.is_confirmed())
+    async fn confirmed(&self, f: &Self::File) -> bool {
+        f.wb.drain().await;
+        f.wb.is_confirmed()
     }
 
-    async fn flush(&self, f: FileId) -> RemoteResult<()> {
-        let file = self.handles.get(f).ok_or(RemoteError::BadHandle)?;
-        file.wb.settle().await
+    async fn flush(&self, f: &Self::File) -> RemoteResult<()> {
+        f.wb.settle().await
     }
 
-    async fn fstat(&self, f: FileId) -> RemoteResult<Attrs> {
+    async fn fstat(&self, f: &Self::File) -> RemoteResult<Attrs> {
         self.with_handle("fstat", f, |l, h| async move { l.sftp.fstat(&h).await })
             .await
     }
 
-    async fn fsetstat(&self, f: FileId, attrs: &Attrs) -> RemoteResult<()> {
+    async fn fsetstat(&self, f: &Self::File, attrs: &Attrs) -> RemoteResult<()> {
         self.with_handle("fsetstat", f, |l, h| async move {
             l.sftp.fsetstat(&h, attrs).await
         })
         .await
     }
 
-    async fn fsync(&self, f: FileId) -> RemoteResult<()> {
+    async fn fsync(&self, f: &Self::File) -> RemoteResult<()> {
         self.flush(f).await?;
         if !self.capabilities().fsync {
             // Every write is confirmed now; there is no way to ask the server to flush its
@@ -295,11 +300,11 @@ impl Remote for Session {
             .await
     }
 
-    async fn close(&self, f: FileId) -> RemoteResult<()> {
+    async fn close(&self, f: &Self::File) -> RemoteResult<()> {
         // Every write is answered before the handle goes; a failed one is reported here.
         let written = self.flush(f).await;
-        let file = self.handles.remove(f).ok_or(RemoteError::BadHandle)?;
-        file.close_all().await;
+        self.handles.remove(f);
+        f.close_all().await;
         written
     }
 }
@@ -308,7 +313,7 @@ impl Session {
     /// One read as the server answers it (see [`Remote::read`]).
     async fn read_once(
         &self,
-        f: FileId,
+        f: &Arc<OpenFile>,
         offset: u64,
         len: u32,
         size: Option<u64>,

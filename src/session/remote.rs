@@ -19,10 +19,6 @@ pub struct DirEntry {
     pub attrs: Attrs,
 }
 
-/// A logical open file. Stays valid across reconnects (it is reopened by path).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FileId(pub u64);
-
 /// Why a remote operation failed, in the filesystem's terms (no protocol types).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RemoteError {
@@ -44,9 +40,6 @@ pub enum RemoteError {
     /// The file behind an open handle is gone from the server (reopen failed).
     #[error("file vanished from the server while open")]
     Stale,
-    /// The logical handle is not open.
-    #[error("bad file handle")]
-    BadHandle,
 }
 
 impl RemoteError {
@@ -64,7 +57,6 @@ impl RemoteError {
             RemoteError::Refused { errno, .. } => *errno,
             RemoteError::Broken(_) | RemoteError::Timeout(_) => libc::EIO,
             RemoteError::Stale => libc::ESTALE,
-            RemoteError::BadHandle => libc::EBADF,
         }
     }
 
@@ -115,6 +107,9 @@ pub struct Capabilities {
 
 /// Remote file operations by absolute remote path. All methods may run concurrently.
 pub trait Remote: Send + Sync + 'static {
+    /// An open file, as [`Remote::open`] returns it: valid across reconnects (reopened by
+    /// path), owned by the caller until [`Remote::close`].
+    type File: Send + Sync + 'static;
     fn capabilities(&self) -> Capabilities;
     /// Whether a working connection exists right now (requests would not wait).
     fn is_connected(&self) -> bool;
@@ -159,15 +154,15 @@ pub trait Remote: Send + Sync + 'static {
         path: &str,
         mode: OpenMode,
         perm: Option<u32>,
-    ) -> impl Future<Output = RemoteResult<FileId>> + Send;
-    /// Registers handle `f`, which a previous daemon gave the kernel for `path`: opened by
-    /// path (never creating or truncating) at its first use.
-    fn adopt(&self, f: FileId, path: &str, mode: OpenMode);
+    ) -> impl Future<Output = RemoteResult<Self::File>> + Send;
+    /// A file a previous daemon opened for `path`: opened by path (never creating or
+    /// truncating) at its first use.
+    fn adopt(&self, path: &str, mode: OpenMode) -> Self::File;
     /// Reads up to `len` bytes; fewer only at end of file. `size` is the file's size as
     /// last known: a short answer ending exactly there needs no second look for EOF.
     fn read(
         &self,
-        f: FileId,
+        f: &Self::File,
         offset: u64,
         len: u32,
         size: Option<u64>,
@@ -177,19 +172,23 @@ pub trait Remote: Send + Sync + 'static {
     /// and `close` of `f`. Requests about the same file wait for its pending writes.
     fn write(
         &self,
-        f: FileId,
+        f: &Self::File,
         offset: u64,
         data: Bytes,
     ) -> impl Future<Output = RemoteResult<()>> + Send;
-    /// Whether every write to `f` acknowledged so far is confirmed by the server (none
-    /// pending, none failed), without waiting.
-    fn confirmed(&self, f: FileId) -> bool;
+    /// Waits until no write to `f` is on its way; then whether every one acknowledged so
+    /// far was confirmed by the server (none failed).
+    fn confirmed(&self, f: &Self::File) -> impl Future<Output = bool> + Send;
     /// Waits until every write to `f` is confirmed; reports the first that ever failed.
-    fn flush(&self, f: FileId) -> impl Future<Output = RemoteResult<()>> + Send;
-    fn fstat(&self, f: FileId) -> impl Future<Output = RemoteResult<Attrs>> + Send;
-    fn fsetstat(&self, f: FileId, attrs: &Attrs) -> impl Future<Output = RemoteResult<()>> + Send;
+    fn flush(&self, f: &Self::File) -> impl Future<Output = RemoteResult<()>> + Send;
+    fn fstat(&self, f: &Self::File) -> impl Future<Output = RemoteResult<Attrs>> + Send;
+    fn fsetstat(
+        &self,
+        f: &Self::File,
+        attrs: &Attrs,
+    ) -> impl Future<Output = RemoteResult<()>> + Send;
     /// Flushes, then asks the server to sync the file to disk where it can.
-    fn fsync(&self, f: FileId) -> impl Future<Output = RemoteResult<()>> + Send;
+    fn fsync(&self, f: &Self::File) -> impl Future<Output = RemoteResult<()>> + Send;
     /// Flushes and closes; reports a write that failed.
-    fn close(&self, f: FileId) -> impl Future<Output = RemoteResult<()>> + Send;
+    fn close(&self, f: &Self::File) -> impl Future<Output = RemoteResult<()>> + Send;
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use hostile::Mode;
 
 use super::connector::{BoxFuture, Connector, SftpStream, Transport};
-use super::{Bytes, FileId, OpenMode, Remote, RemoteError, Session, SftpSessions};
+use super::{Bytes, OpenMode, Remote, RemoteError, Session, SftpSessions};
 use crate::ssh::SshError;
 
 /// Connections to an in-memory hostile server over `root`: the first connection
@@ -122,11 +122,11 @@ async fn acknowledged_writes_survive_a_lost_reply() {
     let f = s.open(&p(&d, "w"), WRITE, Some(0o644)).await.unwrap();
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     for (i, part) in data.chunks(1 << 20).enumerate() {
-        s.write(f, (i << 20) as u64, Bytes::copy_from_slice(part))
+        s.write(&f, (i << 20) as u64, Bytes::copy_from_slice(part))
             .await
             .unwrap();
     }
-    s.close(f).await.unwrap();
+    s.close(&f).await.unwrap();
     assert!(std::fs::read(d.path().join("w")).unwrap() == data);
     assert!(s.replay_stats.replays.load(Ordering::Relaxed) >= 1);
 }
@@ -140,14 +140,14 @@ async fn a_write_meeting_a_confused_server_fails_at_close_and_the_session_goes_o
     )
     .await;
     let f = s.open(&p(&d, "trigger"), WRITE, Some(0o644)).await.unwrap();
-    s.write(f, 0, Bytes::from_static(b"mangled?"))
+    s.write(&f, 0, Bytes::from_static(b"mangled?"))
         .await
         .unwrap();
-    let e = s.close(f).await.unwrap_err();
+    let e = s.close(&f).await.unwrap_err();
     assert_eq!(e.errno(), libc::EIO, "{e}");
-    let g: FileId = s.open(&p(&d, "fine"), WRITE, Some(0o644)).await.unwrap();
-    s.write(g, 0, Bytes::from_static(b"ok")).await.unwrap();
-    s.close(g).await.unwrap();
+    let g = s.open(&p(&d, "fine"), WRITE, Some(0o644)).await.unwrap();
+    s.write(&g, 0, Bytes::from_static(b"ok")).await.unwrap();
+    s.close(&g).await.unwrap();
     assert_eq!(std::fs::read(d.path().join("fine")).unwrap(), b"ok");
 }
 

@@ -1,16 +1,18 @@
-//! The inode table: kernel inode numbers <-> remote paths.
+//! The node table: kernel inode numbers <-> remote paths.
 //!
 //! Owns inode numbering, the parent/name tree that turns an inode into a remote path,
-//! kernel lookup counts (an inode lives until the kernel forgets it), and moving entries on
-//! rename/unlink. Every change is written to the [`Journal`] before the kernel hears of it
-//! (a successor daemon restores the table from there). It must never talk to the remote.
+//! kernel lookup counts (an inode lives until the kernel forgets it), moving entries on
+//! rename/unlink, and which nodes are files unlinked while open, waiting under a hidden
+//! name (see `crate::fs::unlinked`). Every change is written to the [`Journal`] here before
+//! the kernel hears of it (a successor daemon restores the table from there). It must
+//! never talk to the remote.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::session::Kind;
 
-use super::journal::{Journal, NodeState, Record};
+use super::journal::{Journal, Record, State};
 
 /// Lookup count of a restored node: the kernel's real count was not written down, so a
 /// restored node lives until unmount (the kernel's forgets never bring it to zero).
@@ -25,6 +27,8 @@ struct Node {
     lookups: u64,
     /// False once unlinked or replaced: the inode lives on for the kernel, but has no path.
     linked: bool,
+    /// Unlinked while open: `name` is a hidden name, removed at the last close.
+    hidden: bool,
 }
 
 pub struct Inodes {
@@ -45,6 +49,7 @@ impl Default for Inodes {
                 kind: Kind::Dir,
                 lookups: 1,
                 linked: true,
+                hidden: false,
             },
         );
         Inodes {
@@ -57,17 +62,12 @@ impl Default for Inodes {
 }
 
 impl Inodes {
-    /// A table whose changes go to `journal`, holding the `restored` nodes (node id ->
-    /// where it was) that a previous daemon gave the kernel; new ids start at `next` or
-    /// above every restored one.
-    pub fn new<'a>(
-        journal: Arc<Journal>,
-        restored: impl IntoIterator<Item = (&'a u64, &'a NodeState)>,
-        next: u64,
-    ) -> Self {
+    /// A table whose changes go to `journal`, holding the nodes of `restored` (what a
+    /// previous daemon gave the kernel); new ids start above every id it gave out.
+    pub fn new(journal: Arc<Journal>, restored: &State) -> Self {
         let mut t = Inodes::default();
-        t.next = t.next.max(next);
-        for (&ino, n) in restored.into_iter().filter(|(&i, _)| i != ROOT) {
+        t.next = t.next.max(restored.next_ino);
+        for (&ino, n) in restored.nodes.iter().filter(|(&i, _)| i != ROOT) {
             t.nodes.insert(
                 ino,
                 Node {
@@ -76,6 +76,7 @@ impl Inodes {
                     kind: n.kind,
                     lookups: RESTORED_LOOKUPS,
                     linked: n.linked,
+                    hidden: restored.hidden.contains_key(&ino),
                 },
             );
             if n.linked {
@@ -148,6 +149,7 @@ impl Inodes {
                 kind,
                 lookups: 1,
                 linked: true,
+                hidden: false,
             },
         );
         self.children.insert(key, ino);
@@ -203,6 +205,47 @@ impl Inodes {
         }
     }
 
+    /// `parent/name`, open, was unlinked: it moves to `hidden` in the same directory.
+    pub fn hide(&mut self, parent: u64, name: &str, hidden: &str) {
+        self.rename(parent, name, parent, hidden);
+        if let Some(ino) = self.child(parent, hidden) {
+            if let Some(n) = self.nodes.get_mut(&ino) {
+                n.hidden = true;
+            }
+            self.note(Record::Hidden {
+                ino,
+                parent,
+                name: hidden.to_string(),
+            });
+        }
+    }
+
+    /// The hidden place of `ino` (its last descriptor closed), now unlinked, if it had one.
+    pub fn unhide(&mut self, ino: u64) -> Option<(u64, String)> {
+        let n = self.nodes.get_mut(&ino).filter(|n| n.hidden)?;
+        n.hidden = false;
+        let place = (n.parent, n.name.clone());
+        self.note(Record::Unhidden { ino });
+        self.unlink(place.0, &place.1);
+        Some(place)
+    }
+
+    /// Whether `ino` waits under a hidden name.
+    pub fn is_hidden(&self, ino: u64) -> bool {
+        self.nodes.get(&ino).is_some_and(|n| n.hidden)
+    }
+
+    /// Whether a node waits under the hidden `name` (in any directory).
+    pub fn holds_hidden(&self, name: &str) -> bool {
+        self.nodes.values().any(|n| n.hidden && n.name == name)
+    }
+
+    /// The nodes that wait under hidden names.
+    pub fn hidden(&self) -> Vec<u64> {
+        let hidden = self.nodes.iter().filter(|(_, n)| n.hidden);
+        hidden.map(|(&ino, _)| ino).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
@@ -240,7 +283,7 @@ mod tests {
     #[test]
     fn a_restored_table_keeps_ids_and_paths() {
         let j = Arc::new(Journal::new(Default::default()));
-        let mut t = Inodes::new(j.clone(), &std::collections::BTreeMap::new(), 0);
+        let mut t = Inodes::new(j.clone(), &State::default());
         let a = t.lookup(ROOT, "a", Kind::Dir);
         let b = t.lookup(a, "b", Kind::File);
         let x = t.lookup(ROOT, "x", Kind::Dir);
@@ -248,7 +291,7 @@ mod tests {
         let tmp = t.lookup(ROOT, "tmp", Kind::File);
         t.forget(tmp, 1);
         let state = j.state();
-        let mut r = Inodes::new(j, &state.nodes, state.next_ino);
+        let mut r = Inodes::new(j, &state);
         assert_eq!(r.rel_path(b).as_deref(), Some("x/c"));
         assert_eq!(r.rel_path(tmp), None, "tmp was forgotten");
         // New nodes never reuse a restored id; restored ones outlive any forget count.
@@ -265,5 +308,20 @@ mod tests {
         let b = t.lookup(ROOT, "a", Kind::Dir);
         assert_ne!(a, b);
         assert_eq!(t.rel_path(a), None);
+    }
+
+    #[test]
+    fn a_hidden_node_is_restored_hidden_and_unhides_once() {
+        let j = Arc::new(Journal::new(Default::default()));
+        let mut t = Inodes::new(j.clone(), &State::default());
+        let a = t.lookup(ROOT, "a", Kind::File);
+        t.hide(ROOT, "a", ".hidden-a");
+        assert!(t.is_hidden(a) && t.holds_hidden(".hidden-a"));
+        assert_eq!(t.rel_path(a).unwrap(), ".hidden-a");
+        let mut r = Inodes::new(j.clone(), &j.state());
+        assert_eq!(r.hidden(), [a]);
+        assert_eq!(r.unhide(a), Some((ROOT, ".hidden-a".to_string())));
+        assert_eq!(r.unhide(a), None);
+        assert!(r.rel_path(a).is_none() && j.state().hidden.is_empty());
     }
 }
