@@ -460,6 +460,13 @@ fn a_file_unlinked_while_open_stays_usable_until_closed() {
         .unwrap();
     f.write_all(b"start").unwrap();
     fs::remove_file(m.p("u")).unwrap();
+    // fstat (POSIX, pjdfstest unlink/14.t): no links left, the size it has.
+    let md = f.metadata().unwrap();
+    assert_eq!(
+        (md.nlink(), md.len()),
+        (0, 5),
+        "fstat of an open, unlinked file"
+    );
     assert_eq!(
         errno(fs::metadata(m.p("u")).unwrap_err()),
         libc::ENOENT,

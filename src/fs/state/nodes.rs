@@ -165,14 +165,22 @@ impl Inodes {
             return;
         };
         node.lookups = node.lookups.saturating_sub(n);
-        if node.lookups == 0 {
-            let key = (node.parent, std::mem::take(&mut node.name));
-            self.nodes.remove(&ino);
-            if self.children.get(&key) == Some(&ino) {
-                self.children.remove(&key);
-            }
-            self.note(Record::Forgotten { ino });
+        // A hidden file stays known until its hidden name is removed ([`Inodes::unhide`]):
+        // the kernel forgets it as soon as the last descriptor closed.
+        if node.lookups == 0 && !node.hidden {
+            self.drop_node(ino);
         }
+    }
+
+    fn drop_node(&mut self, ino: u64) {
+        let Some(node) = self.nodes.remove(&ino) else {
+            return;
+        };
+        let key = (node.parent, node.name);
+        if self.children.get(&key) == Some(&ino) {
+            self.children.remove(&key);
+        }
+        self.note(Record::Forgotten { ino });
     }
 
     /// `parent/name` is gone from the server.
@@ -224,9 +232,12 @@ impl Inodes {
     pub fn unhide(&mut self, ino: u64) -> Option<(u64, String)> {
         let n = self.nodes.get_mut(&ino).filter(|n| n.hidden)?;
         n.hidden = false;
-        let place = (n.parent, n.name.clone());
+        let (place, forgotten) = ((n.parent, n.name.clone()), n.lookups == 0);
         self.note(Record::Unhidden { ino });
         self.unlink(place.0, &place.1);
+        if forgotten {
+            self.drop_node(ino);
+        }
         Some(place)
     }
 
@@ -323,5 +334,11 @@ mod tests {
         assert_eq!(r.unhide(a), Some((ROOT, ".hidden-a".to_string())));
         assert_eq!(r.unhide(a), None);
         assert!(r.rel_path(a).is_none() && j.state().hidden.is_empty());
+        // The kernel forgets a closed file before its hidden name is removed.
+        let b = t.lookup(ROOT, "b", Kind::File);
+        t.hide(ROOT, "b", ".hidden-b");
+        t.forget(b, 1);
+        assert_eq!(t.unhide(b), Some((ROOT, ".hidden-b".to_string())));
+        assert_eq!(t.len(), 2, "then it is gone (the root and a remain)");
     }
 }
