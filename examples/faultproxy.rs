@@ -1,8 +1,7 @@
 //! The test suite's fault-injecting TCP proxy as a program, for benchmarks at a given
 //! round-trip time: `faultproxy LISTEN_PORT UPSTREAM_PORT ONE_WAY_DELAY_MS`.
 
-#[path = "../tests/common/proxy.rs"]
-mod proxy;
+use mastofs_testkit::proxy;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

@@ -1,9 +1,8 @@
 //! The tests' hostile SFTP server as a program, for sshd's `Subsystem` line:
 //! `hostile_sftp MODE` serves the SFTP session on stdin/stdout, misbehaving as MODE says
-//! (see tests/hostile/server.rs).
+//! (see tests/kit/src/hostile.rs).
 
-#[path = "../tests/hostile/server.rs"]
-mod server;
+use mastofs_testkit::hostile as server;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {

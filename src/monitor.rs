@@ -194,7 +194,7 @@ impl Source for Monitor {
             give_ups: load(&rs.give_ups),
             rtt_ms_recent: ms(load(&link.rtt_recent_us)),
             rtt_ms_smoothed: ms(load(&link.rtt_smoothed_us)),
-            attr_cache_entries: self.fs.cache.len() as u64,
+            attr_cache_entries: self.fs.cache.entries() as u64,
             attr_cache_hit_rate: (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
             open_files: self.session.open_files() as u64,
             unconfirmed_write_bytes: self.session.unconfirmed_bytes() as u64,

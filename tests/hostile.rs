@@ -1,4 +1,4 @@
-//! A mount of a deliberately bad SFTP server (tests/hostile, run by sshd as its sftp
+//! A mount of a deliberately bad SFTP server (tests/kit/src/hostile.rs, run by sshd as its sftp
 //! subsystem), one misbehaviour per test: the operation that meets it gets a clear error,
 //! the daemon lives, and the mount serves afterwards.
 

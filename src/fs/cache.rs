@@ -265,7 +265,7 @@ impl MetaCache {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub fn entries(&self) -> usize {
         self.attrs.lock().map(|c| c.len()).unwrap_or(0)
     }
 }

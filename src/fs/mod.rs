@@ -465,7 +465,7 @@ impl<R: Remote> Fs<R> {
 
     /// Number of inodes the kernel holds (for status).
     pub fn inode_count(&self) -> usize {
-        self.nodes.lock().map(|t| t.len()).unwrap_or(0)
+        self.nodes.lock().map(|t| t.count()).unwrap_or(0)
     }
 }
 

@@ -227,7 +227,7 @@ impl Handles {
         files
     }
 
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.files
             .lock()
             .map(|f| f.iter().filter(|f| f.strong_count() > 0).count())
@@ -330,8 +330,8 @@ mod tests {
         assert_eq!(two.path(), "/a/bc");
         assert_eq!(three.path(), "/x/c");
         drop(two);
-        assert_eq!(h.len(), 2, "a dropped file is no longer counted");
+        assert_eq!(h.count(), 2, "a dropped file is no longer counted");
         h.remove(&one);
-        assert_eq!(h.len(), 1);
+        assert_eq!(h.count(), 1);
     }
 }

@@ -207,7 +207,7 @@ impl Session {
     }
 
     pub fn open_files(&self) -> usize {
-        self.handles.len()
+        self.handles.count()
     }
 
     /// Runs `op` through replay on the connection for `key` (see [`Session::sup_for`]).

@@ -281,8 +281,12 @@ mod tests {
     async fn client() -> (SftpClient, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = tokio::io::duplex(1 << 20);
-        let mode = crate::hostile::Mode::Plain;
-        tokio::spawn(crate::hostile::serve(b, dir.path().to_path_buf(), mode));
+        let mode = mastofs_testkit::hostile::Mode::Plain;
+        tokio::spawn(mastofs_testkit::hostile::serve(
+            b,
+            dir.path().to_path_buf(),
+            mode,
+        ));
         let c = SftpClient::start(a, Duration::from_secs(2), "x")
             .await
             .unwrap();

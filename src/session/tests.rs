@@ -2,7 +2,7 @@
 //! that lose replies, break the protocol or hang on purpose (tests/hostile), through the
 //! [`Connector`] seam: no sshd, no kernel.
 
-use crate::hostile;
+use mastofs_testkit::hostile;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

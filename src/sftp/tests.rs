@@ -1,7 +1,7 @@
 //! The client against the tests' hostile SFTP server, in memory: one misbehaviour per
 //! test, each answered with a clear error and no panic, hang or unbounded memory.
 
-use crate::hostile;
+use mastofs_testkit::hostile;
 
 use std::time::Duration;
 

@@ -166,7 +166,7 @@ impl Journal {
             return;
         }
         let Some(f) = files.as_mut() else { return };
-        let written = if f.appended > APPENDS + 2 * state.len() {
+        let written = if f.appended > APPENDS + 2 * state.count() {
             f.snapshot(state)
         } else {
             let mut out = Vec::new();
@@ -310,7 +310,7 @@ mod tests {
         let mut bytes = vec![0u8; f.end];
         copy.read_exact_at(&mut bytes, 0).unwrap();
         let lines = bytes.iter().filter(|b| **b == b'\n').count();
-        let bound = g.0.records().len() + 2 + APPENDS + 2 * g.0.len() + 1;
+        let bound = g.0.records().len() + 2 + APPENDS + 2 * g.0.count() + 1;
         assert!(
             lines <= bound,
             "{lines} lines in the journal, bound {bound}"

@@ -257,7 +257,7 @@ impl Inodes {
         hidden.map(|(&ino, _)| ino).collect()
     }
 
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.nodes.len()
     }
 }
@@ -288,7 +288,7 @@ mod tests {
         t.unlink(ROOT, "a");
         assert_eq!(t.rel_path(a), None);
         t.forget(a, 1);
-        assert_eq!(t.len(), 1);
+        assert_eq!(t.count(), 1);
     }
 
     #[test]
@@ -339,6 +339,6 @@ mod tests {
         t.hide(ROOT, "b", ".hidden-b");
         t.forget(b, 1);
         assert_eq!(t.unhide(b), Some((ROOT, ".hidden-b".to_string())));
-        assert_eq!(t.len(), 2, "then it is gone (the root and a remain)");
+        assert_eq!(t.count(), 2, "then it is gone (the root and a remain)");
     }
 }

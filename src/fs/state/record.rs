@@ -248,7 +248,7 @@ impl State {
         Ok(s)
     }
 
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.nodes.len() + self.hidden.len() + self.files.len() + self.dirs.len()
     }
 }

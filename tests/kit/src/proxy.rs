@@ -1,7 +1,6 @@
 //! A fault-injecting TCP proxy between mastofs and sshd: pass, cut (RST), blackhole
 //! (stop forwarding, keep the connection), stall one direction, add latency, and hold
 //! server replies (so a request runs on the server but its reply never arrives).
-#![allow(dead_code)]
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

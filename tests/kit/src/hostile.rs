@@ -3,7 +3,6 @@
 //! stream) and as an sshd `Subsystem` by the mounted tests (`examples/hostile_sftp.rs`).
 //! It serves what a mount needs; what it does not know it answers OP_UNSUPPORTED. Requests
 //! about a path whose last component starts with `trigger` get the misbehaviour.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
