@@ -148,7 +148,7 @@ pub fn main() {
     }
     let cli = match parse_args(&args[1.min(args.len())..], helper) {
         Ok(Command::Help) => {
-            print!("{USAGE}");
+            print!("{USAGE}\n{}", options::help());
             return;
         }
         Ok(Command::Version) => {
