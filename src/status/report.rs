@@ -114,13 +114,11 @@ impl Snapshot {
                 let _ = writeln!(o, "mastofs_{name}{{mountpoint=\"{mp}\"{labels}}} {value}");
             }
         };
-        let one = |v: String| vec![(String::new(), v)];
-        metric(
-            "up",
-            "gauge",
-            "1 when connected to the server",
-            &one((self.healthy() as u8).to_string()),
-        );
+        for (name, kind, help, value) in SCALARS {
+            if let Some(v) = value(self) {
+                metric(name, kind, help, &[(String::new(), v)]);
+            }
+        }
         let states: Vec<(String, String)> = ["connected", "reconnecting", "down"]
             .iter()
             .map(|s| {
@@ -130,165 +128,82 @@ impl Snapshot {
                 )
             })
             .collect();
-        metric("state", "gauge", "current connection state", &states);
+        metric("state", GAUGE, "current connection state", &states);
         let ops: Vec<(String, String)> = self
             .ops
             .iter()
             .map(|(op, errno, n)| {
-                (
-                    format!(",op=\"{op}\",errno=\"{}\"", errno_name(*errno)),
-                    n.to_string(),
-                )
+                let labels = format!(",op=\"{op}\",errno=\"{}\"", errno_name(*errno));
+                (labels, n.to_string())
             })
             .collect();
-        metric(
-            "operations_total",
-            "counter",
-            "filesystem operations by type and result",
-            &ops,
-        );
-        metric(
-            "read_bytes_total",
-            "counter",
-            "bytes read through the mount",
-            &one(self.bytes_read.to_string()),
-        );
-        metric(
-            "written_bytes_total",
-            "counter",
-            "bytes written through the mount",
-            &one(self.bytes_written.to_string()),
-        );
-        metric(
-            "reconnects_total",
-            "counter",
-            "successful reconnects",
-            &one(self.reconnects.to_string()),
-        );
-        metric(
-            "replays_total",
-            "counter",
-            "requests sent again after a connection loss",
-            &one(self.replays.to_string()),
-        );
-        metric(
-            "give_ups_total",
-            "counter",
-            "operations failed with EIO after timeout=",
-            &one(self.give_ups.to_string()),
-        );
-        metric(
-            "requests_in_flight",
-            "gauge",
-            "requests sent and not yet answered",
-            &one(self.requests_in_flight.to_string()),
-        );
-        metric(
-            "requests_waiting",
-            "gauge",
-            "requests waiting for a connection",
-            &one(self.requests_waiting.to_string()),
-        );
-        metric(
-            "open_files",
-            "gauge",
-            "files open through the mount",
-            &one(self.open_files.to_string()),
-        );
-        metric(
-            "unconfirmed_write_bytes",
-            "gauge",
-            "bytes written by applications, not yet confirmed by the server",
-            &one(self.unconfirmed_write_bytes.to_string()),
-        );
-        metric(
-            "files_with_unconfirmed_writes",
-            "gauge",
-            "open files whose writes are not yet known to be confirmed (EIO after a crash)",
-            &one(self.files_with_unconfirmed_writes.to_string()),
-        );
-        metric(
-            "connections_up",
-            "gauge",
-            "SSH connections up (of max_conns)",
-            &one(self.connections_up.to_string()),
-        );
-        metric(
-            "sftp_sessions_per_connection",
-            "gauge",
-            "SFTP sessions per SSH connection in use",
-            &one(self.sftp_sessions_per_connection.to_string()),
-        );
-        metric(
-            "cache_entries",
-            "gauge",
-            "entries in the attribute cache",
-            &one(self.attr_cache_entries.to_string()),
-        );
-        metric(
-            "cache_hits_total",
-            "counter",
-            "attribute cache hits",
-            &one(self.cache_hits.to_string()),
-        );
-        metric(
-            "cache_misses_total",
-            "counter",
-            "attribute cache misses",
-            &one(self.cache_misses.to_string()),
-        );
-        if let Some(rtt) = self.rtt_ms_smoothed {
-            metric(
-                "rtt_seconds",
-                "gauge",
-                "smoothed round-trip time to the server",
-                &one((rtt / 1000.0).to_string()),
-            );
-        }
-        if let Some(d) = &self.disk {
-            metric(
-                "remote_size_bytes",
-                "gauge",
-                "size of the remote filesystem",
-                &one(d.total_bytes.to_string()),
-            );
-            metric(
-                "remote_available_bytes",
-                "gauge",
-                "space available on the remote filesystem",
-                &one(d.available_bytes.to_string()),
-            );
-        }
-        let mut hist: Vec<(String, String)> = LATENCY_BUCKETS
-            .iter()
-            .zip(&self.latency_buckets)
-            .map(|(us, n)| (format!(",le=\"{}\"", *us as f64 / 1e6), n.to_string()))
-            .collect();
-        hist.push((",le=\"+Inf\"".into(), self.latency_count.to_string()));
-        let _ = writeln!(
-            o,
-            "# HELP mastofs_request_duration_seconds remote request latency"
-        );
-        let _ = writeln!(o, "# TYPE mastofs_request_duration_seconds histogram");
-        for (labels, v) in hist {
-            let _ = writeln!(
-                o,
-                "mastofs_request_duration_seconds_bucket{{mountpoint=\"{mp}\"{labels}}} {v}"
-            );
-        }
-        let _ = writeln!(
-            o,
-            "mastofs_request_duration_seconds_sum{{mountpoint=\"{mp}\"}} {}",
-            self.latency_sum
-        );
-        let _ = writeln!(
-            o,
-            "mastofs_request_duration_seconds_count{{mountpoint=\"{mp}\"}} {}",
-            self.latency_count
-        );
+        let help = "filesystem operations by type and result";
+        metric("operations_total", COUNTER, help, &ops);
+        self.latency_histogram(&mut o, &mp);
         o
     }
+
+    /// `mastofs_request_duration_seconds`, a histogram over [`LATENCY_BUCKETS`].
+    fn latency_histogram(&self, o: &mut String, mp: &str) {
+        let name = "mastofs_request_duration_seconds";
+        let _ = writeln!(o, "# HELP {name} remote request latency");
+        let _ = writeln!(o, "# TYPE {name} histogram");
+        let bounds = LATENCY_BUCKETS
+            .iter()
+            .map(|us| (*us as f64 / 1e6).to_string());
+        let buckets = bounds.zip(self.latency_buckets.iter().map(|n| n.to_string()));
+        let all = std::iter::once(("+Inf".to_string(), self.latency_count.to_string()));
+        for (le, n) in buckets.chain(all) {
+            let _ = writeln!(o, "{name}_bucket{{mountpoint=\"{mp}\",le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(o, "{name}_sum{{mountpoint=\"{mp}\"}} {}", self.latency_sum);
+        let _ = writeln!(
+            o,
+            "{name}_count{{mountpoint=\"{mp}\"}} {}",
+            self.latency_count
+        );
+    }
 }
+
+const GAUGE: &str = "gauge";
+const COUNTER: &str = "counter";
+
+/// A metric without labels but the mountpoint: name (after `mastofs_`), type, help, and
+/// its value in a snapshot (None: not known, then not shown).
+type Scalar = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Snapshot) -> Option<String>,
+);
+
+fn some(v: impl ToString) -> Option<String> {
+    Some(v.to_string())
+}
+
+/// Every metric without labels, once.
+#[rustfmt::skip]
+const SCALARS: &[Scalar] = &[
+    ("up", GAUGE, "1 when connected to the server", |s| some(s.healthy() as u8)),
+    ("read_bytes_total", COUNTER, "bytes read through the mount", |s| some(s.bytes_read)),
+    ("written_bytes_total", COUNTER, "bytes written through the mount", |s| some(s.bytes_written)),
+    ("reconnects_total", COUNTER, "successful reconnects", |s| some(s.reconnects)),
+    ("replays_total", COUNTER, "requests sent again after a connection loss", |s| some(s.replays)),
+    ("give_ups_total", COUNTER, "operations failed with EIO after timeout=", |s| some(s.give_ups)),
+    ("requests_in_flight", GAUGE, "requests sent and not yet answered", |s| some(s.requests_in_flight)),
+    ("requests_waiting", GAUGE, "requests waiting for a connection", |s| some(s.requests_waiting)),
+    ("open_files", GAUGE, "files open through the mount", |s| some(s.open_files)),
+    ("unconfirmed_write_bytes", GAUGE, "bytes written by applications, not yet confirmed by the server", |s| some(s.unconfirmed_write_bytes)),
+    ("files_with_unconfirmed_writes", GAUGE, "open files whose writes are not yet known to be confirmed (EIO after a crash)", |s| some(s.files_with_unconfirmed_writes)),
+    ("connections_up", GAUGE, "SSH connections up (of max_conns)", |s| some(s.connections_up)),
+    ("sftp_sessions_per_connection", GAUGE, "SFTP sessions per SSH connection in use", |s| some(s.sftp_sessions_per_connection)),
+    ("cache_entries", GAUGE, "entries in the attribute cache", |s| some(s.attr_cache_entries)),
+    ("cache_hits_total", COUNTER, "attribute cache hits", |s| some(s.cache_hits)),
+    ("cache_misses_total", COUNTER, "attribute cache misses", |s| some(s.cache_misses)),
+    ("rtt_seconds", GAUGE, "smoothed round-trip time to the server", |s| s.rtt_ms_smoothed.map(|ms| (ms / 1000.0).to_string())),
+    ("remote_size_bytes", GAUGE, "size of the remote filesystem", |s| s.disk.as_ref().map(|d| d.total_bytes.to_string())),
+    ("remote_available_bytes", GAUGE, "space available on the remote filesystem", |s| s.disk.as_ref().map(|d| d.available_bytes.to_string())),
+];
 
 fn escape_label(s: &str) -> String {
     s.replace('\\', "\\\\")
