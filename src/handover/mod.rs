@@ -8,6 +8,7 @@
 //! the previous daemon read but never answered ([`resend`]). It must never unmount, and
 //! never let two daemons serve one connection at once.
 
+pub mod serve;
 pub mod store;
 pub mod upgrade;
 
@@ -36,6 +37,40 @@ impl Start {
             Start::Upgrade => "upgrade",
             Start::CrashRecovery => "crash recovery",
         }
+    }
+}
+
+/// Where a daemon's FUSE connection comes from.
+pub enum Source {
+    /// A new mount (`Start::Fresh`, or `Start::AfterDeadMount` when a dead one was cleared).
+    New(Start),
+    /// Taken from the service manager's store.
+    Stored(Inherited),
+    /// Asked of the running daemon (`mastofs upgrade`); taken once this one is ready.
+    Upgrade(upgrade::Incoming),
+}
+
+impl Source {
+    /// Whether a kernel mount exists already (this daemon then serves it whatever fails
+    /// around it: giving up would leave it dead).
+    pub fn takes_over(&self) -> bool {
+        !matches!(self, Source::New(_))
+    }
+
+    /// The connection and state, taken now (an upgrade stops the running daemon here).
+    pub fn take(self) -> Result<(Option<Inherited>, Start), String> {
+        Ok(match self {
+            Source::New(start) => (None, start),
+            Source::Stored(i) => {
+                let how = i.how;
+                (Some(i), how)
+            }
+            Source::Upgrade(incoming) => {
+                let i = incoming.take()?;
+                let how = i.how;
+                (Some(i), how)
+            }
+        })
     }
 }
 
