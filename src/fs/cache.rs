@@ -238,6 +238,20 @@ impl MetaCache {
         }
     }
 
+    /// `from` was renamed to `to` (`done`), or the rename failed and either may or may
+    /// not exist now.
+    pub fn renamed(&self, from: &str, to: &str, done: bool) {
+        self.invalidate_tree(from);
+        self.invalidate_tree(to);
+        if done {
+            self.removed(from);
+            self.created(to, None);
+        } else {
+            self.unsure(from);
+            self.unsure(to);
+        }
+    }
+
     /// Forgets `path` and everything below it (after a rename or rmdir of a directory).
     pub fn invalidate_tree(&self, path: &str) {
         self.invalidate(path);

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use fuser::FileType;
 
-use crate::session::{Attrs, Kind, Remote, RenameMode};
+use crate::session::{Attrs, Kind, Remote, RemoteResult, RenameMode};
 
 use super::error::{FsError, FsResult};
 use super::listings::{dir_key, split, DirEntryOut};
@@ -225,14 +225,7 @@ impl<R: Remote> Fs<R> {
     pub async fn mkdir(&self, parent: u64, name: &str, mode: u32) -> FsResult<Entry> {
         let path = self.child_path(parent, name)?;
         let perm = mode & 0o7777;
-        self.cache.invalidate(&path);
-        // The lstat goes out right behind the mkdir: one round trip for both (servers
-        // answer in order; if one did not, the lstat is simply sent again).
-        let (made, seen, dir) = tokio::join!(
-            self.remote.mkdir(&path, perm),
-            self.remote.lstat(&path),
-            self.dir_after(&path)
-        );
+        let (made, seen, dir) = self.make(&path, self.remote.mkdir(&path, perm)).await;
         if let Err(e) = made {
             self.cache.unsure(&path);
             return Err(self.refine(e, &path, Op::Create).await);
@@ -270,6 +263,19 @@ impl<R: Remote> Fs<R> {
         self.cache.parent_seen(&path, dir, None);
         self.with_inodes(|t| t.unlink(parent, name))?;
         Ok(())
+    }
+
+    /// Sends `op`, which makes `path`, with an lstat of `path` and of its directory right
+    /// behind it: one round trip for the three where the server answers in order. Returns
+    /// what `op` returned, the lstat (a server that did not answer in order may give the
+    /// state before `op`: callers check it), and the directory's new attributes.
+    pub(super) async fn make<T>(
+        &self,
+        path: &str,
+        op: impl std::future::Future<Output = RemoteResult<T>>,
+    ) -> (RemoteResult<T>, RemoteResult<Attrs>, Option<Attrs>) {
+        self.cache.invalidate(path);
+        tokio::join!(op, self.remote.lstat(path), self.dir_after(path))
     }
 
     /// The attributes of `path`'s directory, asked right behind a change to `path` just
@@ -343,12 +349,7 @@ impl<R: Remote> Fs<R> {
 
     pub async fn symlink(&self, parent: u64, name: &str, target: &str) -> FsResult<Entry> {
         let path = self.child_path(parent, name)?;
-        self.cache.invalidate(&path);
-        let (made, seen, dir) = tokio::join!(
-            self.remote.symlink(target, &path),
-            self.remote.lstat(&path),
-            self.dir_after(&path)
-        );
+        let (made, seen, dir) = self.make(&path, self.remote.symlink(target, &path)).await;
         if let Err(e) = made {
             self.cache.unsure(&path);
             return Err(self.refine(e, &path, Op::Create).await);
@@ -411,16 +412,12 @@ impl<R: Remote> Fs<R> {
             None => !self.cache.is_missing(p),
         };
         let links = maybe_link(&from) || maybe_link(&to);
+        // Each owner follows: the session's open files (in `rename`), the cache, the nodes.
         let r = self.remote.rename(&from, &to, mode, links).await;
-        self.cache.invalidate_tree(&from);
-        self.cache.invalidate_tree(&to);
+        self.cache.renamed(&from, &to, r.is_ok());
         if let Err(e) = r {
-            self.cache.unsure(&from);
-            self.cache.unsure(&to);
             return Err(self.refine_rename(e, &from, &to).await);
         }
-        self.cache.removed(&from);
-        self.cache.created(&to, None);
         self.with_inodes(|t| t.rename(parent, name, new_parent, new_name))?;
         Ok(())
     }

@@ -60,15 +60,11 @@ impl<R: Remote> Fs<R> {
             write: true,
             ..open
         };
-        self.cache.invalidate(&path);
-        // The lstat goes out right behind the open: one round trip for both. Servers
-        // answer in order; a reply that cannot be after this open (not a file, or not
-        // empty after O_TRUNC) is asked again through the handle.
-        let (opened, seen, dir) = tokio::join!(
-            self.remote.open(&path, open, Some(perm)),
-            self.remote.lstat(&path),
-            self.dir_after(&path)
-        );
+        // A reply that cannot be after this open (not a file, or not empty after O_TRUNC)
+        // is asked again through the handle.
+        let (opened, seen, dir) = self
+            .make(&path, self.remote.open(&path, open, Some(perm)))
+            .await;
         let file = match opened {
             Ok(f) => f,
             Err(e) if e.is_vague() => {

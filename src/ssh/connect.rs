@@ -250,31 +250,43 @@ fn load_keys(
 /// Connects, verifies the host key and authenticates.
 pub async fn connect(target: Arc<Target>) -> Result<Connection, SshError> {
     let keys = load_keys(&target)?;
+    let stream = tcp(&target).await?;
+    let gone = Arc::new(Mutex::new(None));
+    let (mut handle, server_id) = handshake(&target, stream, gone.clone()).await?;
+    authenticate(&target, &mut handle, keys).await?;
+    Ok(Connection {
+        handle,
+        host: format!("{}:{}", target.host, target.port),
+        server_id,
+        gone,
+    })
+}
+
+fn timed_out(target: &Target, addr: String) -> SshError {
+    SshError::Timeout {
+        addr,
+        secs: target.connect_timeout.as_secs(),
+    }
+}
+
+/// The TCP connection: to the first of the host's addresses that answers.
+async fn tcp(target: &Target) -> Result<TcpStream, SshError> {
     let addr_text = format!("{}:{}", target.host, target.port);
-    let secs = target.connect_timeout.as_secs();
-
-    let addrs: Vec<std::net::SocketAddr> = tokio::time::timeout(
-        target.connect_timeout,
-        tokio::net::lookup_host((target.host.as_str(), target.port)),
-    )
-    .await
-    .map_err(|_| SshError::Timeout {
-        addr: addr_text.clone(),
-        secs,
-    })?
-    .map_err(|e| SshError::Resolve {
-        host: target.host.clone(),
-        reason: e.to_string(),
-    })?
-    .collect();
-
+    let lookup = tokio::net::lookup_host((target.host.as_str(), target.port));
+    let addrs: Vec<std::net::SocketAddr> = tokio::time::timeout(target.connect_timeout, lookup)
+        .await
+        .map_err(|_| timed_out(target, addr_text))?
+        .map_err(|e| SshError::Resolve {
+            host: target.host.clone(),
+            reason: e.to_string(),
+        })?
+        .collect();
     let mut last = None;
-    let mut stream = None;
     for addr in &addrs {
         match tokio::time::timeout(target.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => {
-                stream = Some(s);
-                break;
+                let _ = s.set_nodelay(true);
+                return Ok(s);
             }
             Ok(Err(e)) => {
                 last = Some(SshError::Connect {
@@ -282,25 +294,22 @@ pub async fn connect(target: Arc<Target>) -> Result<Connection, SshError> {
                     reason: e.to_string(),
                 })
             }
-            Err(_) => {
-                last = Some(SshError::Timeout {
-                    addr: addr.to_string(),
-                    secs,
-                })
-            }
+            Err(_) => last = Some(timed_out(target, addr.to_string())),
         }
     }
-    let stream = match stream {
-        Some(s) => s,
-        None => {
-            return Err(last.unwrap_or(SshError::Resolve {
-                host: target.host.clone(),
-                reason: "no addresses".into(),
-            }))
-        }
-    };
-    let _ = stream.set_nodelay(true);
+    Err(last.unwrap_or(SshError::Resolve {
+        host: target.host.clone(),
+        reason: "no addresses".into(),
+    }))
+}
 
+/// The SSH handshake, with the host key verified; returns the handle and the server's
+/// identification. `gone` receives why the connection ends, later.
+async fn handshake(
+    target: &Arc<Target>,
+    stream: TcpStream,
+    gone: Arc<Mutex<Option<String>>>,
+) -> Result<(client::Handle<Verifier>, String), SshError> {
     let config = Arc::new(client::Config {
         keepalive_interval: Some(target.alive_interval),
         // OpenSSH's meaning: the link is dead once ServerAliveCountMax intervals passed
@@ -308,42 +317,49 @@ pub async fn connect(target: Arc<Target>) -> Result<Connection, SshError> {
         keepalive_max: (target.alive_count_max as usize).saturating_sub(1).max(1),
         inactivity_timeout: None,
         window_size: WINDOW_SIZE,
-        preferred: preferred(&target),
+        preferred: preferred(target),
         nodelay: true,
         ..Default::default()
     });
     let refusal = Arc::new(Mutex::new(None));
     let server_id = Arc::new(Mutex::new(String::new()));
-    let gone = Arc::new(Mutex::new(None));
     let verifier = Verifier {
         target: target.clone(),
         refusal: refusal.clone(),
         server_id: server_id.clone(),
-        gone: gone.clone(),
+        gone,
     };
-    let protocol = |reason: String| SshError::Protocol {
-        host: addr_text.clone(),
-        reason,
-    };
+    let addr_text = format!("{}:{}", target.host, target.port);
     let handshake = client::connect_stream(config, stream, verifier);
-    let mut handle = match tokio::time::timeout(target.connect_timeout, handshake).await {
-        Err(_) => {
-            return Err(SshError::Timeout {
-                addr: addr_text.clone(),
-                secs,
-            })
-        }
+    let handle = match tokio::time::timeout(target.connect_timeout, handshake).await {
+        Err(_) => return Err(timed_out(target, addr_text)),
         Ok(Err(e)) => {
             if let Some(refused) = refusal.lock().ok().and_then(|mut s| s.take()) {
                 return Err(refused);
             }
-            return Err(protocol(e.to_string()));
+            return Err(SshError::Protocol {
+                host: addr_text,
+                reason: e.to_string(),
+            });
         }
         Ok(Ok(h)) => h,
     };
+    let server_id = server_id.lock().map(|s| s.clone()).unwrap_or_default();
+    Ok((handle, server_id))
+}
 
+/// Public key authentication with each key in turn, until one is accepted.
+async fn authenticate(
+    target: &Target,
+    handle: &mut client::Handle<Verifier>,
+    keys: Vec<(std::path::PathBuf, Arc<russh::keys::PrivateKey>)>,
+) -> Result<(), SshError> {
+    let addr_text = format!("{}:{}", target.host, target.port);
+    let protocol = |reason: String| SshError::Protocol {
+        host: addr_text.clone(),
+        reason,
+    };
     let mut tried = Vec::new();
-    let mut authenticated = false;
     for (path, key) in keys {
         let hash = if key.algorithm().is_rsa() {
             handle
@@ -354,35 +370,21 @@ pub async fn connect(target: Arc<Target>) -> Result<Connection, SshError> {
         } else {
             None
         };
-        let result = tokio::time::timeout(
-            target.connect_timeout,
-            handle.authenticate_publickey(&target.user, PrivateKeyWithHashAlg::new(key, hash)),
-        )
-        .await
-        .map_err(|_| SshError::Timeout {
-            addr: addr_text.clone(),
-            secs,
-        })?
-        .map_err(|e| protocol(e.to_string()))?;
+        let auth =
+            handle.authenticate_publickey(&target.user, PrivateKeyWithHashAlg::new(key, hash));
+        let result = tokio::time::timeout(target.connect_timeout, auth)
+            .await
+            .map_err(|_| timed_out(target, addr_text.clone()))?
+            .map_err(|e| protocol(e.to_string()))?;
         tried.push(path.display().to_string());
         if matches!(result, AuthResult::Success) {
-            authenticated = true;
-            break;
+            return Ok(());
         }
     }
-    if !authenticated {
-        return Err(SshError::Auth {
-            user: target.user.clone(),
-            host: addr_text,
-            tried: tried.join(", "),
-        });
-    }
-    let server_id = server_id.lock().map(|s| s.clone()).unwrap_or_default();
-    Ok(Connection {
-        handle,
+    Err(SshError::Auth {
+        user: target.user.clone(),
         host: addr_text,
-        server_id,
-        gone,
+        tried: tried.join(", "),
     })
 }
 

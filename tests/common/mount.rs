@@ -290,6 +290,18 @@ impl Mount {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// `/status` of this mount's daemon, asked as `mastofs status MOUNTPOINT --json` (Null
+    /// when it does not answer).
+    pub fn status(&self) -> serde_json::Value {
+        let out = Command::new(BIN)
+            .arg("status")
+            .arg(self.path())
+            .arg("--json")
+            .output()
+            .expect("mastofs status");
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
     /// True while the daemon process runs.
     pub fn is_running(&mut self) -> bool {
         self.child
