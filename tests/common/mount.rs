@@ -44,6 +44,14 @@ pub struct Mount {
     pub store: Option<fdstore::FdStore>,
 }
 
+/// Whether a live FUSE filesystem answers on `p`: not a dead mount (ENOTCONN), and not
+/// the directory under it in the moment a dead one was detached and before the new one
+/// is mounted.
+pub fn serves(p: &Path) -> bool {
+    use nix::sys::statfs::{statfs, FUSE_SUPER_MAGIC};
+    statfs(p).is_ok_and(|s| s.filesystem_type() == FUSE_SUPER_MAGIC)
+}
+
 /// Whether something is mounted on `p` (mountinfo's octal escapes undone; a path is bytes).
 pub fn is_mounted(p: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
@@ -149,7 +157,7 @@ impl Mount {
             let ready = if self.store.is_some() {
                 readies(self) > readies_before
             } else {
-                is_mounted(self.dir.path()) && std::fs::metadata(self.dir.path()).is_ok()
+                serves(self.dir.path())
             };
             if ready {
                 self.child = Some(child);
