@@ -424,6 +424,25 @@ async fn a_create_whose_mode_cannot_be_set_closes_its_handle() {
     assert_eq!(remote.open_count(), 0, "the remote handle was closed");
 }
 
+/// A daemon taking over from another on the same server.
+fn successor(remote: &Arc<FakeRemote>) -> Arc<Fs<FakeRemote>> {
+    Fs::new(
+        remote.clone(),
+        FsConfig {
+            root: "/r".into(),
+            ..Default::default()
+        },
+    )
+}
+
+/// Hidden names of files unlinked while open, on the server.
+fn hidden_on_server(remote: &FakeRemote) -> usize {
+    let names = remote.names("/r").into_iter();
+    names
+        .filter(|n| n.starts_with(".mastofs-unlinked-"))
+        .count()
+}
+
 /// Runs the spawned tasks (a confirmation's watcher) until `done` holds (bounded).
 async fn until(done: impl Fn() -> bool) {
     for _ in 0..1000 {
@@ -454,13 +473,7 @@ async fn a_successor_restores_node_ids_handles_and_reports_possibly_lost_writes_
 
     // The next daemon, from the journal alone.
     let state = fs.journal().state();
-    let next = Fs::new(
-        remote.clone(),
-        FsConfig {
-            root: "/r".into(),
-            ..Default::default()
-        },
-    );
+    let next = successor(&remote);
     assert_eq!(
         next.restore(&state).await.unwrap(),
         1,
@@ -524,13 +537,7 @@ async fn a_close_cut_by_a_handover_is_finished_by_the_successor() {
     let (entry, fh) = fs.create(ROOT, "f", 0o644, libc::O_RDWR).await.unwrap();
     fs.write(fh, 0, Bytes::from_static(b"data")).await.unwrap();
     fs.unlink(ROOT, "f").await.unwrap();
-    let hidden = || {
-        remote
-            .names("/r")
-            .into_iter()
-            .filter(|n| n.starts_with(".mastofs-unlinked-"))
-            .count()
-    };
+    let hidden = || hidden_on_server(&remote);
     assert_eq!(hidden(), 1, "open: kept under a hidden name");
     // fstat of the open, unlinked file: no links, its size.
     let (attr, _) = fs.getattr(entry.attr.ino.0).await.unwrap();
@@ -551,13 +558,7 @@ async fn a_close_cut_by_a_handover_is_finished_by_the_successor() {
         state = cut => state,
     };
     closes.release();
-    let next = Fs::new(
-        remote.clone(),
-        FsConfig {
-            root: "/r".into(),
-            ..Default::default()
-        },
-    );
+    let next = successor(&remote);
     next.restore(&state).await.unwrap();
     assert_eq!(hidden(), 0, "the successor removed what no handle holds");
     assert!(next.journal().state().hidden.is_empty());
@@ -568,21 +569,9 @@ async fn a_hidden_file_still_held_survives_the_handover_and_goes_at_its_last_clo
     let (remote, fs) = fs();
     let (_, fh) = fs.create(ROOT, "f", 0o644, libc::O_RDWR).await.unwrap();
     fs.unlink(ROOT, "f").await.unwrap();
-    let next = Fs::new(
-        remote.clone(),
-        FsConfig {
-            root: "/r".into(),
-            ..Default::default()
-        },
-    );
+    let next = successor(&remote);
     next.restore(&fs.journal().state()).await.unwrap();
-    let hidden = || {
-        remote
-            .names("/r")
-            .into_iter()
-            .filter(|n| n.starts_with(".mastofs-unlinked-"))
-            .count()
-    };
+    let hidden = || hidden_on_server(&remote);
     assert_eq!(hidden(), 1, "still open through the restored handle");
     next.release(fh).await.unwrap();
     assert_eq!(hidden(), 0);
