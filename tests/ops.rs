@@ -530,3 +530,23 @@ fn names_that_are_not_utf8_round_trip() {
     fs::remove_file(m.path().join(odd)).unwrap();
     assert_eq!(fs::read_dir(&s.served).unwrap().count(), 0);
 }
+
+/// A listing of 20,000 entries (READDIRs pipelined where the server answers in order, one
+/// at a time where it does not) is complete, once each, in the server's own order.
+#[test]
+fn a_listing_of_20000_entries_is_complete_and_in_the_servers_order() {
+    let s = Server::start();
+    let dir = s.served.join("many");
+    fs::create_dir(&dir).unwrap();
+    for i in 0..20_000 {
+        fs::File::create(dir.join(format!("entry-{i:05}-with-a-longer-name"))).unwrap();
+    }
+    let m = Mount::new(&s, "");
+    let names = |p: &Path| -> Vec<std::ffi::OsString> {
+        let entries = fs::read_dir(p).unwrap();
+        entries.map(|e| e.unwrap().file_name()).collect()
+    };
+    let listed = names(&m.p("many"));
+    assert_eq!(listed.len(), 20_000, "complete");
+    assert_eq!(listed, names(&dir), "in the server's order, each once");
+}
