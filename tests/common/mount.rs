@@ -332,10 +332,13 @@ impl Mount {
     /// directly: umount(8) stats the mountpoint first, which a test must not depend on.
     pub fn unmount(&mut self) -> Option<std::process::ExitStatus> {
         use nix::mount::{umount2, MntFlags};
+        // Asked before unmounting: a daemon that exits at the unmount empties the store
+        // itself (what a test may check), one that was dead before never will.
+        let served = self.is_running();
         if is_mounted(self.dir.path()) && umount2(self.dir.path(), MntFlags::empty()).is_err() {
             let _ = umount2(self.dir.path(), MntFlags::MNT_DETACH);
         }
-        if !self.is_running() {
+        if !served {
             // A stored connection nobody serves would keep processes waiting on it forever:
             // closing the store's copy ends it.
             self.store = None;
