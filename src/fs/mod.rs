@@ -1,8 +1,10 @@
-//! The filesystem logic, without the kernel: inodes, caches, ownership, and every
-//! operation expressed against a [`Remote`].
+//! The filesystem logic, without the kernel: every operation expressed against a
+//! [`Remote`].
 //!
-//! Owns turning kernel-level requests (by inode and name) into remote requests (by path),
-//! recovering precise errnos from vague SFTP failures, and the attributes the kernel sees.
+//! Owns turning kernel-level requests (by inode, name and handle) into remote requests (by
+//! path and remote file), recovering precise errnos from vague SFTP failures, and the
+//! attributes the kernel sees. What the kernel holds (nodes, handles) and its journal are
+//! [`state`]'s; what is cached of the server is [`cache`]'s.
 //! It is generic over [`Remote`] so it can run against an in-memory fake in tests. It must
 //! never talk to `/dev/fuse` (that is [`crate::fuse`]) nor reconnect (that is
 //! [`crate::session`]).

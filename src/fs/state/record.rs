@@ -59,7 +59,8 @@ pub enum Record {
         fh: u64,
     },
     /// Every write through `fh` acknowledged so far is confirmed by the server (a flush,
-    /// an fsync, or the once-a-second check of [`super::Fs::note_confirmed`]).
+    /// an fsync, or the wait the first unconfirmed write starts, see
+    /// [`super::handles::OpenFile::settled`]).
     Clean {
         fh: u64,
     },
