@@ -216,9 +216,10 @@ fn bind_mount_in_another_namespace_survives() {
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ready");
-    // The link drops, and the reconnect hangs in a blackhole until the link is cut again.
-    p.set_mode(Mode::Blackhole);
+    // The link drops, and the reconnect hangs in a blackhole until the link is cut again
+    // (a cut lets traffic pass again: the blackhole comes after it).
     p.cut();
+    p.set_mode(Mode::Blackhole);
     wait_until(Duration::from_secs(30), "the daemon reconnecting", || {
         m.status()["state"] == "reconnecting"
     });
