@@ -17,6 +17,7 @@ pub mod fuse;
 pub mod handover;
 pub mod ident;
 pub mod logging;
+pub mod memory;
 pub mod meta;
 pub mod monitor;
 pub mod mount;

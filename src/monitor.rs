@@ -110,6 +110,16 @@ impl Monitor {
     }
 
     /// Reads remote disk use every minute (statvfs through the session, bounded).
+    /// A counter that grows with every remote request answered and every byte moved.
+    pub fn activity(&self) -> u64 {
+        let rs = &self.session.replay_stats;
+        let stats = &self.fs.stats;
+        [&rs.latency_count, &stats.bytes_read, &stats.bytes_written]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+
     pub async fn refresh_disk(self: Arc<Self>) {
         loop {
             if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(10), self.fs.statfs()).await
@@ -197,6 +207,9 @@ impl Source for Monitor {
             attr_cache_entries: self.fs.cache.entries() as u64,
             attr_cache_hit_rate: (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
             open_files: self.session.open_files() as u64,
+            opens_ahead_held: self.session.ahead.held() as u64,
+            opens_ahead_used: load(&self.session.ahead.used),
+            opens_ahead_unused: load(&self.session.ahead.unused),
             unconfirmed_write_bytes: self.session.unconfirmed_bytes() as u64,
             files_with_unconfirmed_writes: self.fs.unconfirmed_files() as u64,
             connections_up: self.session.connections_up() as u64,

@@ -281,15 +281,21 @@ impl<R: Remote> Fs<R> {
     }
 
     /// Fetches attributes of a remote path, through the cache. Follows symlinks with
-    /// `follow_symlinks` (a dangling link is shown as the link).
-    async fn fetch_attrs(&self, path: &str) -> FsResult<Attrs> {
+    /// `follow_symlinks` (a dangling link is shown as the link). For a `lookup`, the
+    /// session may open the file ahead of the open that usually follows.
+    async fn fetch_attrs(&self, path: &str, lookup: bool) -> FsResult<Attrs> {
         if let Some(a) = self.cache.get(path) {
             return Ok(a);
         }
         if self.cache.is_missing(path) {
             return Err(FsError::new(libc::ENOENT, "cached: no such file"));
         }
-        let mut attrs = match self.remote.lstat(path).await {
+        let fetched = if lookup {
+            self.remote.lstat_ahead(path).await
+        } else {
+            self.remote.lstat(path).await
+        };
+        let mut attrs = match fetched {
             Ok(a) => a,
             Err(e) => {
                 if e.errno() == libc::ENOENT {
@@ -327,7 +333,7 @@ impl<R: Remote> Fs<R> {
                 self.prefetch(dir);
             }
         }
-        let attrs = self.fetch_attrs(&path).await?;
+        let attrs = self.fetch_attrs(&path, true).await?;
         self.entry(parent, name, &attrs)
     }
 
@@ -338,7 +344,7 @@ impl<R: Remote> Fs<R> {
     pub async fn getattr(&self, ino: u64) -> FsResult<(FileAttr, Duration)> {
         let path = self.path_of(ino)?;
         if ino != inode::ROOT {
-            let attrs = self.fetch_attrs(&path).await?;
+            let attrs = self.fetch_attrs(&path, false).await?;
             return Ok((self.node_attr(ino, &attrs), self.cfg.attr_ttl));
         }
         if !self.remote.is_connected() {

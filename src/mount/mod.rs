@@ -131,7 +131,7 @@ pub fn run(
 
 /// The runtime the daemon's tasks run on.
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    limit_malloc_arenas();
+    crate::memory::limit_arenas();
     // Half the cores: the kernel's FUSE copies, the request loop thread and the machine's
     // own work need the rest (on 2 cores one worker created files ~10 % faster with ~15 %
     // less CPU than two, and read as fast).
@@ -142,22 +142,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .thread_name("mastofs")
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))
-}
-
-/// At most two malloc arenas (unless `MALLOC_ARENA_MAX` says otherwise), set before the
-/// runtime's threads start. glibc gives threads that allocate at once arenas of their own,
-/// up to eight per core, and each keeps what was freed in it: after writing and reading
-/// 512 MiB the daemon held 31 MiB with the default, 24 MiB with two arenas and 21 MiB with
-/// one, at the same speed (loopback, 2 cores).
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt sets a malloc parameter; it takes malloc's own lock and has no
-        // other effect.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
-        }
-    }
 }
 
 /// Phase 1: the session, and its first connection (None: not connected yet, because of
@@ -181,6 +165,7 @@ fn connect(
         cfg.max_conns as usize,
         cfg.sftp_sessions,
     );
+    session.ahead.set_max(cfg.open_ahead);
     if cfg.delay_connect {
         return Ok((session, None));
     }
@@ -285,6 +270,8 @@ fn report(
         }
     }
     rt.spawn(monitor.clone().refresh_disk());
+    let m = monitor.clone();
+    rt.spawn(crate::memory::trim_when_idle(move || m.activity()));
     rt.spawn(monitor.clone().notify_systemd());
     Ok(socket)
 }

@@ -37,6 +37,8 @@ pub struct MountConfig {
     pub sftp_sessions: SftpSessions,
     /// Bytes of writes that may be acknowledged before the server confirmed them.
     pub write_behind: usize,
+    /// Read handles opened ahead at a lookup, at most (see `session::ahead`; 0: off).
+    pub open_ahead: usize,
     pub allow_other: bool,
     pub allow_root: bool,
     pub default_permissions: bool,
@@ -244,6 +246,7 @@ impl MountConfig {
             max_conns: 1,
             sftp_sessions: SftpSessions::Auto,
             write_behind: 32 << 20,
+            open_ahead: crate::session::ahead::DEFAULT_MAX,
             allow_other: false,
             allow_root: false,
             default_permissions: false,

@@ -232,6 +232,13 @@ pub const OPTIONS: &[Opt] = &[
             p.cfg.write_behind = mib << 20;
             Ok(())
         }),
+    own(&["open_ahead"], Value("N"), "16", "read handles opened in the round trip of a lookup, for the open that follows (0: off)",
+        |p, k, v| {
+            let n: usize = uint(k, v)?;
+            if n > 256 { return Err(format!("option open_ahead={n}: at most 256")); }
+            p.cfg.open_ahead = n;
+            Ok(())
+        }),
     theirs(&["sshfs_sync", "sync_write"], Flag, From::Sshfs, Does::Mapped, "every write waits for the server (write_behind=0)",
         |p, _, _| { p.cfg.write_behind = 0; Ok(()) }),
     own(&["attr_timeout"], Value("SECS"), "20", "how long attributes are reused",

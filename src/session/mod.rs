@@ -8,6 +8,7 @@
 //! It must never know about inodes, caches or the kernel, and never import the filesystem
 //! layer.
 
+pub mod ahead;
 pub mod connector;
 pub mod handles;
 mod links;
@@ -41,6 +42,8 @@ pub struct Session {
     /// and counters the status socket reports.
     sups: Vec<Arc<Supervisor>>,
     handles: handles::Handles,
+    /// Read handles opened in a lookup's round trip, for the open that follows.
+    pub ahead: Arc<ahead::Ahead>,
     timeout: Duration,
     pub replay_stats: ReplayStats,
     caps: std::sync::Mutex<Capabilities>,
@@ -102,6 +105,7 @@ impl Session {
                 })
                 .collect(),
             handles: handles::Handles::default(),
+            ahead: Arc::default(),
             timeout,
             replay_stats: ReplayStats::default(),
             caps: std::sync::Mutex::new(Capabilities::default()),
@@ -204,6 +208,15 @@ impl Session {
             .iter()
             .find(|s| s.is_up())
             .map_or(self.primary(), |s| s)
+    }
+
+    /// Ends `link` (its supervisor connects anew; requests on it are replayed there).
+    pub(super) fn retire(&self, link: &Link, why: &str) {
+        for s in &self.sups {
+            if matches!(s.state(), LinkState::Up(l) if std::ptr::eq(&*l, link)) {
+                s.report_dead(link, why);
+            }
+        }
     }
 
     pub fn open_files(&self) -> usize {

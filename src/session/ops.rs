@@ -6,16 +6,18 @@
 //! closing handles. It must never reconnect or choose connections itself (that is
 //! [`super::supervisor`] and [`Session::sup_for`]).
 
+use super::ahead;
 use super::handles::OpenFile;
 use super::remote::{
     Attrs, Bytes, Capabilities, DirEntry, Kind, OpenMode, Remote, RemoteError, RemoteResult,
     RenameMode, StatVfs,
 };
 use super::replay::{exists_is_done, gone_is_done, renamed_is_done};
-use super::supervisor::LinkState;
+use super::supervisor::{Link, LinkState};
 use super::Session;
 use crate::name_bytes::{decode, encode as w};
 use std::sync::Arc;
+use tokio::sync::watch;
 
 impl Remote for Session {
     type File = Arc<OpenFile>;
@@ -46,6 +48,32 @@ impl Remote for Session {
             l.sftp.lstat(w(path)).await
         })
         .await
+    }
+
+    async fn lstat_ahead(&self, path: &str) -> RemoteResult<Attrs> {
+        self.settle_paths(|p| p == path).await;
+        let (link, attrs) = self
+            .run("lstat", (path, 0), |l, _| async move {
+                let wire = w(path);
+                let mut lstat = std::pin::pin!(l.lstat(&wire));
+                // The LSTAT is queued first: an OPEN of a FIFO stops an in-order server
+                // until a writer comes, and the LSTAT would wait behind it.
+                if let std::task::Poll::Ready(r) = futures::poll!(&mut lstat) {
+                    return r.map(|a| (l.clone(), a));
+                }
+                self.ahead.offer(&l, path);
+                let a = lstat.await?;
+                Ok((l.clone(), a))
+            })
+            .await?;
+        if matches!(attrs.kind(), Kind::Dir | Kind::Other) {
+            if let Some(answered) = self.ahead.forget(path) {
+                if attrs.kind() == Kind::Other {
+                    self.watch_stuck(link, path, answered);
+                }
+            }
+        }
+        Ok(attrs)
     }
 
     async fn stat(&self, path: &str) -> RemoteResult<Attrs> {
@@ -117,6 +145,7 @@ impl Remote for Session {
     }
 
     async fn remove(&self, path: &str) -> RemoteResult<()> {
+        self.ahead.changed(path);
         self.run("remove", (path, 0), |l, replay| async move {
             gone_is_done(replay, l.sftp.remove(w(path)).await)
         })
@@ -130,6 +159,8 @@ impl Remote for Session {
         mode: RenameMode,
         links: bool,
     ) -> RemoteResult<()> {
+        self.ahead.changed(from);
+        self.ahead.changed(to);
         self.run("rename", (from, 0), |l, replay| async move {
             if links && l.traits.rename_follows_links {
                 if let Some(r) = self.rename_around_links(&l, from, to, mode).await {
@@ -192,6 +223,13 @@ impl Remote for Session {
         perm: Option<u32>,
     ) -> RemoteResult<Self::File> {
         self.settle_paths(|p| p == path).await;
+        if ahead::serves(mode) {
+            if let Some((link, h)) = self.ahead.take(path).await {
+                return Ok(self.handles.insert(path, mode, &link, h));
+            }
+        } else {
+            self.ahead.changed(path);
+        }
         let attrs = perm.map(Attrs::with_perm).unwrap_or_default();
         let (link, h) = self
             .run("open", (path, 0), |l, replay| {
@@ -310,6 +348,25 @@ impl Remote for Session {
 }
 
 impl Session {
+    /// A spare OPEN went out for something that is not a regular file. An OPEN of a FIFO
+    /// waits in the server for a writer, and an in-order server answers nothing behind it:
+    /// if it is not answered within [`STUCK`], the connection is replaced (what was sent
+    /// on it is replayed on the next one). The path is never opened ahead again.
+    fn watch_stuck(&self, link: Arc<Link>, path: &str, answered: watch::Receiver<bool>) {
+        const STUCK: std::time::Duration = std::time::Duration::from_secs(2);
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        let path = path.to_string();
+        tokio::spawn(async move {
+            if !ahead::answered_within(answered, STUCK).await {
+                tracing::warn!(%path, "an open ahead of a special file stopped the server; \
+                    replacing the connection");
+                me.retire(&link, "an open ahead of a special file stopped the server");
+            }
+        });
+    }
+
     /// One read as the server answers it (see [`Remote::read`]).
     async fn read_once(
         &self,

@@ -122,6 +122,12 @@ pub trait Remote: Send + Sync + 'static {
         path: &str,
         after: &str,
     ) -> impl Future<Output = RemoteResult<Attrs>> + Send;
+    /// [`Remote::lstat`] for a kernel lookup: where it can, the session sends an OPEN for
+    /// reading in the same round trip, for the open that usually follows (see
+    /// `session::ahead`).
+    fn lstat_ahead(&self, path: &str) -> impl Future<Output = RemoteResult<Attrs>> + Send {
+        self.lstat(path)
+    }
     fn stat(&self, path: &str) -> impl Future<Output = RemoteResult<Attrs>> + Send;
     fn setstat(&self, path: &str, attrs: &Attrs) -> impl Future<Output = RemoteResult<()>> + Send;
     /// Lists a directory; `None` when it holds more than `max` entries.

@@ -49,6 +49,10 @@ pub struct Snapshot {
     pub attr_cache_entries: u64,
     pub attr_cache_hit_rate: Option<f64>,
     pub open_files: u64,
+    /// Read handles opened ahead at a lookup: held now, taken by an open, closed unused.
+    pub opens_ahead_held: u64,
+    pub opens_ahead_used: u64,
+    pub opens_ahead_unused: u64,
     /// Bytes acknowledged to applications and not yet confirmed by the server.
     pub unconfirmed_write_bytes: u64,
     /// Open files with writes not yet known to be confirmed: what a crash of the daemon
@@ -193,6 +197,9 @@ const SCALARS: &[Scalar] = &[
     ("requests_in_flight", GAUGE, "requests sent and not yet answered", |s| some(s.requests_in_flight)),
     ("requests_waiting", GAUGE, "requests waiting for a connection", |s| some(s.requests_waiting)),
     ("open_files", GAUGE, "files open through the mount", |s| some(s.open_files)),
+    ("opens_ahead_held", GAUGE, "read handles opened ahead at a lookup, held now (open_ahead=)", |s| some(s.opens_ahead_held)),
+    ("opens_ahead_used_total", COUNTER, "handles opened ahead that an open took", |s| some(s.opens_ahead_used)),
+    ("opens_ahead_unused_total", COUNTER, "handles opened ahead and closed unused", |s| some(s.opens_ahead_unused)),
     ("unconfirmed_write_bytes", GAUGE, "bytes written by applications, not yet confirmed by the server", |s| some(s.unconfirmed_write_bytes)),
     ("files_with_unconfirmed_writes", GAUGE, "open files whose writes are not yet known to be confirmed (EIO after a crash)", |s| some(s.files_with_unconfirmed_writes)),
     ("connections_up", GAUGE, "SSH connections up (of max_conns)", |s| some(s.connections_up)),

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Where the daemon's memory goes: resident memory of mastofs (with the given options) and
+of sshfs with its ssh, phase by phase, on the same local sshd in one run.
+
+Usage: scripts/memory.py [--rtt-ms N] [--big-mib N] [--bin PATH] [--opts a=b,c=d ...]
+
+Each phase is run on every mount in turn; after it, the current resident memory (VmRSS)
+and the peak so far (VmHWM) of the daemon plus its children are printed. Phases: idle
+after mounting; one large file written (write-behind holds up to write_behind= of it);
+read back cold; eight files read in parallel; a 10,000-entry directory listed with ls -l;
+idle again after 3 s. Each --opts gives one more mastofs column (e.g. write_behind=8).
+"""
+import argparse
+import os
+import sys
+import time
+import concurrent.futures as cf
+import subprocess
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402
+
+
+def status(pid, key):
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def rss(pid):
+    """(current, peak) MiB of `pid` and its children (sshfs's ssh)."""
+    pids = [pid] + bench.children(pid)
+    return sum(status(p, "VmRSS") for p in pids), sum(status(p, "VmHWM") for p in pids)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rtt-ms", type=float, default=0)
+    ap.add_argument("--big-mib", type=int, default=256)
+    ap.add_argument("--server", default="openssh")
+    ap.add_argument("--bin", default=os.path.join(bench.ROOT, "target/release/mastofs"))
+    ap.add_argument("--proxy", default=os.path.join(bench.ROOT, "target/release/examples/faultproxy"))
+    ap.add_argument("--opts", action="append", default=[], help="a further mastofs column with these options")
+    args = ap.parse_args()
+    big = args.big_mib << 20
+    rig = bench.Rig(args)
+    cols = [("mastofs", "mastofs", "")] + [(f"m{i}", "mastofs", o) for i, o in enumerate(args.opts)]
+    cols += [("sshfs", "sshfs", "")]
+    rows = []
+    try:
+        for name, kind, opts in cols:
+            rig.mount(name, kind, opts)
+        for name, _, _ in cols:
+            d = os.path.join(rig.served, name, "list")
+            os.makedirs(d)
+            for i in range(10000):
+                open(os.path.join(d, f"entry{i:05}"), "w").close()
+            for i in range(8):
+                bench.write_file(os.path.join(rig.served, name, f"par{i}.bin"), big // 8)
+        time.sleep(1)
+
+        def phase(label, fn):
+            speeds = {}
+            for name, _, _ in cols:
+                s = bench.now()
+                fn(rig.mounts[name])
+                speeds[name] = bench.now() - s
+            rows.append((label, {n: rss(rig.pids[n]) for n, _, _ in cols}, speeds))
+
+        phase("idle after mount", lambda m: os.listdir(m))
+        phase(f"write {args.big_mib} MiB", lambda m: bench.write_file(os.path.join(m, "w.bin"), big))
+
+        def read_back(m):
+            bench.drop_caches()
+            bench.read_file(os.path.join(m, "w.bin"))
+        phase(f"read {args.big_mib} MiB (cold)", read_back)
+
+        def par(m):
+            bench.drop_caches()
+            with cf.ThreadPoolExecutor(8) as ex:
+                list(ex.map(lambda i: bench.read_file(os.path.join(m, f"par{i}.bin")), range(8)))
+        phase("8 parallel readers", par)
+        phase("ls -l 10000", lambda m: subprocess.run(["ls", "-l", os.path.join(m, "list")],
+                                                       stdout=subprocess.DEVNULL, check=True))
+        phase("idle 3 s later", lambda m: time.sleep(3 / len(cols)))
+    finally:
+        rig.close()
+
+    heads = [f"{n}{(' ' + o) if o else ''}" for n, _, o in cols]
+    link = f"{args.rtt_ms:g} ms RTT" if args.rtt_ms else "loopback"
+    print(f"\nresident memory, MiB (now / peak so far), {link}; sshfs counts its ssh")
+    print(f"{'phase':26}" + "".join(f"{h:>24}" for h in heads))
+    for label, mem, speeds in rows:
+        cells = "".join(f"{f'{mem[n][0]:.1f} / {mem[n][1]:.1f} ({speeds[n]:.1f}s)':>24}" for n, _, _ in cols)
+        print(f"{label:26}{cells}")
+
+
+if __name__ == "__main__":
+    main()
