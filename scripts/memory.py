@@ -8,7 +8,7 @@ Each phase is run on every mount in turn; after it, the current resident memory 
 and the peak so far (VmHWM) of the daemon plus its children are printed. Phases: idle
 after mounting; one large file written (write-behind holds up to write_behind= of it);
 read back cold; eight files read in parallel; a 10,000-entry directory listed with ls -l;
-idle again after 3 s. Each --opts gives one more mastofs column (e.g. write_behind=8).
+idle again after 5 s. Each --opts gives one more mastofs column (e.g. write_behind=8).
 """
 import argparse
 import os
@@ -31,9 +31,8 @@ def status(pid, key):
     return 0.0
 
 
-def rss(pid):
-    """(current, peak) MiB of `pid` and its children (sshfs's ssh)."""
-    pids = [pid] + bench.children(pid)
+def rss(pids):
+    """(current, peak) MiB of the processes `pids` together."""
     return sum(status(p, "VmRSS") for p in pids), sum(status(p, "VmHWM") for p in pids)
 
 
@@ -69,7 +68,7 @@ def main():
                 s = bench.now()
                 fn(rig.mounts[name])
                 speeds[name] = bench.now() - s
-            rows.append((label, {n: rss(rig.pids[n]) for n, _, _ in cols}, speeds))
+            rows.append((label, {n: rss(rig.procs(n)) for n, _, _ in cols}, speeds))
 
         phase("idle after mount", lambda m: os.listdir(m))
         phase(f"write {args.big_mib} MiB", lambda m: bench.write_file(os.path.join(m, "w.bin"), big))
@@ -86,7 +85,7 @@ def main():
         phase("8 parallel readers", par)
         phase("ls -l 10000", lambda m: subprocess.run(["ls", "-l", os.path.join(m, "list")],
                                                        stdout=subprocess.DEVNULL, check=True))
-        phase("idle 3 s later", lambda m: time.sleep(3 / len(cols)))
+        phase("idle 5 s later", lambda m: time.sleep(5 / len(cols)))
     finally:
         rig.close()
 

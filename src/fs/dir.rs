@@ -49,17 +49,18 @@ const PREFETCH_MAX: usize = 4096;
 /// Sibling directories listed ahead when a walk enters one of them.
 const WALK_AHEAD: usize = 64;
 
-/// Lists `path` on the server (`None`: more than `max` entries), keeping only names that
-/// are safe to show; a stale hidden name of this mount's is removed on the way.
+/// Lists `path` on the server (`None`: more than `max` entries; `dir_size`: its size as
+/// last seen), keeping only names that are safe to show; a stale hidden name of this
+/// mount's is removed on the way.
 async fn list<R: Remote>(
     remote: &R,
     follow_symlinks: bool,
     path: &str,
-    max: usize,
+    (max, dir_size): (usize, Option<u64>),
     hidden: &unlinked::Unlinked,
     nodes: &Mutex<Inodes>,
 ) -> FsResult<Option<Vec<DirEntryOut>>> {
-    let Some(list) = remote.read_dir(path, max).await? else {
+    let Some(list) = remote.read_dir(path, max, dir_size).await? else {
         return Ok(None);
     };
     let prefix = if path.ends_with('/') {
@@ -120,9 +121,11 @@ impl<R: Remote> Fs<R> {
         let (remote, cache) = (self.remote.clone(), self.cache.clone());
         let (follow, owned) = (self.cfg.follow_symlinks, dir.to_string());
         let (hidden, nodes) = (self.hidden_names.clone(), self.nodes.clone());
+        let size = self.cache.peek(dir).and_then(|a| a.size);
         self.prefetcher.spawn(dir, async move {
             let fetch = cache.begin_listing(&owned);
-            let listed = list(&*remote, follow, &owned, PREFETCH_MAX, &hidden, &nodes).await;
+            let bounds = (PREFETCH_MAX, size);
+            let listed = list(&*remote, follow, &owned, bounds, &hidden, &nodes).await;
             if let Ok(Some(entries)) = listed {
                 cache.put_listing(fetch, Arc::new(entries));
             }
@@ -172,7 +175,8 @@ impl<R: Remote> Fs<R> {
                 let fetch = self.cache.begin_listing(&path);
                 let follow = self.cfg.follow_symlinks;
                 let (hidden, nodes) = (&self.hidden_names, &self.nodes);
-                let fresh = list(&*self.remote, follow, &path, usize::MAX, hidden, nodes)
+                let bounds = (usize::MAX, self.cache.peek(&path).and_then(|a| a.size));
+                let fresh = list(&*self.remote, follow, &path, bounds, hidden, nodes)
                     .await?
                     .unwrap_or_default();
                 let fresh = Arc::new(fresh);

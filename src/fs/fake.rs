@@ -267,7 +267,12 @@ impl Remote for FakeRemote {
         Ok(())
     }
 
-    async fn read_dir(&self, path: &str, max: usize) -> RemoteResult<Option<Vec<DirEntry>>> {
+    async fn read_dir(
+        &self,
+        path: &str,
+        max: usize,
+        _dir_size: Option<u64>,
+    ) -> RemoteResult<Option<Vec<DirEntry>>> {
         if self.node(path)?.attrs.kind() != Kind::Dir {
             return Err(failure());
         }

@@ -245,7 +245,7 @@ async fn cleanup(sftp: &SftpClient, made: &[Made]) {
 /// midway): only names beginning with `mine`, only the entries a probe makes.
 async fn sweep(sftp: &SftpClient, root: &[u8], mine: &[u8]) -> Result<(), SftpError> {
     let dir: &[u8] = if root.is_empty() { b"." } else { root };
-    let listed = match sftp.read_dir(dir, 100_000).await {
+    let listed = match sftp.read_dir(dir, 100_000, 2).await {
         Ok(Some(l)) => l,
         Ok(None) => return Ok(()),
         Err(e) if e.is_transport() => return Err(e),

@@ -130,11 +130,13 @@ pub trait Remote: Send + Sync + 'static {
     }
     fn stat(&self, path: &str) -> impl Future<Output = RemoteResult<Attrs>> + Send;
     fn setstat(&self, path: &str, attrs: &Attrs) -> impl Future<Output = RemoteResult<()>> + Send;
-    /// Lists a directory; `None` when it holds more than `max` entries.
+    /// Lists a directory; `None` when it holds more than `max` entries. `dir_size` is the
+    /// directory's own size as last seen, a hint of how many entries to expect.
     fn read_dir(
         &self,
         path: &str,
         max: usize,
+        dir_size: Option<u64>,
     ) -> impl Future<Output = RemoteResult<Option<Vec<DirEntry>>>> + Send;
     fn readlink(&self, path: &str) -> impl Future<Output = RemoteResult<String>> + Send;
     fn realpath(&self, path: &str) -> impl Future<Output = RemoteResult<String>> + Send;

@@ -140,13 +140,13 @@ async fn an_endless_listing_is_refused_within_its_budget() {
     let (c, d) = client(Mode::EndlessDir).await;
     std::fs::create_dir(d.path().join("trigger")).unwrap();
     let e = c
-        .read_dir(path(&d, "trigger"), usize::MAX)
+        .read_dir(path(&d, "trigger"), usize::MAX, 2)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("larger than"), "{e}");
     // With a smaller cap the listing just stops there.
     assert!(c
-        .read_dir(path(&d, "trigger"), 1000)
+        .read_dir(path(&d, "trigger"), 1000, 2)
         .await
         .unwrap()
         .is_none());
@@ -183,7 +183,7 @@ async fn invalid_handle_for_a_held_handle_is_confusion() {
 async fn odd_names_come_through_as_bytes() {
     let (c, d) = client(Mode::BadNames).await;
     let names: Vec<Bytes> = c
-        .read_dir(path(&d, ""), 1000)
+        .read_dir(path(&d, ""), 1000, 2)
         .await
         .unwrap()
         .unwrap()

@@ -95,10 +95,16 @@ impl SftpClient {
     /// `tests/ops.rs` checks with 20,000 entries on all three servers. Two READDIRs
     /// go out first (most directories are small); every batch that comes back doubles how
     /// many are in flight, up to `READDIR_DEPTH`, so a big listing takes a few round trips
-    /// instead of one per batch. `None` when the directory holds more than `max` entries
+    /// instead of one per batch; `first` READDIRs go out at once instead of two where the
+    /// caller expects a big directory. `None` when the directory holds more than `max` entries
     /// (listing stops there). A listing past [`LISTING_BYTES`] (or all together past
     /// [`ALL_LISTINGS_BYTES`]) or without end fails.
-    pub async fn read_dir(&self, path: impl AsRef<[u8]>, max: usize) -> R<Option<Vec<DirEntry>>> {
+    pub async fn read_dir(
+        &self,
+        path: impl AsRef<[u8]>,
+        max: usize,
+        first: usize,
+    ) -> R<Option<Vec<DirEntry>>> {
         use futures::stream::{FuturesOrdered, StreamExt};
         const READDIR_DEPTH: usize = 64;
         let r = self
@@ -109,7 +115,7 @@ impl SftpClient {
         let mut bytes = ListingBytes::default();
         let mut empty = 0usize;
         let mut pending = FuturesOrdered::new();
-        let mut depth = 2;
+        let mut depth = first.clamp(1, READDIR_DEPTH);
         for _ in 0..depth {
             pending.push_back(self.readdir(&handle.id));
         }
