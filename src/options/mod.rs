@@ -35,7 +35,9 @@ pub struct MountConfig {
     pub max_conns: u32,
     /// SFTP sessions per connection (see [`SftpSessions`]).
     pub sftp_sessions: SftpSessions,
-    /// Bytes of writes that may be acknowledged before the server confirmed them.
+    /// Bytes of writes that may be acknowledged before the server confirmed them. 8 MiB
+    /// covers 200 MB/s at 40 ms round trip; more buys no speed, and the daemon holds about
+    /// twice what is on its way (the data, and its SSH packets).
     pub write_behind: usize,
     /// Read handles opened ahead at a lookup, at most (see `session::ahead`; 0: off).
     pub open_ahead: usize,
@@ -245,7 +247,7 @@ impl MountConfig {
             timeout: Duration::from_secs(180),
             max_conns: 1,
             sftp_sessions: SftpSessions::Auto,
-            write_behind: 32 << 20,
+            write_behind: 8 << 20,
             open_ahead: crate::session::ahead::DEFAULT_MAX,
             allow_other: false,
             allow_root: false,
