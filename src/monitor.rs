@@ -109,7 +109,6 @@ impl Monitor {
         }
     }
 
-    /// Reads remote disk use every minute (statvfs through the session, bounded).
     /// A counter that grows with every remote request answered and every byte moved.
     pub fn activity(&self) -> u64 {
         let rs = &self.session.replay_stats;
@@ -120,6 +119,7 @@ impl Monitor {
             .fold(0, u64::wrapping_add)
     }
 
+    /// Reads remote disk use every minute (statvfs through the session, bounded).
     pub async fn refresh_disk(self: Arc<Self>) {
         loop {
             if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(10), self.fs.statfs()).await
