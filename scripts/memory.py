@@ -7,7 +7,9 @@ Usage: scripts/memory.py [--rtt-ms N] [--big-mib N] [--bin PATH] [--opts a=b,c=d
 Each phase is run on every mount in turn; after it, the current resident memory (VmRSS)
 and the peak so far (VmHWM) of the daemon plus its children are printed. Phases: idle
 after mounting; one large file written (write-behind holds up to write_behind= of it);
-read back cold; eight files read in parallel; a 10,000-entry directory listed with ls -l;
+read back cold; eight files read in parallel; 2,000 small files (20-200 KiB) created in
+directories of their own, then read; twenty 16 MiB WAL segments written, fsynced and
+renamed; a 10,000-entry directory listed with ls -l;
 idle again after 5 s. Each --opts gives one more mastofs column (e.g. write_behind=8).
 """
 import argparse
@@ -83,6 +85,32 @@ def main():
             with cf.ThreadPoolExecutor(8) as ex:
                 list(ex.map(lambda i: bench.read_file(os.path.join(m, f"par{i}.bin")), range(8)))
         phase("8 parallel readers", par)
+        def small(m):
+            r = bench.random.Random(2)
+            for i in range(2000):
+                d = os.path.join(m, "media", f"{i // 100:03}", f"{i % 100:03}")
+                os.makedirs(d, exist_ok=True)
+                with open(os.path.join(d, "original.png"), "wb") as f:
+                    f.write(os.urandom(r.randint(20_000, 200_000)))
+        phase("2000 small files created", small)
+
+        def small_read(m):
+            bench.drop_caches()
+            for i in range(2000):
+                with open(os.path.join(m, "media", f"{i // 100:03}", f"{i % 100:03}", "original.png"), "rb") as f:
+                    f.read()
+        phase("2000 small files read", small_read)
+        def wal(m):
+            seg = os.urandom(16 << 20)
+            os.makedirs(os.path.join(m, "archive"), exist_ok=True)
+            for i in range(20):
+                tmp = os.path.join(m, "archive", f"seg{i}.tmp")
+                with open(tmp, "wb") as f:
+                    f.write(seg)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.rename(tmp, os.path.join(m, "archive", f"seg{i}"))
+        phase("20 x 16 MiB write+fsync", wal)
         phase("ls -l 10000", lambda m: subprocess.run(["ls", "-l", os.path.join(m, "list")],
                                                        stdout=subprocess.DEVNULL, check=True))
         phase("idle 5 s later", lambda m: time.sleep(5 / len(cols)))
