@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark: mastofs vs sshfs on the same local sshd, same run, interleaved.
 
-Usage: scripts/bench.py [--quick] [--rtt-ms N] [--files N] [--big-mib N] [--deletes N] [--bin PATH]
+Usage: scripts/bench.py [--quick] [--rtt-ms N] [--files N] [--big-mib N] [--deletes N] [--bin PATH] [--rss-trace]
                        [--server openssh|proftpd]
 
 Starts a throw-away sshd (scripts/demo-server.sh), optionally behind the project's latency
@@ -171,10 +171,11 @@ def cpu_seconds(pids):
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def peak_rss_mib(pid):
+def rss_mib(pid, key):
+    """VmRSS (now) or VmHWM (peak) of `pid`, MiB; 0 if it is gone."""
     try:
         for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -217,6 +218,8 @@ def main():
     ap.add_argument("--rtt-ms", type=float, default=0)
     ap.add_argument("--server", choices=["openssh", "proftpd"], default="openssh",
                     help="the SFTP server to measure against (default OpenSSH's internal-sftp)")
+    ap.add_argument("--rss-trace", action="store_true",
+                    help="print each mount's resident memory (now / peak) after every workload")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/mastofs"))
     ap.add_argument("--proxy", default=os.path.join(ROOT, "target/release/examples/faultproxy"))
     args = ap.parse_args()
@@ -266,6 +269,11 @@ def main():
                 # disk I/O does not land in the next measurement.
                 os.sync()
                 fn(t, rig.mounts[t])
+            if args.rss_trace:
+                mem = {t: (sum(rss_mib(p, "VmRSS") for p in rig.procs(t)),
+                           sum(rss_mib(p, "VmHWM") for p in rig.procs(t))) for t in tools}
+                print(f"rss after {fn.__name__:20} " + "  ".join(f"{t} {n:.1f}/{h:.1f}" for t, (n, h) in mem.items()),
+                      flush=True)
 
         def seq_write(t, m):
             c, a = cpu_seconds(rig.procs(t)), app_system_seconds()
@@ -404,7 +412,7 @@ def main():
         for t in tools:
             gb = moved[t] / 1e9
             record("client CPU per GB moved", t, (cpu_seconds(rig.procs(t)) - cpu0[t]) / gb if gb else 0, "s/GB", False)
-            record("peak RSS", t, sum(peak_rss_mib(p) for p in rig.procs(t)), "MiB", False)
+            record("peak RSS", t, sum(rss_mib(p, "VmHWM") for p in rig.procs(t)), "MiB", False)
 
         # OpenSSH's own ceilings on the same link.
         ceil = {}

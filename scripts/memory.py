@@ -23,19 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
 
-def status(pid, key):
-    try:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def rss(pids):
     """(current, peak) MiB of the processes `pids` together."""
-    return sum(status(p, "VmRSS") for p in pids), sum(status(p, "VmHWM") for p in pids)
+    return sum(bench.rss_mib(p, "VmRSS") for p in pids), sum(bench.rss_mib(p, "VmHWM") for p in pids)
 
 
 def main():
