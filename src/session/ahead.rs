@@ -74,12 +74,18 @@ impl Default for Ahead {
     }
 }
 
-/// The only open a spare serves: reading, nothing else.
+/// How a spare is opened, and the only open it serves: reading, nothing else.
+const READ: OpenMode = OpenMode {
+    read: true,
+    write: false,
+    create: false,
+    truncate: false,
+    exclusive: false,
+};
+
+/// Whether an open in `mode` may take a spare.
 pub fn serves(mode: OpenMode) -> bool {
-    mode == OpenMode {
-        read: true,
-        ..OpenMode::default()
-    }
+    mode == READ
 }
 
 impl Ahead {
@@ -140,11 +146,7 @@ impl Ahead {
         answered: watch::Sender<bool>,
     ) {
         let wire = crate::name_bytes::encode(&path);
-        let read = OpenMode {
-            read: true,
-            ..OpenMode::default()
-        };
-        let opened = link.sftp.open(&*wire, read, &Attrs::default()).await;
+        let opened = link.sftp.open(&*wire, READ, &Attrs::default()).await;
         answered.send_replace(true);
         let Ok(handle) = opened else {
             // Not there, or not readable: the kernel's own open finds out why.

@@ -66,12 +66,14 @@ impl Remote for Session {
                 Ok((l.clone(), a))
             })
             .await?;
-        if matches!(attrs.kind(), Kind::Dir | Kind::Other) {
-            if let Some(answered) = self.ahead.forget(path) {
-                if attrs.kind() == Kind::Other {
+        match attrs.kind() {
+            Kind::Dir => drop(self.ahead.forget(path)),
+            Kind::Other => {
+                if let Some(answered) = self.ahead.forget(path) {
                     self.watch_stuck(link, path, answered);
                 }
             }
+            Kind::File | Kind::Symlink => {}
         }
         Ok(attrs)
     }
