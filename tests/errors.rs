@@ -66,7 +66,7 @@ fn network_errors() {
         &key,
         "cannot resolve host 'nonexistent-host.invalid'",
     );
-    let closed = free_port();
+    let (_closed_fd, closed) = refusing_port();
     fails_with(
         &s,
         "127.0.0.1:/x",

@@ -203,7 +203,7 @@ fn answers_fast_during_a_blackhole_then_reports_reconnecting() {
 #[test]
 fn down_when_the_box_is_unreachable() {
     let s = Server::start();
-    let closed = free_port();
+    let (_closed_fd, closed) = refusing_port();
     s.write_ssh_config_via(closed, "");
     let sock = s.dir.path().join("down.sock");
     let m = Mount::new(

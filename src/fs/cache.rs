@@ -7,6 +7,7 @@
 //! known created or removed. It must never be the only copy of anything: a miss always
 //! falls back to the server.
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -35,6 +36,53 @@ pub struct MetaCache {
     /// Node -> its mtime and size when last opened: whether the kernel's cached pages of
     /// it still hold.
     opened: Mutex<LruCache<u64, Version>>,
+    /// Attribute fetches on their way, by path: how many, and whether this mount changed
+    /// the path since they were sent (then their answer may predate the change).
+    fetching: Mutex<HashMap<String, (usize, bool)>>,
+}
+
+/// An attribute fetch on its way; hand its answer to [`AttrFetch::put`].
+pub struct AttrFetch<'a> {
+    cache: &'a MetaCache,
+    path: String,
+}
+
+impl AttrFetch<'_> {
+    /// Caches what the server answered, unless this mount changed the path since the
+    /// request was sent (a server that runs requests concurrently may answer with the
+    /// state before the change).
+    pub fn put(self, attrs: &Attrs) {
+        if !self.changed() {
+            self.cache.put(&self.path, attrs);
+        }
+    }
+
+    /// The server answered that the path does not exist: as [`AttrFetch::put`].
+    pub fn missing(self) {
+        if !self.changed() {
+            self.cache.put_missing(&self.path);
+        }
+    }
+
+    fn changed(&self) -> bool {
+        self.cache
+            .fetching
+            .lock()
+            .is_ok_and(|f| f.get(&self.path).is_some_and(|(_, changed)| *changed))
+    }
+}
+
+impl Drop for AttrFetch<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut f) = self.cache.fetching.lock() {
+            if let Some((users, _)) = f.get_mut(&self.path) {
+                *users -= 1;
+                if *users == 0 {
+                    f.remove(&self.path);
+                }
+            }
+        }
+    }
 }
 
 /// A file's mtime and size: what tells whether pages cached from it still hold.
@@ -53,6 +101,7 @@ impl MetaCache {
             negative_ttl,
             root: Mutex::new(None),
             opened: Mutex::new(LruCache::new(cap)),
+            fetching: Mutex::new(HashMap::new()),
         }
     }
 
@@ -94,6 +143,49 @@ impl MetaCache {
         };
         for e in entries.iter().filter(|e| !stale.contains(&e.name)) {
             self.put(&format!("{dir}/{}", e.name), &e.attrs);
+        }
+    }
+
+    /// Announces a fetch of `path`'s attributes about to be sent.
+    pub fn begin_attrs(&self, path: &str) -> AttrFetch<'_> {
+        if let Ok(mut f) = self.fetching.lock() {
+            f.entry(path.to_string()).or_default().0 += 1;
+        }
+        AttrFetch {
+            cache: self,
+            path: path.to_string(),
+        }
+    }
+
+    /// Drops the cached attributes of the paths `stale` selects, and marks their fetches
+    /// on their way as stale.
+    fn drop_attrs(&self, stale: impl Fn(&str) -> bool) {
+        if let Ok(mut f) = self.fetching.lock() {
+            for (_, changed) in f.iter_mut().filter(|(k, _)| stale(k)).map(|(_, v)| v) {
+                *changed = true;
+            }
+        }
+        if let Ok(mut c) = self.attrs.lock() {
+            let keys: Vec<String> = c
+                .iter()
+                .filter(|(k, _)| stale(k))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in keys {
+                c.pop(&k);
+            }
+        }
+    }
+
+    /// [`MetaCache::drop_attrs`] of one path.
+    fn drop_path(&self, path: &str) {
+        if let Ok(mut f) = self.fetching.lock() {
+            if let Some((_, changed)) = f.get_mut(path) {
+                *changed = true;
+            }
+        }
+        if let Ok(mut c) = self.attrs.lock() {
+            c.pop(path);
         }
     }
 
@@ -166,9 +258,7 @@ impl MetaCache {
         if let Ok(mut m) = self.missing.lock() {
             m.put(path.to_string(), Instant::now());
         }
-        if let Ok(mut c) = self.attrs.lock() {
-            c.pop(path);
-        }
+        self.drop_path(path);
     }
 
     /// This mount created `path` (attributes if known).
@@ -186,9 +276,7 @@ impl MetaCache {
     /// This mount removed `path`.
     pub fn removed(&self, path: &str) {
         self.put_missing(path);
-        if let Ok(mut c) = self.attrs.lock() {
-            c.pop(path);
-        }
+        self.drop_path(path);
         self.parent_changed(path);
     }
 
@@ -211,8 +299,8 @@ impl MetaCache {
     /// A name in `path`'s directory came or went: the server changed that directory's
     /// mtime and ctime, so its cached attributes are stale (the kernel asks again).
     fn parent_changed(&self, path: &str) {
-        if let (Some(dir), Ok(mut c)) = (parent_key(path), self.attrs.lock()) {
-            c.pop(dir);
+        if let Some(dir) = parent_key(path) {
+            self.drop_path(dir);
         }
     }
 
@@ -230,9 +318,7 @@ impl MetaCache {
         if let Some((dir, name)) = split(path) {
             self.dirs.attrs_changed(dir, name);
         }
-        if let Ok(mut c) = self.attrs.lock() {
-            c.pop(path);
-        }
+        self.drop_path(path);
         if let Ok(mut m) = self.missing.lock() {
             m.pop(path);
         }
@@ -257,16 +343,7 @@ impl MetaCache {
         self.invalidate(path);
         self.dirs.forget_tree(path);
         let prefix = format!("{}/", path.trim_end_matches('/'));
-        if let Ok(mut c) = self.attrs.lock() {
-            let stale: Vec<String> = c
-                .iter()
-                .filter(|(k, _)| k.starts_with(&prefix))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in stale {
-                c.pop(&k);
-            }
-        }
+        self.drop_attrs(|k| k.starts_with(&prefix));
         if let Ok(mut m) = self.missing.lock() {
             let stale: Vec<String> = m
                 .iter()
@@ -315,6 +392,47 @@ mod tests {
         c.invalidate_tree("/r/d");
         assert_eq!(c.get("/r/d/x"), None);
         assert!(c.get("/r/a").is_some());
+    }
+
+    #[test]
+    fn an_answer_sent_before_a_change_is_not_kept() {
+        let c = MetaCache::new(
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        );
+        let old = Attrs {
+            mtime: Some(1),
+            ..Default::default()
+        };
+        let (dir, file, other) = (
+            c.begin_attrs("/r/d"),
+            c.begin_attrs("/r/d/f"),
+            c.begin_attrs("/r/e"),
+        );
+        let (dir2, late) = (c.begin_attrs("/r/d"), c.begin_attrs("/r/d/g"));
+        c.created("/r/d/f", None);
+        c.put_missing("/r/d/g");
+        dir.put(&old);
+        file.missing();
+        other.put(&old);
+        late.put(&old);
+        assert_eq!(
+            c.get("/r/d"),
+            None,
+            "the directory's mtime changed with the create"
+        );
+        assert!(!c.is_missing("/r/d/f"), "the file exists now");
+        assert_eq!(c.get("/r/d/g"), None);
+        assert_eq!(c.get("/r/e"), Some(old.clone()), "other paths are kept");
+        drop(dir2);
+        let fresh = c.begin_attrs("/r/d");
+        fresh.put(&old);
+        assert_eq!(
+            c.get("/r/d"),
+            Some(old),
+            "a fetch sent after the change is kept"
+        );
     }
 
     #[test]

@@ -290,6 +290,7 @@ impl<R: Remote> Fs<R> {
         if self.cache.is_missing(path) {
             return Err(FsError::new(libc::ENOENT, "cached: no such file"));
         }
+        let fetch = self.cache.begin_attrs(path);
         let fetched = if lookup {
             self.remote.lstat_ahead(path).await
         } else {
@@ -299,7 +300,7 @@ impl<R: Remote> Fs<R> {
             Ok(a) => a,
             Err(e) => {
                 if e.errno() == libc::ENOENT {
-                    self.cache.put_missing(path);
+                    fetch.missing();
                 }
                 return Err(e.into());
             }
@@ -309,7 +310,7 @@ impl<R: Remote> Fs<R> {
                 attrs = t;
             }
         }
-        self.cache.put(path, &attrs);
+        fetch.put(&attrs);
         Ok(attrs)
     }
 

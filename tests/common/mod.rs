@@ -66,6 +66,31 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     out
 }
 
+/// A loopback port that refuses connections for as long as the returned socket lives: it
+/// is bound but not listening, so no parallel test can take it meanwhile.
+pub fn refusing_port() -> (std::os::fd::OwnedFd, u16) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain socket calls on a descriptor this function owns, with sockaddr_in
+    // buffers of the size passed.
+    unsafe {
+        let raw = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
+        let fd = OwnedFd::from_raw_fd(raw);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let p = &mut addr as *mut libc::sockaddr_in as *mut libc::sockaddr;
+        assert_eq!(libc::bind(fd.as_raw_fd(), p, len), 0, "bind");
+        assert_eq!(
+            libc::getsockname(fd.as_raw_fd(), p, &mut len),
+            0,
+            "getsockname"
+        );
+        (fd, u16::from_be(addr.sin_port))
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

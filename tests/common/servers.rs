@@ -230,7 +230,10 @@ impl Server {
                 if let Ok(Some(_)) = child.try_wait() {
                     break;
                 }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // The listener must be this child's: a port picked free a moment ago may
+                // have gone to a parallel test's proxy or server since, and then this one
+                // fails to bind and exits while another answers the connect.
+                if listens_on(child.id(), port) && TcpStream::connect(("127.0.0.1", port)).is_ok() {
                     self.port = port;
                     self.sshd = Some(child);
                     return;
@@ -382,6 +385,30 @@ fn prepare_proftpd(d: &Path) {
         // ProFTPD refuses world-readable auth files.
         std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o600)).ok();
     }
+}
+
+/// Whether process `pid` holds a socket listening on 127.0.0.1:`port` (from
+/// /proc/net/tcp and the process's descriptors).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let local = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| format!("socket:[{}]", f[9]))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|l| inodes.iter().any(|i| l.as_os_str() == i.as_str()))
+    })
 }
 
 fn proftpd_command(d: &Path, port: u16) -> Command {
