@@ -220,6 +220,7 @@ def main():
                     help="the SFTP server to measure against (default OpenSSH's internal-sftp)")
     ap.add_argument("--rss-trace", action="store_true",
                     help="print each mount's resident memory (now / peak) after every workload")
+    ap.add_argument("--opts", default="", help="further options for the mastofs mounts")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/mastofs"))
     ap.add_argument("--proxy", default=os.path.join(ROOT, "target/release/examples/faultproxy"))
     args = ap.parse_args()
@@ -235,7 +236,7 @@ def main():
     tools = ["mastofs", "mastofs4", "sshfs", "sshfs4", "sshfsgcm"]
     try:
         for t in tools:
-            rig.mount(t, t)
+            rig.mount(t, t, args.opts if t.startswith("mastofs") else "")
         results = {}  # workload -> tool -> (value, unit, higher_is_better)
         moved = {t: 0 for t in tools}
         cpu0 = {t: cpu_seconds(rig.procs(t)) for t in tools}

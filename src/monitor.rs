@@ -10,16 +10,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::cache::MountRemote;
 use crate::fs::Fs;
 use crate::options::MountConfig;
 use crate::session::supervisor::LinkState;
 use crate::session::Session;
-use crate::status::report::{DiskUse, ServerCapabilities, Snapshot};
+use crate::status::report::{DiskCache, DiskUse, ServerCapabilities, Snapshot};
 use crate::status::Source;
 
 pub struct Monitor {
     pub session: Arc<Session>,
-    pub fs: Arc<Fs<Session>>,
+    pub fs: Arc<Fs<MountRemote>>,
     pub host: String,
     pub port: u16,
     pub remote_path: String,
@@ -62,7 +63,7 @@ impl Monitor {
     /// recovery` when it replaced the dead mount of one that died).
     pub fn new(
         session: Arc<Session>,
-        fs: Arc<Fs<Session>>,
+        fs: Arc<Fs<MountRemote>>,
         (host, port): (String, u16),
         cfg: &MountConfig,
         start: &'static str,
@@ -228,6 +229,18 @@ impl Source for Monitor {
             bytes_read: load(&self.fs.stats.bytes_read),
             bytes_written: load(&self.fs.stats.bytes_written),
             disk: self.disk.lock().ok().and_then(|d| d.clone()),
+            disk_cache: self.fs.remote().store().map(|c| {
+                let (hit, miss) = (load(&c.stats.hit_bytes), load(&c.stats.miss_bytes));
+                DiskCache {
+                    used_bytes: load(&c.stats.used_bytes),
+                    limit_bytes: c.limit(),
+                    hit_bytes: hit,
+                    miss_bytes: miss,
+                    hit_ratio: (hit + miss > 0).then(|| hit as f64 / (hit + miss) as f64),
+                    evictions: load(&c.stats.evictions),
+                    write_errors: load(&c.stats.write_errors),
+                }
+            }),
             ops: self.fs.stats.ops(),
             cache_hits: hits,
             cache_misses: misses,

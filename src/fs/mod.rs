@@ -148,6 +148,11 @@ impl<R: Remote> Fs<R> {
     }
 
     /// A filesystem writing its state to `journal` (see [`Fs::restore`]).
+    /// The remote this filesystem runs on (for its counters).
+    pub fn remote(&self) -> &R {
+        &self.remote
+    }
+
     pub fn with_journal(remote: Arc<R>, cfg: FsConfig, journal: Arc<Journal>) -> Self {
         let token = crate::ident::random_token();
         Fs {

@@ -8,15 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{store, upgrade};
+use crate::cache::MountRemote;
 use crate::fs::state::journal::State;
 use crate::fs::Fs;
 use crate::fuse::gate::Gate;
 use crate::options::MountConfig;
-use crate::session::Session;
 
 /// The running daemon's side of a handover: stop serving, confirm writes, give the state.
 struct Handing {
-    fs: Arc<Fs<Session>>,
+    fs: Arc<Fs<MountRemote>>,
     gate: Arc<Gate>,
     fuse: Arc<OwnedFd>,
     rt: tokio::runtime::Handle,
@@ -52,7 +52,7 @@ pub fn serve_upgrades(
     cfg: &MountConfig,
     args: Vec<std::ffi::OsString>,
     fuse: Arc<OwnedFd>,
-    fs: &Arc<Fs<Session>>,
+    fs: &Arc<Fs<MountRemote>>,
     gate: &Arc<Gate>,
     rt: &tokio::runtime::Runtime,
 ) {

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use fuser::{MountOption, SessionACL};
 
+use crate::cache::{self, Cached, MountRemote};
 use crate::daemon::Ready;
 use crate::fs::state::journal::Journal;
 use crate::fs::Fs;
@@ -198,12 +199,22 @@ fn build(
     inherited: Option<&Inherited>,
     policy: Policy,
     rt: &tokio::runtime::Runtime,
-) -> Result<Arc<Fs<Session>>, String> {
+) -> Result<Arc<Fs<MountRemote>>, String> {
     let journal = inherited.map_or_else(
         || Arc::new(Journal::new(Default::default())),
         |i| i.journal.clone(),
     );
-    let fs = Arc::new(Fs::with_journal(session.clone(), cfg.fs.clone(), journal));
+    let store = match cfg.cache.as_ref().map(cache::Store::open).transpose() {
+        Ok(store) => store,
+        // The kernel's mount is ours now: serve it without the cache rather than not at all.
+        Err(e) if policy.takes_over => {
+            tracing::warn!(error = %e, "serving without the disk cache");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let remote = Arc::new(Cached::new(session.clone(), store));
+    let fs = Arc::new(Fs::with_journal(remote, cfg.fs.clone(), journal));
     let connected = first.is_some();
     {
         let _guard = rt.enter();
@@ -281,10 +292,10 @@ fn report(
 /// previous daemon left unanswered again.
 fn attach(
     cfg: &MountConfig,
-    adapter: FuseFs<Session>,
+    adapter: FuseFs<MountRemote>,
     inherited: Option<Inherited>,
-    fs: &Arc<Fs<Session>>,
-) -> Result<(fuser::Session<FuseFs<Session>>, Arc<OwnedFd>), String> {
+    fs: &Arc<Fs<MountRemote>>,
+) -> Result<(fuser::Session<FuseFs<MountRemote>>, Arc<OwnedFd>), String> {
     let options = mount_options(cfg);
     let failed =
         |e: &dyn std::fmt::Display| format!("cannot mount on {}: {e}", cfg.mountpoint.display());

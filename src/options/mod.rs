@@ -10,6 +10,7 @@ pub mod table;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::cache::CacheConfig;
 use crate::fs::idmap::{self, IdMap};
 use crate::fs::FsConfig;
 use crate::session::sftp_sessions::SftpSessions;
@@ -39,6 +40,8 @@ pub struct MountConfig {
     /// covers 200 MB/s at 40 ms round trip; more buys no speed, and the daemon holds about
     /// twice what is on its way (the data, and its SSH packets).
     pub write_behind: usize,
+    /// The local disk cache (`cache=DIR`), if any.
+    pub cache: Option<CacheConfig>,
     /// Read handles opened ahead at a lookup, at most (see `session::ahead`; 0: off).
     pub open_ahead: usize,
     pub allow_other: bool,
@@ -66,6 +69,29 @@ pub(crate) fn secs(key: &str, v: &str) -> Result<Duration, String> {
         return Err(format!("option {key}={v}: out of range"));
     }
     Ok(Duration::from_secs_f64(f))
+}
+
+/// `cache_size=` when not given: 1 GiB.
+pub const DEFAULT_CACHE_SIZE: u64 = 1 << 30;
+
+/// A size in bytes, with an optional K, M, G or T suffix (powers of 1024).
+pub(crate) fn size(key: &str, v: &str) -> Result<u64, String> {
+    let t = v.trim_end_matches(['B', 'b']).trim_end_matches(['i']);
+    let (num, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 10),
+        Some('M') => (&t[..t.len() - 1], 20),
+        Some('G') => (&t[..t.len() - 1], 30),
+        Some('T') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("option {key}={v}: expected a size such as 500M or 20G"))?;
+    let bytes = n * (1u64 << shift) as f64;
+    if !(1.0..=1e18).contains(&bytes) {
+        return Err(format!("option {key}={v}: out of range"));
+    }
+    Ok(bytes as u64)
 }
 
 pub(crate) fn uint<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
@@ -120,6 +146,9 @@ pub struct Parsing<'a> {
     gidfile: Option<PathBuf>,
     cache_ttl: Option<Duration>,
     cache_on: bool,
+    disk_cache: Option<PathBuf>,
+    cache_size: Option<u64>,
+    cache_allow_tmpfs: bool,
 }
 
 /// Parses the comma-separated `-o` lists into `cfg`, in order (the last of `ro`/`rw` wins,
@@ -135,6 +164,9 @@ pub fn apply_options(cfg: &mut MountConfig, opts: &[String], sloppy: bool) -> Re
         gidfile: None,
         cache_ttl: None,
         cache_on: true,
+        disk_cache: None,
+        cache_size: None,
+        cache_allow_tmpfs: false,
     };
     let all = opts.iter().flat_map(|l| l.split(',')).map(str::trim);
     for opt in all.filter(|o| !o.is_empty()) {
@@ -167,6 +199,17 @@ pub fn apply_options(cfg: &mut MountConfig, opts: &[String], sloppy: bool) -> Re
 impl Parsing<'_> {
     /// What options set together: the cache timeouts and the id map.
     fn finish(self) -> Result<(), String> {
+        self.cfg.cache = match self.disk_cache {
+            Some(dir) => Some(CacheConfig {
+                dir,
+                size: self.cache_size.unwrap_or(DEFAULT_CACHE_SIZE),
+                allow_tmpfs: self.cache_allow_tmpfs,
+            }),
+            None if self.cache_size.is_some() => {
+                return Err("option cache_size= needs cache=DIR (a directory on local disk)".into())
+            }
+            None => None,
+        };
         let fs = &mut self.cfg.fs;
         if !self.cache_on {
             fs.attr_ttl = Duration::ZERO;
@@ -249,6 +292,7 @@ impl MountConfig {
             sftp_sessions: SftpSessions::Auto,
             write_behind: 8 << 20,
             open_ahead: crate::session::ahead::DEFAULT_MAX,
+            cache: None,
             allow_other: false,
             allow_root: false,
             default_permissions: false,

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use super::{secs, uint, yes_no, Parsing};
+use super::{secs, size, uint, yes_no, Parsing};
 use crate::fs::idmap;
 use crate::session::sftp_sessions::{SftpSessions, MAX_SESSIONS};
 use crate::ssh::StrictMode;
@@ -253,8 +253,26 @@ pub const OPTIONS: &[Opt] = &[
         |p, k, v| { p.cfg.fs.dir_ttl = secs(k, v)?; Ok(()) }),
     theirs(&["cache_timeout", "cache_stat_timeout"], Value("SECS"), From::Sshfs, Does::Mapped, "attr_timeout, entry_timeout and dir_timeout",
         |p, k, v| { p.cache_ttl = Some(secs(k, v)?); Ok(()) }),
-    theirs(&["cache"], Value("yes|no"), From::Sshfs, Does::Mapped, "cache=no sets every cache timeout to 0",
-        |p, k, v| { p.cache_on = yes_no(k, v)?; Ok(()) }),
+    theirs(&["cache"], Value("yes|no|DIR"), From::Sshfs, Does::Mapped, "cache=no sets every cache timeout to 0; cache=/DIR (mastofs's own) keeps file contents on local disk there",
+        |p, k, v| {
+            if v.starts_with('/') {
+                p.disk_cache = Some(PathBuf::from(v));
+            } else {
+                p.cache_on = yes_no(k, v).map_err(|_| format!("option cache={v}: expected yes, no or an absolute directory"))?;
+            }
+            Ok(())
+        }),
+    own(&["cache_size"], Value("SIZE"), "1G", "the most local disk the cache=DIR copies take (K, M, G, T suffixes); least recently used files go first",
+        |p, k, v| { p.cache_size = Some(size(k, v)?); Ok(()) }),
+    own(&["cache_allow_tmpfs"], Flag, "", "accept a cache=DIR on tmpfs (it takes memory, and is gone at reboot)",
+        |p, _, _| { p.cache_allow_tmpfs = true; Ok(()) }),
+    own(&["cache_writeback"], Value("on|off"), "off", "writes complete against the local cache and are uploaded behind (not built yet: only off is accepted)",
+        |_, k, v| {
+            if yes_no(k, v)? {
+                return Err("option cache_writeback=on: write-back is not built yet; writes go to the server as without a cache".into());
+            }
+            Ok(())
+        }),
     theirs(&["cache_link_timeout"], Value("SECS"), From::Sshfs, Does::Ignored, "link texts are cached with the attributes",
         |_, k, v| secs(k, v).map(|_| ())),
     theirs(&["disable_hardlink"], Flag, From::Sshfs, Does::Same, "link(2) fails with EPERM even where the server could",

@@ -28,6 +28,19 @@ pub struct ServerCapabilities {
     pub summary: String,
 }
 
+/// The local disk cache (`cache=DIR`): its use and how well it serves.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DiskCache {
+    pub used_bytes: u64,
+    pub limit_bytes: u64,
+    /// Bytes read from the cache, and bytes fetched from the server to fill it.
+    pub hit_bytes: u64,
+    pub miss_bytes: u64,
+    pub hit_ratio: Option<f64>,
+    pub evictions: u64,
+    pub write_errors: u64,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Snapshot {
     /// `connected`, `reconnecting` or `down`.
@@ -78,6 +91,8 @@ pub struct Snapshot {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub disk: Option<DiskUse>,
+    /// None without `cache=DIR`.
+    pub disk_cache: Option<DiskCache>,
     /// (operation, errno, count); errno 0 is success.
     #[serde(skip)]
     pub ops: Vec<(&'static str, i32, u64)>,
@@ -208,6 +223,12 @@ const SCALARS: &[Scalar] = &[
     ("cache_hits_total", COUNTER, "attribute cache hits", |s| some(s.cache_hits)),
     ("cache_misses_total", COUNTER, "attribute cache misses", |s| some(s.cache_misses)),
     ("rtt_seconds", GAUGE, "smoothed round-trip time to the server", |s| s.rtt_ms_smoothed.map(|ms| (ms / 1000.0).to_string())),
+    ("disk_cache_used_bytes", GAUGE, "local disk taken by the cache=DIR copies", |s| s.disk_cache.as_ref().map(|c| c.used_bytes.to_string())),
+    ("disk_cache_limit_bytes", GAUGE, "cache_size=", |s| s.disk_cache.as_ref().map(|c| c.limit_bytes.to_string())),
+    ("disk_cache_hit_bytes_total", COUNTER, "bytes read from the local disk cache", |s| s.disk_cache.as_ref().map(|c| c.hit_bytes.to_string())),
+    ("disk_cache_miss_bytes_total", COUNTER, "bytes fetched from the server through the local disk cache", |s| s.disk_cache.as_ref().map(|c| c.miss_bytes.to_string())),
+    ("disk_cache_evictions_total", COUNTER, "cached files evicted to stay within cache_size=", |s| s.disk_cache.as_ref().map(|c| c.evictions.to_string())),
+    ("disk_cache_write_errors_total", COUNTER, "failed writes to the cache directory (the data came from the server instead)", |s| s.disk_cache.as_ref().map(|c| c.write_errors.to_string())),
     ("remote_size_bytes", GAUGE, "size of the remote filesystem", |s| s.disk.as_ref().map(|d| d.total_bytes.to_string())),
     ("remote_available_bytes", GAUGE, "space available on the remote filesystem", |s| s.disk.as_ref().map(|d| d.available_bytes.to_string())),
 ];

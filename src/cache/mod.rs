@@ -1,0 +1,472 @@
+//! The local disk cache (`cache=DIR`): file contents kept on local disk, so that media
+//! read once are read again at disk speed, after a remount too, and during an outage.
+//!
+//! [`Cached`] is a [`Remote`] over another [`Remote`] (fs -> cache -> session): the
+//! filesystem logic does not know it is there. It owns the decision of what a read may take
+//! from the disk: a copy is used only for the version (size and mtime) the server showed
+//! for the file within the last [`CHECKED`] (a lookup's answer), or that it shows when the
+//! file is opened; while disconnected, the copy there is served as it is. Anything this
+//! mount writes, truncates, renames or removes drops the copies concerned. With the cache
+//! off it passes every call straight through. It must never write to the server itself,
+//! nor answer for metadata: attributes and listings always come from the layer below.
+//! The blocks on disk are [`store`].
+
+pub mod store;
+
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+use tokio::sync::OnceCell;
+
+use crate::session::remote::{
+    Attrs, Bytes, Capabilities, DirEntry, Kind, OpenMode, Remote, RemoteResult, RenameMode, StatVfs,
+};
+use store::{Blocks, Version, BLOCK};
+pub use store::{CacheConfig, CacheStats, Store};
+
+/// How recently the server must have shown a file's version for an open to rely on it
+/// without asking again (the kernel's lookup right before an open answers it).
+pub const CHECKED: Duration = Duration::from_secs(1);
+
+/// The remote a mount's filesystem runs on: the session, through the cache.
+pub type MountRemote = Cached<crate::session::Session>;
+
+/// Versions seen lately, at most this many paths.
+const SEEN: usize = 4096;
+
+/// A [`Remote`] with file contents cached on local disk (or none: a pass-through).
+pub struct Cached<R: Remote> {
+    inner: Arc<R>,
+    store: Option<Arc<Store>>,
+    /// Files' versions as the server showed them lately, and when.
+    seen: Mutex<LruCache<String, (Version, Instant)>>,
+}
+
+/// An open file: the remote one (opened when first needed, for a read-only open whose
+/// copy is cached), and the copy read through.
+pub struct CachedFile<F> {
+    path: String,
+    mode: OpenMode,
+    remote: OnceCell<F>,
+    blocks: Option<Arc<Blocks>>,
+}
+
+fn version_of(a: &Attrs) -> Option<Version> {
+    match (a.kind(), a.size, a.mtime) {
+        (Kind::File, Some(size), Some(mtime)) => Some((size, mtime)),
+        _ => None,
+    }
+}
+
+/// Runs blocking disk I/O off the runtime's workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
+impl<R: Remote> Cached<R> {
+    pub fn new(inner: Arc<R>, store: Option<Arc<Store>>) -> Self {
+        Cached {
+            inner,
+            store,
+            seen: Mutex::new(LruCache::new(
+                NonZeroUsize::new(SEEN).unwrap_or(NonZeroUsize::MIN),
+            )),
+        }
+    }
+
+    /// The disk cache, when there is one.
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
+    }
+
+    /// The server showed `attrs` for `path`: a copy of another version is dropped now.
+    fn saw(&self, path: &str, attrs: &Attrs) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let Some(v) = version_of(attrs) else {
+            return;
+        };
+        if store.version(path).is_some_and(|cached| cached != v) {
+            store.forget(path);
+        }
+        if let Ok(mut s) = self.seen.lock() {
+            s.put(path.to_string(), (v, Instant::now()));
+        }
+    }
+
+    fn seen_lately(&self, path: &str) -> Option<Version> {
+        let mut s = self.seen.lock().ok()?;
+        s.get(path)
+            .filter(|(_, at)| at.elapsed() < CHECKED)
+            .map(|(v, _)| *v)
+    }
+
+    /// This mount changed `path` (or may have): its copy goes, and what was seen of it.
+    fn changed(&self, path: &str) {
+        if let Some(store) = &self.store {
+            store.forget(path);
+            if let Ok(mut s) = self.seen.lock() {
+                s.pop(path);
+            }
+        }
+    }
+
+    fn changed_tree(&self, path: &str) {
+        if let Some(store) = &self.store {
+            store.forget_tree(path);
+            if let Ok(mut s) = self.seen.lock() {
+                s.clear();
+            }
+        }
+    }
+
+    async fn remote<'a>(&self, f: &'a CachedFile<R::File>) -> RemoteResult<&'a R::File> {
+        f.remote
+            .get_or_try_init(|| self.inner.open(&f.path, f.mode, None))
+            .await
+    }
+
+    /// A read-only open: through the copy of the version the server shows (asked now
+    /// unless seen within [`CHECKED`]); while disconnected, through the copy there is.
+    async fn open_read(
+        &self,
+        store: &Arc<Store>,
+        path: &str,
+        mode: OpenMode,
+    ) -> RemoteResult<CachedFile<R::File>> {
+        let cached = store.version(path);
+        let remote = OnceCell::new();
+        let version = match (cached, self.seen_lately(path)) {
+            (Some(v), _) if !self.inner.is_connected() => Some(v),
+            (Some(_), Some(seen)) => Some(seen),
+            (Some(_), None) => {
+                let a = self.inner.lstat(path).await?;
+                self.saw(path, &a);
+                version_of(&a)
+            }
+            (None, seen) => {
+                // Opened now (its errors are the open's), with the version beside it.
+                let (f, a) = match seen {
+                    Some(v) => (self.inner.open(path, mode, None).await?, Some(v)),
+                    None => {
+                        let (f, a) =
+                            tokio::join!(self.inner.open(path, mode, None), self.inner.lstat(path));
+                        (f?, a.ok().as_ref().and_then(version_of))
+                    }
+                };
+                let _ = remote.set(f);
+                a
+            }
+        };
+        let blocks = match version {
+            Some(v) => {
+                let (store, p) = (store.clone(), path.to_string());
+                blocking(move || store.attach(&p, v))
+                    .await
+                    .flatten()
+                    .map(Arc::new)
+            }
+            None => None,
+        };
+        Ok(CachedFile {
+            path: path.to_string(),
+            mode,
+            remote,
+            blocks,
+        })
+    }
+
+    /// Reads `[offset, offset + len)` through the copy: cached blocks from the disk, the
+    /// others from the server in one go (then kept).
+    async fn read_through(
+        &self,
+        f: &CachedFile<R::File>,
+        blocks: &Arc<Blocks>,
+        offset: u64,
+        len: u32,
+    ) -> RemoteResult<Bytes> {
+        let size = blocks.version.0;
+        let end = (offset + len as u64).min(size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let mut spans = Vec::new();
+        let mut at = offset - offset % BLOCK;
+        while at < end {
+            spans.push(blocks.block_of(at));
+            at += BLOCK;
+        }
+        let b = blocks.clone();
+        let spans2 = spans.clone();
+        let found: Vec<Option<Vec<u8>>> =
+            blocking(move || spans2.iter().map(|&(s, e)| b.get(s, e)).collect())
+                .await
+                .unwrap_or_else(|| vec![None; spans.len()]);
+        let missing: Vec<(u64, u64)> = spans
+            .iter()
+            .zip(&found)
+            .filter(|(_, f)| f.is_none())
+            .map(|(s, _)| *s)
+            .collect();
+        let mut fetched = Vec::new();
+        if !missing.is_empty() {
+            let file = self.remote(f).await?;
+            let reads = missing
+                .iter()
+                .map(|&(s, e)| self.inner.read(file, s, (e - s) as u32, Some(size)));
+            fetched = futures::future::try_join_all(reads).await?;
+            if let Some(store) = &self.store {
+                let n: usize = fetched.iter().map(|d| d.len()).sum();
+                store
+                    .stats
+                    .miss_bytes
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            // Kept only when whole: a short block means the file changed on the server.
+            let whole: Vec<(u64, Bytes)> = missing
+                .iter()
+                .zip(&fetched)
+                .filter(|((s, e), d)| d.len() as u64 == e - s)
+                .map(|((s, _), d)| (*s, d.clone()))
+                .collect();
+            let b = blocks.clone();
+            if whole.len() == missing.len() {
+                tokio::task::spawn_blocking(move || {
+                    for (s, d) in whole {
+                        b.put(s, &d);
+                    }
+                });
+            } else {
+                self.changed(&f.path);
+            }
+        }
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut fetched = fetched.into_iter();
+        for ((s, e), got) in spans.iter().zip(found) {
+            let data = match got {
+                Some(d) => Bytes::from(d),
+                None => fetched.next().unwrap_or_default(),
+            };
+            let lo = offset.saturating_sub(*s) as usize;
+            let hi = ((end.min(*e) - s) as usize).min(data.len());
+            if lo < hi {
+                out.extend_from_slice(&data[lo..hi]);
+            }
+            if (data.len() as u64) < e - s {
+                break; // the file ends sooner than the copy's version said
+            }
+        }
+        Ok(Bytes::from(out))
+    }
+}
+
+impl<R: Remote> Remote for Cached<R> {
+    type File = CachedFile<R::File>;
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn is_connected(&self) -> bool {
+        self.inner.is_connected()
+    }
+
+    async fn lstat(&self, path: &str) -> RemoteResult<Attrs> {
+        let a = self.inner.lstat(path).await?;
+        self.saw(path, &a);
+        Ok(a)
+    }
+
+    async fn lstat_after(&self, path: &str, after: &str) -> RemoteResult<Attrs> {
+        self.inner.lstat_after(path, after).await
+    }
+
+    async fn lstat_ahead(&self, path: &str) -> RemoteResult<Attrs> {
+        // A cached file needs no handle opened ahead: its reads come from the disk.
+        let cached = self
+            .store
+            .as_ref()
+            .is_some_and(|s| s.version(path).is_some());
+        let a = if cached {
+            self.inner.lstat(path).await?
+        } else {
+            self.inner.lstat_ahead(path).await?
+        };
+        self.saw(path, &a);
+        Ok(a)
+    }
+
+    async fn stat(&self, path: &str) -> RemoteResult<Attrs> {
+        self.inner.stat(path).await
+    }
+
+    async fn setstat(&self, path: &str, attrs: &Attrs) -> RemoteResult<()> {
+        self.changed(path);
+        self.inner.setstat(path, attrs).await
+    }
+
+    async fn read_dir(
+        &self,
+        path: &str,
+        max: usize,
+        dir_size: Option<u64>,
+    ) -> RemoteResult<Option<Vec<DirEntry>>> {
+        let listed = self.inner.read_dir(path, max, dir_size).await?;
+        if let (Some(entries), Some(_)) = (&listed, &self.store) {
+            let dir = path.trim_end_matches('/');
+            for e in entries {
+                self.saw(&format!("{dir}/{}", e.name), &e.attrs);
+            }
+        }
+        Ok(listed)
+    }
+
+    async fn readlink(&self, path: &str) -> RemoteResult<String> {
+        self.inner.readlink(path).await
+    }
+
+    async fn realpath(&self, path: &str) -> RemoteResult<String> {
+        self.inner.realpath(path).await
+    }
+
+    async fn mkdir(&self, path: &str, perm: u32) -> RemoteResult<()> {
+        self.inner.mkdir(path, perm).await
+    }
+
+    async fn rmdir(&self, path: &str) -> RemoteResult<()> {
+        self.inner.rmdir(path).await
+    }
+
+    async fn remove(&self, path: &str) -> RemoteResult<()> {
+        self.changed(path);
+        self.inner.remove(path).await
+    }
+
+    async fn rename(
+        &self,
+        from: &str,
+        to: &str,
+        mode: RenameMode,
+        links: bool,
+    ) -> RemoteResult<()> {
+        self.changed_tree(from);
+        self.changed_tree(to);
+        self.inner.rename(from, to, mode, links).await
+    }
+
+    async fn symlink(&self, target: &str, link: &str) -> RemoteResult<()> {
+        self.inner.symlink(target, link).await
+    }
+
+    async fn hardlink(&self, from: &str, to: &str) -> RemoteResult<()> {
+        self.inner.hardlink(from, to).await
+    }
+
+    async fn statvfs(&self, path: &str) -> RemoteResult<StatVfs> {
+        self.inner.statvfs(path).await
+    }
+
+    async fn open(
+        &self,
+        path: &str,
+        mode: OpenMode,
+        perm: Option<u32>,
+    ) -> RemoteResult<Self::File> {
+        let plain_read = mode.read && !mode.write && !mode.create && !mode.truncate;
+        match &self.store {
+            Some(store) if plain_read => self.open_read(store, path, mode).await,
+            _ => {
+                if !plain_read {
+                    self.changed(path);
+                }
+                let f = self.inner.open(path, mode, perm).await?;
+                Ok(CachedFile {
+                    path: path.to_string(),
+                    mode,
+                    remote: OnceCell::new_with(Some(f)),
+                    blocks: None,
+                })
+            }
+        }
+    }
+
+    fn adopt(&self, path: &str, mode: OpenMode) -> Self::File {
+        if mode.write {
+            self.changed(path);
+        }
+        CachedFile {
+            path: path.to_string(),
+            mode,
+            remote: OnceCell::new_with(Some(self.inner.adopt(path, mode))),
+            blocks: None,
+        }
+    }
+
+    async fn read(
+        &self,
+        f: &Self::File,
+        offset: u64,
+        len: u32,
+        size: Option<u64>,
+    ) -> RemoteResult<Bytes> {
+        match &f.blocks {
+            Some(b) => self.read_through(f, b, offset, len).await,
+            None => {
+                let file = self.remote(f).await?;
+                self.inner.read(file, offset, len, size).await
+            }
+        }
+    }
+
+    async fn write(&self, f: &Self::File, offset: u64, data: Bytes) -> RemoteResult<()> {
+        let file = self.remote(f).await?;
+        self.inner.write(file, offset, data).await
+    }
+
+    async fn confirmed(&self, f: &Self::File) -> bool {
+        match f.remote.get() {
+            Some(file) => self.inner.confirmed(file).await,
+            None => true,
+        }
+    }
+
+    async fn flush(&self, f: &Self::File) -> RemoteResult<()> {
+        match f.remote.get() {
+            Some(file) => self.inner.flush(file).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn fstat(&self, f: &Self::File) -> RemoteResult<Attrs> {
+        let file = self.remote(f).await?;
+        self.inner.fstat(file).await
+    }
+
+    async fn fsetstat(&self, f: &Self::File, attrs: &Attrs) -> RemoteResult<()> {
+        self.changed(&f.path);
+        let file = self.remote(f).await?;
+        self.inner.fsetstat(file, attrs).await
+    }
+
+    async fn fsync(&self, f: &Self::File) -> RemoteResult<()> {
+        match f.remote.get() {
+            Some(file) => self.inner.fsync(file).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn close(&self, f: &Self::File) -> RemoteResult<()> {
+        let r = match f.remote.get() {
+            Some(file) => self.inner.close(file).await,
+            None => Ok(()),
+        };
+        if f.mode.write {
+            // What was written is not what the copy holds (nor the version seen before).
+            self.changed(&f.path);
+        }
+        r
+    }
+}
