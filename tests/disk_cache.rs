@@ -88,6 +88,16 @@ fn media_read_once_come_from_the_disk_after_a_remount() {
         "after the remount no byte came from the server"
     );
     assert_eq!(disk_cache(&m, "hit_bytes"), total(&files));
+    let text = std::process::Command::new(BIN)
+        .arg("status")
+        .arg(m.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("disk cache") && text.contains("hit ratio 100%"),
+        "{text}"
+    );
 
     // Nothing in the cache directory is open to other users.
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;

@@ -121,6 +121,18 @@ fn summary(v: &serde_json::Value) -> String {
                 .unwrap_or(0.0)
         ));
     }
+    if let Some(c) = v.get("disk_cache").filter(|c| !c.is_null()) {
+        let mib =
+            |k: &str| c.get(k).and_then(|x| x.as_u64()).unwrap_or(0) as f64 / (1u64 << 20) as f64;
+        let ratio = c.get("hit_ratio").and_then(|x| x.as_f64());
+        out.push_str(&format!(
+            "  disk cache {:.1} MiB of {:.1} MiB, hit ratio {}, write errors {}\n",
+            mib("used_bytes"),
+            mib("limit_bytes"),
+            ratio.map_or("-".into(), |r| format!("{:.0}%", r * 100.0)),
+            c.get("write_errors").and_then(|x| x.as_u64()).unwrap_or(0)
+        ));
+    }
     if let (Some(e), Some(at)) = (
         v.get("last_error").and_then(|x| x.as_str()),
         v.get("last_error_at").and_then(|x| x.as_str()),
