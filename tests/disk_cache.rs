@@ -185,7 +185,7 @@ fn cached_files_are_served_through_an_outage() {
     let m = Mount::new(
         &s,
         &format!(
-            "cache={},timeout=600,attr_timeout=600,entry_timeout=600,ServerAliveInterval=1,ServerAliveCountMax=2",
+            "cache={},timeout=600,attr_timeout=1,entry_timeout=1,dir_timeout=1,ServerAliveInterval=1,ServerAliveCountMax=2",
             cache.path().display()
         ),
     );
@@ -194,6 +194,9 @@ fn cached_files_are_served_through_an_outage() {
     wait_until(Duration::from_secs(30), "the mount sees the outage", || {
         m.status()["state"] != "connected"
     });
+    // Past every cache timeout: the kernel asks again, and the lookups are answered from
+    // what the mount last saw.
+    std::thread::sleep(Duration::from_millis(1500));
     let paths: Vec<(PathBuf, Vec<u8>)> = files.iter().map(|(r, d)| (m.p(r), d.clone())).collect();
     let reader = std::thread::spawn(move || {
         for (path, data) in paths {
@@ -201,7 +204,7 @@ fn cached_files_are_served_through_an_outage() {
             assert!(std::fs::read(&path).unwrap() == data, "{}", path.display());
         }
     });
-    // Without the cache these reads would wait for the link (timeout=600).
+    // Without the cache these lookups and reads would wait for the link (timeout=600).
     wait_until(
         Duration::from_secs(30),
         "cached reads during the outage",

@@ -204,14 +204,17 @@ impl MetaCache {
     /// Fresh cached attributes of `path`, for a hint (not counted).
     pub fn peek(&self, path: &str) -> Option<Attrs> {
         let mut c = self.attrs.lock().ok()?;
-        match c.get(path) {
-            Some((a, at)) if at.elapsed() < self.attr_ttl => Some(a.clone()),
-            Some(_) => {
-                c.pop(path);
-                None
-            }
-            None => None,
-        }
+        c.get(path)
+            .filter(|(_, at)| at.elapsed() < self.attr_ttl)
+            .map(|(a, _)| a.clone())
+    }
+
+    /// The attributes last seen of `path`, however old (expired ones stay until this
+    /// mount changes the path or the LRU bound drops them): what an outage is served
+    /// from where the mount allows it.
+    pub fn last_seen(&self, path: &str) -> Option<Attrs> {
+        let mut c = self.attrs.lock().ok()?;
+        c.get(path).map(|(a, _)| a.clone())
     }
 
     pub fn put(&self, path: &str, attrs: &Attrs) {

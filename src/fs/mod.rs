@@ -67,6 +67,10 @@ pub struct FsConfig {
     pub disable_hardlink: bool,
     /// The mount's tag in names left on the server (see `crate::ident`).
     pub tag: String,
+    /// While disconnected, a path seen before is looked up from what was last seen of it,
+    /// however old, rather than waiting for the link (`cache=DIR` sets it, so that cached
+    /// files are served through an outage).
+    pub offline_stale: bool,
 }
 
 impl Default for FsConfig {
@@ -84,6 +88,7 @@ impl Default for FsConfig {
             dir_ttl: Duration::from_secs(20),
             disable_hardlink: false,
             tag: String::new(),
+            offline_stale: false,
         }
     }
 }
@@ -294,6 +299,11 @@ impl<R: Remote> Fs<R> {
         }
         if self.cache.is_missing(path) {
             return Err(FsError::new(libc::ENOENT, "cached: no such file"));
+        }
+        if self.cfg.offline_stale && !self.remote.is_connected() {
+            if let Some(a) = self.cache.last_seen(path) {
+                return Ok(a);
+            }
         }
         let fetch = self.cache.begin_attrs(path);
         let fetched = if lookup {

@@ -96,6 +96,8 @@ pub fn run(
     let rt = runtime()?;
     // Names this mount leaves on the server carry its tag (see `ident`).
     cfg.fs.tag = crate::ident::mount_tag(&cfg.mountpoint);
+    // With a disk cache, what was seen before serves an outage (see `cache`).
+    cfg.fs.offline_stale = cfg.cache.is_some();
     let server = (target.host.clone(), target.port);
     let (session, first) = connect(&cfg, target, policy, &rt)?;
     // Only now, with the server reached, does a running daemon stop for us.
