@@ -283,3 +283,22 @@ fn a_cache_on_tmpfs_or_without_a_directory_is_refused() {
     );
     assert!(m.status()["disk_cache"].is_object());
 }
+
+#[test]
+fn a_file_read_in_small_pieces_is_fetched_once() {
+    let s = Server::start();
+    let files = media(&s, 1, |_| 12_000_000 + 123);
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(&s, &format!("cache={}", cache.path().display()));
+    let (rel, data) = &files[0];
+    let out = std::process::Command::new("dd")
+        .arg(format!("if={}", m.p(rel).display()))
+        .args(["of=/dev/null", "bs=4k"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // The kernel's readahead sends reads that share blocks at once: one fetch each.
+    assert_eq!(disk_cache(&m, "miss_bytes"), data.len() as u64);
+    assert!(disk_cache(&m, "used_bytes") <= data.len() as u64 + 4096);
+    assert!(std::fs::read(m.p(rel)).unwrap() == *data);
+}

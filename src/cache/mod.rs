@@ -13,7 +13,9 @@
 
 pub mod store;
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +23,8 @@ use lru::LruCache;
 use tokio::sync::OnceCell;
 
 use crate::session::remote::{
-    Attrs, Bytes, Capabilities, DirEntry, Kind, OpenMode, Remote, RemoteResult, RenameMode, StatVfs,
+    Attrs, Bytes, Capabilities, DirEntry, Kind, OpenMode, Remote, RemoteError, RemoteResult,
+    RenameMode, StatVfs,
 };
 use store::{Blocks, Version, BLOCK};
 pub use store::{CacheConfig, CacheStats, Store};
@@ -51,6 +54,8 @@ pub struct CachedFile<F> {
     mode: OpenMode,
     remote: OnceCell<F>,
     blocks: Option<Arc<Blocks>>,
+    /// Blocks being fetched, by their offset (see [`Cached::fetch_block`]).
+    fetching: Mutex<HashMap<u64, Arc<OnceCell<Bytes>>>>,
 }
 
 fn version_of(a: &Attrs) -> Option<Version> {
@@ -176,7 +181,55 @@ impl<R: Remote> Cached<R> {
             mode,
             remote,
             blocks,
+            fetching: Mutex::default(),
         })
+    }
+
+    /// Fetches block `[start, end)` from the server and keeps it. Concurrent reads of the
+    /// same open file that need the block (the kernel's readahead sends several at once)
+    /// share one fetch.
+    async fn fetch_block(
+        &self,
+        f: &CachedFile<R::File>,
+        blocks: &Arc<Blocks>,
+        start: u64,
+        end: u64,
+    ) -> RemoteResult<Bytes> {
+        let cell = match f.fetching.lock() {
+            Ok(mut m) => m.entry(start).or_default().clone(),
+            Err(_) => Arc::default(),
+        };
+        let fetched = cell
+            .get_or_try_init(|| async {
+                // Kept meanwhile by a fetch that ended after this read looked.
+                let b = blocks.clone();
+                if let Some(Some(d)) = blocking(move || b.get(start, end)).await {
+                    return Ok(Bytes::from(d));
+                }
+                let file = self.remote(f).await?;
+                let size = Some(blocks.version.0);
+                let data = self
+                    .inner
+                    .read(file, start, (end - start) as u32, size)
+                    .await?;
+                if let Some(store) = &self.store {
+                    store.stats.miss_bytes.fetch_add(data.len() as u64, Relaxed);
+                }
+                if data.len() as u64 == end - start {
+                    let (b, d) = (blocks.clone(), data.clone());
+                    blocking(move || b.put(start, &d)).await;
+                } else {
+                    // Short: the file changed on the server since its version was seen.
+                    self.changed(&f.path);
+                }
+                Ok::<_, RemoteError>(data)
+            })
+            .await
+            .cloned();
+        if let Ok(mut m) = f.fetching.lock() {
+            m.remove(&start);
+        }
+        fetched
     }
 
     /// Reads `[offset, offset + len)` through the copy: cached blocks from the disk, the
@@ -211,38 +264,10 @@ impl<R: Remote> Cached<R> {
             .filter(|(_, f)| f.is_none())
             .map(|(s, _)| *s)
             .collect();
-        let mut fetched = Vec::new();
-        if !missing.is_empty() {
-            let file = self.remote(f).await?;
-            let reads = missing
-                .iter()
-                .map(|&(s, e)| self.inner.read(file, s, (e - s) as u32, Some(size)));
-            fetched = futures::future::try_join_all(reads).await?;
-            if let Some(store) = &self.store {
-                let n: usize = fetched.iter().map(|d| d.len()).sum();
-                store
-                    .stats
-                    .miss_bytes
-                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-            }
-            // Kept only when whole: a short block means the file changed on the server.
-            let whole: Vec<(u64, Bytes)> = missing
-                .iter()
-                .zip(&fetched)
-                .filter(|((s, e), d)| d.len() as u64 == e - s)
-                .map(|((s, _), d)| (*s, d.clone()))
-                .collect();
-            let b = blocks.clone();
-            if whole.len() == missing.len() {
-                tokio::task::spawn_blocking(move || {
-                    for (s, d) in whole {
-                        b.put(s, &d);
-                    }
-                });
-            } else {
-                self.changed(&f.path);
-            }
-        }
+        let fetches = missing
+            .iter()
+            .map(|&(s, e)| self.fetch_block(f, blocks, s, e));
+        let fetched = futures::future::try_join_all(fetches).await?;
         let mut out = Vec::with_capacity((end - offset) as usize);
         let mut fetched = fetched.into_iter();
         for ((s, e), got) in spans.iter().zip(found) {
@@ -388,6 +413,7 @@ impl<R: Remote> Remote for Cached<R> {
                     mode,
                     remote: OnceCell::new_with(Some(f)),
                     blocks: None,
+                    fetching: Mutex::default(),
                 })
             }
         }
@@ -402,6 +428,7 @@ impl<R: Remote> Remote for Cached<R> {
             mode,
             remote: OnceCell::new_with(Some(self.inner.adopt(path, mode))),
             blocks: None,
+            fetching: Mutex::default(),
         }
     }
 

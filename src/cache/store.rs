@@ -425,11 +425,16 @@ impl Blocks {
         (start, (start + BLOCK).min(self.version.0))
     }
 
-    /// The bytes of block `[start, end)`, if all of them are cached.
-    pub fn get(&self, start: u64, end: u64) -> Option<Vec<u8>> {
+    /// Whether the data file holds data over all of `[start, end)`.
+    fn holds(&self, start: u64, end: u64) -> bool {
         // SAFETY: lseek on a descriptor this struct owns.
         let hole = unsafe { libc::lseek(self.data.as_raw_fd(), start as i64, libc::SEEK_HOLE) };
-        if hole < 0 || (hole as u64) < end {
+        hole >= 0 && hole as u64 >= end
+    }
+
+    /// The bytes of block `[start, end)`, if all of them are cached.
+    pub fn get(&self, start: u64, end: u64) -> Option<Vec<u8>> {
+        if !self.holds(start, end) {
             return None;
         }
         let mut buf = vec![0u8; (end - start) as usize];
@@ -445,6 +450,9 @@ impl Blocks {
     /// permitting (least recently used copies are evicted for it).
     pub fn put(&self, start: u64, data: &[u8]) {
         let need = disk_bytes(data.len() as u64);
+        if self.holds(start, start + data.len() as u64) {
+            return; // another open file of the same copy kept it meanwhile
+        }
         {
             let mut g = self.store.lock();
             if !self.current(&g) {
