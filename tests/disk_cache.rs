@@ -302,3 +302,48 @@ fn a_file_read_in_small_pieces_is_fetched_once() {
     assert!(disk_cache(&m, "used_bytes") <= data.len() as u64 + 4096);
     assert!(std::fs::read(m.p(rel)).unwrap() == *data);
 }
+
+#[test]
+fn files_written_through_the_mount_are_read_back_from_the_disk() {
+    use std::io::{Seek, SeekFrom, Write};
+    let s = Server::start();
+    let old = media(&s, 1, |_| 1_000_000);
+    let cache = tempfile::tempdir().unwrap();
+    let opts = format!("cache={}", cache.path().display());
+    let mut m = Mount::new(&s, &opts);
+    let new: Vec<(String, Vec<u8>)> = [5, 100_000, 3_000_000]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (format!("up-{i}.jpg"), pattern(n, 50 + i as u64)))
+        .collect();
+    for (rel, data) in &new {
+        std::fs::write(m.p(rel), data).unwrap();
+    }
+    // A mode change keeps the copy (the contents did not change).
+    std::fs::set_permissions(m.p(&new[1].0), std::fs::Permissions::from_mode(0o640)).unwrap();
+    // Ten bytes written into the middle of a file the cache never read: the rest of it
+    // is not in the copy, and comes from the server.
+    let (rel, data) = &old[0];
+    let mut patched = data.clone();
+    patched[300_000..300_010].copy_from_slice(b"0123456789");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(m.p(rel))
+            .unwrap();
+        f.seek(SeekFrom::Start(300_000)).unwrap();
+        f.write_all(b"0123456789").unwrap();
+    }
+    m.unmount();
+    m.restart(&s, &opts).unwrap();
+    read_all(&m, &new);
+    assert_eq!(
+        disk_cache(&m, "miss_bytes"),
+        0,
+        "what was written came from the disk"
+    );
+    assert_eq!(disk_cache(&m, "hit_bytes"), total(&new));
+    assert!(std::fs::read(m.p(rel)).unwrap() == patched);
+    assert!(std::fs::read(s.served.join(rel)).unwrap() == patched);
+    assert!(disk_cache(&m, "miss_bytes") >= 1_000_000 - 2 * 256 * 1024);
+}

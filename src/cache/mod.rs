@@ -26,7 +26,7 @@ use crate::session::remote::{
     Attrs, Bytes, Capabilities, DirEntry, Kind, OpenMode, Remote, RemoteError, RemoteResult,
     RenameMode, StatVfs,
 };
-use store::{Blocks, Version, BLOCK};
+use store::{Blocks, Staged, Version, BLOCK};
 pub use store::{CacheConfig, CacheStats, Store};
 
 /// How recently the server must have shown a file's version for an open to rely on it
@@ -56,6 +56,14 @@ pub struct CachedFile<F> {
     blocks: Option<Arc<Blocks>>,
     /// Blocks being fetched, by their offset (see [`Cached::fetch_block`]).
     fetching: Mutex<HashMap<u64, Arc<OnceCell<Bytes>>>>,
+    /// An open for writing: the copy made of what is written through it.
+    staged: Option<Arc<Staged>>,
+}
+
+/// Whether a SETSTAT of `attrs` changes what a copy of the file is valid for (its size or
+/// mtime; a mode or owner change does not).
+fn changes_contents(a: &Attrs) -> bool {
+    a.size.is_some() || a.mtime.is_some()
 }
 
 fn version_of(a: &Attrs) -> Option<Version> {
@@ -182,6 +190,7 @@ impl<R: Remote> Cached<R> {
             remote,
             blocks,
             fetching: Mutex::default(),
+            staged: None,
         })
     }
 
@@ -329,7 +338,9 @@ impl<R: Remote> Remote for Cached<R> {
     }
 
     async fn setstat(&self, path: &str, attrs: &Attrs) -> RemoteResult<()> {
-        self.changed(path);
+        if changes_contents(attrs) {
+            self.changed(path);
+        }
         self.inner.setstat(path, attrs).await
     }
 
@@ -408,12 +419,24 @@ impl<R: Remote> Remote for Cached<R> {
                     self.changed(path);
                 }
                 let f = self.inner.open(path, mode, perm).await?;
+                // What is written through it is copied, and kept once it is closed.
+                let staged = match &self.store {
+                    Some(store) if mode.write => {
+                        let (store, p) = (store.clone(), path.to_string());
+                        blocking(move || store.stage(&p))
+                            .await
+                            .flatten()
+                            .map(Arc::new)
+                    }
+                    _ => None,
+                };
                 Ok(CachedFile {
                     path: path.to_string(),
                     mode,
                     remote: OnceCell::new_with(Some(f)),
                     blocks: None,
                     fetching: Mutex::default(),
+                    staged,
                 })
             }
         }
@@ -429,6 +452,7 @@ impl<R: Remote> Remote for Cached<R> {
             remote: OnceCell::new_with(Some(self.inner.adopt(path, mode))),
             blocks: None,
             fetching: Mutex::default(),
+            staged: None,
         }
     }
 
@@ -450,7 +474,17 @@ impl<R: Remote> Remote for Cached<R> {
 
     async fn write(&self, f: &Self::File, offset: u64, data: Bytes) -> RemoteResult<()> {
         let file = self.remote(f).await?;
-        self.inner.write(file, offset, data).await
+        let copy = f.staged.as_ref().map(|s| (s.clone(), data.clone()));
+        let written = self.inner.write(file, offset, data).await;
+        if let Some((staged, data)) = copy {
+            if written.is_err() {
+                staged.fail();
+            } else {
+                staged.begin(offset, data.len());
+                tokio::task::spawn_blocking(move || staged.write(offset, &data));
+            }
+        }
+        written
     }
 
     async fn confirmed(&self, f: &Self::File) -> bool {
@@ -473,7 +507,9 @@ impl<R: Remote> Remote for Cached<R> {
     }
 
     async fn fsetstat(&self, f: &Self::File, attrs: &Attrs) -> RemoteResult<()> {
-        self.changed(&f.path);
+        if changes_contents(attrs) {
+            self.changed(&f.path);
+        }
         let file = self.remote(f).await?;
         self.inner.fsetstat(file, attrs).await
     }
@@ -486,14 +522,22 @@ impl<R: Remote> Remote for Cached<R> {
     }
 
     async fn close(&self, f: &Self::File) -> RemoteResult<()> {
-        let r = match f.remote.get() {
-            Some(file) => self.inner.close(file).await,
-            None => Ok(()),
+        let Some(file) = f.remote.get() else {
+            return Ok(());
         };
-        if f.mode.write {
-            // What was written is not what the copy holds (nor the version seen before).
-            self.changed(&f.path);
+        let Some(staged) = &f.staged else {
+            return self.inner.close(file).await;
+        };
+        // The file's version once every write is confirmed, asked in the close's round
+        // trip: the copy of what was written is kept as that version.
+        let (seen, closed) = tokio::join!(self.inner.fstat(file), self.inner.close(file));
+        match (&closed, seen.as_ref().ok().and_then(version_of)) {
+            (Ok(()), Some(v)) => {
+                let staged = staged.clone();
+                blocking(move || staged.commit(v)).await;
+            }
+            _ => staged.fail(),
         }
-        r
+        closed
     }
 }

@@ -49,7 +49,8 @@ struct Entry {
     /// The clock when this copy was made: a reader of an earlier copy of the same path
     /// (forgotten since, its files gone) does not count against this one.
     born: u64,
-    version: Version,
+    /// None while this mount writes the file (see [`Staged`]): not served.
+    version: Option<Version>,
     /// Disk bytes its data takes (blocks written, in 4 KiB units).
     bytes: u64,
     last_use: u64,
@@ -75,13 +76,29 @@ pub struct Store {
     logged: Mutex<Option<Instant>>,
 }
 
-/// A cached file opened for reading: its data file and the version it holds.
-pub struct Blocks {
+/// One copy in use: its data file, and which copy of the path it is.
+struct Held {
     store: Arc<Store>,
     path: String,
-    pub version: Version,
     born: u64,
     data: File,
+}
+
+/// A cached file opened for reading: its data file and the version it holds.
+pub struct Blocks {
+    held: Held,
+    pub version: Version,
+}
+
+/// A file this mount is writing from its start (created or truncated), copied as it is
+/// written; it becomes a cached copy when closed with every write confirmed
+/// ([`Staged::commit`]), and is dropped otherwise.
+pub struct Staged {
+    held: Held,
+    failed: std::sync::atomic::AtomicBool,
+    /// Ranges acknowledged to the application and not yet copied: two that overlap
+    /// could be copied in another order than the server applied them.
+    copying: Mutex<Vec<(u64, u64)>>,
 }
 
 const TMPFS_MAGIC: i64 = 0x0102_1994;
@@ -195,7 +212,7 @@ impl Store {
                         let entry = Entry {
                             id,
                             born: 0,
-                            version,
+                            version: Some(version),
                             bytes,
                             last_use: 0,
                             open: 0,
@@ -246,7 +263,7 @@ impl Store {
 
     /// The version cached for `path`, if any.
     pub fn version(&self, path: &str) -> Option<Version> {
-        self.lock().by_path.get(path).map(|e| e.version)
+        self.lock().by_path.get(path).and_then(|e| e.version)
     }
 
     /// Opens the cached copy of `path` at `version` for reading through: the one there,
@@ -265,7 +282,7 @@ impl Store {
         g.clock += 1;
         let clock = g.clock;
         let opened = match g.by_path.get_mut(path) {
-            Some(e) if e.version == version => {
+            Some(e) if e.version == Some(version) => {
                 e.open += 1;
                 let born = e.born;
                 e.last_use = clock;
@@ -286,11 +303,13 @@ impl Store {
         };
         match opened {
             Ok((data, born)) => Some(Blocks {
-                store: self.clone(),
-                path: path.to_string(),
+                held: Held {
+                    store: self.clone(),
+                    path: path.to_string(),
+                    born,
+                    data,
+                },
                 version,
-                born,
-                data,
             }),
             Err(e) => {
                 self.drop_entry(&mut g, path);
@@ -314,16 +333,7 @@ impl Store {
     ) -> std::io::Result<(File, u64)> {
         let data_path = self.data_path(id);
         let _ = std::fs::remove_file(&data_path);
-        let tmp = self.files.join(format!("{id:016x}.tmp"));
-        let mut m = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        write!(m, "{META_HEADER}\n{} {}\n{path}", version.0, version.1)?;
-        m.sync_data()?;
-        std::fs::rename(&tmp, self.meta_path(id))?;
+        self.write_meta(id, path, version)?;
         let data = std::fs::OpenOptions::new()
             .create(true)
             .truncate(true)
@@ -340,13 +350,27 @@ impl Store {
             Entry {
                 id,
                 born: clock,
-                version,
+                version: Some(version),
                 bytes: 0,
                 last_use: clock,
                 open: 1,
             },
         );
         Ok((data, clock))
+    }
+
+    /// Writes the metadata file of copy `id` whole: to a temporary name, synced, renamed.
+    fn write_meta(&self, id: u64, path: &str, version: Version) -> std::io::Result<()> {
+        let tmp = self.files.join(format!("{id:016x}.tmp"));
+        let mut m = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        write!(m, "{META_HEADER}\n{} {}\n{path}", version.0, version.1)?;
+        m.sync_data()?;
+        std::fs::rename(&tmp, self.meta_path(id))
     }
 
     /// Forgets `path`'s copy (its files go; an open reader keeps its own descriptor).
@@ -411,18 +435,12 @@ impl Store {
     }
 }
 
-impl Blocks {
+impl Held {
     /// Whether the index's copy of the path is still this one.
     fn current(&self, g: &Index) -> bool {
         g.by_path
             .get(&self.path)
             .is_some_and(|e| e.born == self.born)
-    }
-
-    /// The block range `[start, end)` of the file that holds `offset`.
-    pub fn block_of(&self, offset: u64) -> (u64, u64) {
-        let start = offset - offset % BLOCK;
-        (start, (start + BLOCK).min(self.version.0))
     }
 
     /// Whether the data file holds data over all of `[start, end)`.
@@ -432,34 +450,14 @@ impl Blocks {
         hole >= 0 && hole as u64 >= end
     }
 
-    /// The bytes of block `[start, end)`, if all of them are cached.
-    pub fn get(&self, start: u64, end: u64) -> Option<Vec<u8>> {
-        if !self.holds(start, end) {
-            return None;
-        }
-        let mut buf = vec![0u8; (end - start) as usize];
-        self.data.read_exact_at(&mut buf, start).ok()?;
-        self.store
-            .stats
-            .hit_bytes
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        Some(buf)
-    }
-
-    /// Keeps block `[start, start + data.len())` as fetched from the server, room
-    /// permitting (least recently used copies are evicted for it).
-    pub fn put(&self, start: u64, data: &[u8]) {
+    /// Writes `data` at `start`, room permitting (least recently used copies are evicted
+    /// for it). Whether it was written.
+    fn write_at(&self, start: u64, data: &[u8]) -> bool {
         let need = disk_bytes(data.len() as u64);
-        if self.holds(start, start + data.len() as u64) {
-            return; // another open file of the same copy kept it meanwhile
-        }
         {
             let mut g = self.store.lock();
-            if !self.current(&g) {
-                return; // forgotten meanwhile: the file changed
-            }
-            if !self.store.evict(&mut g, need) {
-                return;
+            if !self.current(&g) || !self.store.evict(&mut g, need) {
+                return false;
             }
             if let Some(e) = g.by_path.get_mut(&self.path) {
                 e.bytes += need;
@@ -469,26 +467,187 @@ impl Blocks {
                 .used_bytes
                 .fetch_add(need, Ordering::Relaxed);
         }
-        if let Err(e) = self.data.write_all_at(data, start) {
-            // A partly written block is a hole somewhere: a miss, not wrong bytes.
-            self.store.write_failed(&e);
-            let _ = nix::fcntl::fallocate(
-                &self.data,
-                nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
-                    | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
-                start as i64,
-                data.len() as i64,
-            );
+        match self.data.write_all_at(data, start) {
+            Ok(()) => true,
+            Err(e) => {
+                // A partly written block is a hole somewhere: a miss, not wrong bytes.
+                self.store.write_failed(&e);
+                let _ = nix::fcntl::fallocate(
+                    &self.data,
+                    nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                        | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                    start as i64,
+                    data.len() as i64,
+                );
+                false
+            }
         }
     }
 }
 
-impl Drop for Blocks {
+impl Drop for Held {
     fn drop(&mut self) {
         let mut g = self.store.lock();
         if self.current(&g) {
             if let Some(e) = g.by_path.get_mut(&self.path) {
                 e.open = e.open.saturating_sub(1);
+                if e.version.is_none() {
+                    // A file being written whose copy was not committed.
+                    self.store.drop_entry(&mut g, &self.path);
+                }
+            }
+        }
+    }
+}
+
+impl Blocks {
+    /// The block range `[start, end)` of the file that holds `offset`.
+    pub fn block_of(&self, offset: u64) -> (u64, u64) {
+        let start = offset - offset % BLOCK;
+        (start, (start + BLOCK).min(self.version.0))
+    }
+
+    /// The bytes of block `[start, end)`, if all of them are cached.
+    pub fn get(&self, start: u64, end: u64) -> Option<Vec<u8>> {
+        if !self.held.holds(start, end) {
+            return None;
+        }
+        let mut buf = vec![0u8; (end - start) as usize];
+        self.held.data.read_exact_at(&mut buf, start).ok()?;
+        self.held
+            .store
+            .stats
+            .hit_bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Some(buf)
+    }
+
+    /// Keeps block `[start, start + data.len())` as fetched from the server, room
+    /// permitting.
+    pub fn put(&self, start: u64, data: &[u8]) {
+        if !self.held.holds(start, start + data.len() as u64) {
+            self.held.write_at(start, data);
+        }
+    }
+}
+
+impl Store {
+    /// Starts a copy of `path`, which this mount is writing from its start. None when
+    /// the cache cannot hold it.
+    pub fn stage(self: &Arc<Self>, path: &str) -> Option<Staged> {
+        let id = id_of(path);
+        let mut g = self.lock();
+        if let Some(other) = g.by_id.get(&id).cloned() {
+            if g.by_path.get(&other).is_some_and(|e| e.open > 0) {
+                return None;
+            }
+            self.drop_entry(&mut g, &other);
+        }
+        let _ = std::fs::remove_file(self.meta_path(id));
+        let data = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .open(self.data_path(id));
+        let data = match data {
+            Ok(d) => d,
+            Err(e) => {
+                drop(g);
+                self.write_failed(&e);
+                return None;
+            }
+        };
+        g.clock += 1;
+        let clock = g.clock;
+        g.by_id.insert(id, path.to_string());
+        g.by_path.insert(
+            path.to_string(),
+            Entry {
+                id,
+                born: clock,
+                version: None,
+                bytes: 0,
+                last_use: clock,
+                open: 1,
+            },
+        );
+        Some(Staged {
+            held: Held {
+                store: self.clone(),
+                path: path.to_string(),
+                born: clock,
+                data,
+            },
+            failed: Default::default(),
+            copying: Mutex::default(),
+        })
+    }
+}
+
+impl Staged {
+    /// Announces a copy of `len` bytes at `offset`, in the order the writes were
+    /// acknowledged (before [`Staged::write`] runs on a blocking thread).
+    pub fn begin(&self, offset: u64, len: usize) {
+        let end = offset + len as u64;
+        let mut c = self.copying.lock().unwrap_or_else(|p| p.into_inner());
+        if c.iter().any(|&(a, b)| a < end && offset < b) {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        c.push((offset, end));
+    }
+
+    /// Copies what the application wrote at `offset` (the server got it too).
+    pub fn write(&self, offset: u64, data: &[u8]) {
+        if !self.failed.load(Ordering::Relaxed) && !self.held.write_at(offset, data) {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        let mut c = self.copying.lock().unwrap_or_else(|p| p.into_inner());
+        let end = offset + data.len() as u64;
+        if let Some(i) = c.iter().position(|&r| r == (offset, end)) {
+            c.swap_remove(i);
+        }
+    }
+
+    /// A write of the file failed: nothing is kept.
+    pub fn fail(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+    }
+
+    /// The file was closed with every write confirmed, and the server now shows
+    /// `version`: the copy is kept as the cached copy of that version (its metadata
+    /// written whole). Nothing is kept when a copy failed or the path changed since.
+    pub fn commit(&self, version: Version) {
+        if self.failed.load(Ordering::Relaxed) {
+            return; // dropped with the last reference
+        }
+        let store = &self.held.store;
+        let mut g = store.lock();
+        if !self.held.current(&g) {
+            return;
+        }
+        let Some(id) = g.by_path.get(&self.held.path).map(|e| e.id) else {
+            return;
+        };
+        let written = (|| {
+            self.held.data.set_len(version.0)?;
+            store.write_meta(id, &self.held.path, version)?;
+            self.held.data.metadata()
+        })();
+        match written {
+            Ok(md) => {
+                if let Some(e) = g.by_path.get_mut(&self.held.path) {
+                    let now = std::os::unix::fs::MetadataExt::blocks(&md) * 512;
+                    store.stats.used_bytes.fetch_add(now, Ordering::Relaxed);
+                    store.stats.used_bytes.fetch_sub(e.bytes, Ordering::Relaxed);
+                    e.bytes = now;
+                    e.version = Some(version);
+                }
+            }
+            Err(e) => {
+                drop(g);
+                store.write_failed(&e);
             }
         }
     }
