@@ -75,7 +75,9 @@ class Rig:
         os.makedirs(sub, exist_ok=True)
         if kind.startswith("mastofs"):
             extra = (",max_conns=4" if kind == "mastofs4" else "") + (f",{opts}" if opts else "")
-            sh(f"{self.args.bin} demo:{sub} {mnt} -F {self.ssh_config} -o ServerAliveInterval=15{extra}")
+            env = getattr(self.args, "env", "")
+            env = f"env {env} " if env else ""
+            sh(f"{env}{self.args.bin} demo:{sub} {mnt} -F {self.ssh_config} -o ServerAliveInterval=15{extra}")
             pid = int(subprocess.check_output(["pgrep", "-f", f"{self.args.bin} demo:{sub} "]).split()[0])
         else:
             extra = {"sshfs4": ",max_conns=4", "sshfsgcm": ",Ciphers=aes128-gcm@openssh.com"}.get(kind, "")
@@ -221,6 +223,7 @@ def main():
     ap.add_argument("--rss-trace", action="store_true",
                     help="print each mount's resident memory (now / peak) after every workload")
     ap.add_argument("--opts", default="", help="further options for the mastofs mounts")
+    ap.add_argument("--env", default="", help="environment for the mastofs daemons (NAME=VALUE ...)")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/mastofs"))
     ap.add_argument("--proxy", default=os.path.join(ROOT, "target/release/examples/faultproxy"))
     args = ap.parse_args()

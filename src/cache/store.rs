@@ -10,6 +10,8 @@
 //! workers. It must never serve a block for another version than the one it was asked for.
 
 use std::collections::HashMap;
+
+use lru::LruCache;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -53,14 +55,13 @@ struct Entry {
     version: Option<Version>,
     /// Disk bytes its data takes (blocks written, in 4 KiB units).
     bytes: u64,
-    last_use: u64,
     /// Open files reading through it: it is not evicted meanwhile.
     open: usize,
 }
 
-#[derive(Default)]
 struct Index {
-    by_path: HashMap<String, Entry>,
+    /// Most recently used first.
+    by_path: LruCache<String, Entry>,
     by_id: HashMap<u64, String>,
     clock: u64,
 }
@@ -169,7 +170,11 @@ impl Store {
         let store = Arc::new(Store {
             files,
             limit: cfg.size,
-            index: Mutex::new(Index::default()),
+            index: Mutex::new(Index {
+                by_path: LruCache::unbounded(),
+                by_id: HashMap::new(),
+                clock: 0,
+            }),
             stats: CacheStats::default(),
             _lock: lock,
             logged: Mutex::new(None),
@@ -214,7 +219,6 @@ impl Store {
                             born: 0,
                             version: Some(version),
                             bytes,
-                            last_use: 0,
                             open: 0,
                         };
                         found.push((used.unwrap_or(std::time::UNIX_EPOCH), path, entry));
@@ -232,14 +236,12 @@ impl Store {
         }
         found.sort_by_key(|(t, _, _)| *t);
         let mut g = self.lock();
-        for (_, path, mut entry) in found {
-            g.clock += 1;
-            entry.last_use = g.clock;
+        for (_, path, entry) in found {
             self.stats
                 .used_bytes
                 .fetch_add(entry.bytes, Ordering::Relaxed);
             g.by_id.insert(entry.id, path.clone());
-            g.by_path.insert(path, entry);
+            g.by_path.put(path, entry);
         }
         for (id, p) in data_files {
             if !g.by_id.contains_key(&id) {
@@ -263,7 +265,7 @@ impl Store {
 
     /// The version cached for `path`, if any.
     pub fn version(&self, path: &str) -> Option<Version> {
-        self.lock().by_path.get(path).and_then(|e| e.version)
+        self.lock().by_path.peek(path).and_then(|e| e.version)
     }
 
     /// Opens the cached copy of `path` at `version` for reading through: the one there,
@@ -274,18 +276,15 @@ impl Store {
         let mut g = self.lock();
         // Another path with the same id: it goes (a miss for it next time).
         if let Some(other) = g.by_id.get(&id).filter(|p| *p != path).cloned() {
-            if g.by_path.get(&other).is_some_and(|e| e.open > 0) {
+            if g.by_path.peek(&other).is_some_and(|e| e.open > 0) {
                 return None;
             }
             self.drop_entry(&mut g, &other);
         }
-        g.clock += 1;
-        let clock = g.clock;
         let opened = match g.by_path.get_mut(path) {
             Some(e) if e.version == Some(version) => {
                 e.open += 1;
                 let born = e.born;
-                e.last_use = clock;
                 // The last use survives a restart as the metadata file's mtime.
                 let _ = File::open(self.meta_path(id))
                     .and_then(|m| m.set_modified(std::time::SystemTime::now()));
@@ -345,14 +344,13 @@ impl Store {
         g.clock += 1;
         let clock = g.clock;
         g.by_id.insert(id, path.to_string());
-        g.by_path.insert(
+        g.by_path.put(
             path.to_string(),
             Entry {
                 id,
                 born: clock,
                 version: Some(version),
                 bytes: 0,
-                last_use: clock,
                 open: 1,
             },
         );
@@ -385,7 +383,8 @@ impl Store {
         let mut g = self.lock();
         let under: Vec<String> = g
             .by_path
-            .keys()
+            .iter()
+            .map(|(p, _)| p)
             .filter(|p| *p == path || p.starts_with(&prefix))
             .cloned()
             .collect();
@@ -395,7 +394,7 @@ impl Store {
     }
 
     fn drop_entry(&self, g: &mut Index, path: &str) {
-        if let Some(e) = g.by_path.remove(path) {
+        if let Some(e) = g.by_path.pop(path) {
             g.by_id.remove(&e.id);
             self.stats.used_bytes.fetch_sub(e.bytes, Ordering::Relaxed);
             let _ = std::fs::remove_file(self.meta_path(e.id));
@@ -414,8 +413,8 @@ impl Store {
             let oldest = g
                 .by_path
                 .iter()
-                .filter(|(_, e)| e.open == 0)
-                .min_by_key(|(_, e)| e.last_use)
+                .rev()
+                .find(|(_, e)| e.open == 0)
                 .map(|(p, _)| p.clone());
             let Some(p) = oldest else {
                 return false;
@@ -439,7 +438,7 @@ impl Held {
     /// Whether the index's copy of the path is still this one.
     fn current(&self, g: &Index) -> bool {
         g.by_path
-            .get(&self.path)
+            .peek(&self.path)
             .is_some_and(|e| e.born == self.born)
     }
 
@@ -459,7 +458,7 @@ impl Held {
             if !self.current(&g) || !self.store.evict(&mut g, need) {
                 return false;
             }
-            if let Some(e) = g.by_path.get_mut(&self.path) {
+            if let Some(e) = g.by_path.peek_mut(&self.path) {
                 e.bytes += need;
             }
             self.store
@@ -489,7 +488,7 @@ impl Drop for Held {
     fn drop(&mut self) {
         let mut g = self.store.lock();
         if self.current(&g) {
-            if let Some(e) = g.by_path.get_mut(&self.path) {
+            if let Some(e) = g.by_path.peek_mut(&self.path) {
                 e.open = e.open.saturating_sub(1);
                 if e.version.is_none() {
                     // A file being written whose copy was not committed.
@@ -538,7 +537,7 @@ impl Store {
         let id = id_of(path);
         let mut g = self.lock();
         if let Some(other) = g.by_id.get(&id).cloned() {
-            if g.by_path.get(&other).is_some_and(|e| e.open > 0) {
+            if g.by_path.peek(&other).is_some_and(|e| e.open > 0) {
                 return None;
             }
             self.drop_entry(&mut g, &other);
@@ -562,14 +561,13 @@ impl Store {
         g.clock += 1;
         let clock = g.clock;
         g.by_id.insert(id, path.to_string());
-        g.by_path.insert(
+        g.by_path.put(
             path.to_string(),
             Entry {
                 id,
                 born: clock,
                 version: None,
                 bytes: 0,
-                last_use: clock,
                 open: 1,
             },
         );
@@ -627,7 +625,7 @@ impl Staged {
         if !self.held.current(&g) {
             return;
         }
-        let Some(id) = g.by_path.get(&self.held.path).map(|e| e.id) else {
+        let Some(id) = g.by_path.peek(&self.held.path).map(|e| e.id) else {
             return;
         };
         let written = (|| {
@@ -637,7 +635,7 @@ impl Staged {
         })();
         match written {
             Ok(md) => {
-                if let Some(e) = g.by_path.get_mut(&self.held.path) {
+                if let Some(e) = g.by_path.peek_mut(&self.held.path) {
                     let now = std::os::unix::fs::MetadataExt::blocks(&md) * 512;
                     store.stats.used_bytes.fetch_add(now, Ordering::Relaxed);
                     store.stats.used_bytes.fetch_sub(e.bytes, Ordering::Relaxed);
