@@ -134,16 +134,10 @@ impl MetaCache {
         self.dirs.begin(path)
     }
 
-    /// A fetched listing, with its entries' attributes (except those this mount changed
-    /// while it was on its way).
+    /// A fetched listing, with its entries' attributes (kept in the listing alone; those
+    /// this mount changed while it was on its way are not kept).
     pub fn put_listing(&self, fetch: Fetch<'_>, entries: Listing) {
-        let dir = fetch.dir().to_string();
-        let Some(stale) = self.dirs.put(fetch, entries.clone()) else {
-            return;
-        };
-        for e in entries.iter().filter(|e| !stale.contains(&e.name)) {
-            self.put(&format!("{dir}/{}", e.name), &e.attrs);
-        }
+        self.dirs.put(fetch, entries);
     }
 
     /// Announces a fetch of `path`'s attributes about to be sent.
@@ -177,7 +171,7 @@ impl MetaCache {
         }
     }
 
-    /// [`MetaCache::drop_attrs`] of one path.
+    /// [`MetaCache::drop_attrs`] of one path (also as its directory's listing shows it).
     fn drop_path(&self, path: &str) {
         if let Ok(mut f) = self.fetching.lock() {
             if let Some((_, changed)) = f.get_mut(path) {
@@ -186,6 +180,9 @@ impl MetaCache {
         }
         if let Ok(mut c) = self.attrs.lock() {
             c.pop(path);
+        }
+        if let Some((dir, name)) = split(path) {
+            self.dirs.forget_attrs(dir, name);
         }
     }
 
@@ -203,18 +200,30 @@ impl MetaCache {
 
     /// Fresh cached attributes of `path`, for a hint (not counted).
     pub fn peek(&self, path: &str) -> Option<Attrs> {
-        let mut c = self.attrs.lock().ok()?;
-        c.get(path)
-            .filter(|(_, at)| at.elapsed() < self.attr_ttl)
-            .map(|(a, _)| a.clone())
+        let fetched = self.attrs.lock().ok().and_then(|mut c| {
+            c.get(path)
+                .filter(|(_, at)| at.elapsed() < self.attr_ttl)
+                .map(|(a, _)| a.clone())
+        });
+        fetched.or_else(|| {
+            let (dir, name) = split(path)?;
+            self.dirs.attrs(dir, name, self.attr_ttl)
+        })
     }
 
     /// The attributes last seen of `path`, however old (expired ones stay until this
     /// mount changes the path or the LRU bound drops them): what an outage is served
     /// from where the mount allows it.
     pub fn last_seen(&self, path: &str) -> Option<Attrs> {
-        let mut c = self.attrs.lock().ok()?;
-        c.get(path).map(|(a, _)| a.clone())
+        let fetched = self
+            .attrs
+            .lock()
+            .ok()
+            .and_then(|mut c| c.get(path).map(|(a, _)| a.clone()));
+        fetched.or_else(|| {
+            let (dir, name) = split(path)?;
+            self.dirs.last_attrs(dir, name)
+        })
     }
 
     pub fn put(&self, path: &str, attrs: &Attrs) {
@@ -233,6 +242,10 @@ impl MetaCache {
     /// known names of its directory).
     pub fn is_missing(&self, path: &str) -> bool {
         if let Some((dir, name)) = split(path) {
+            // A listing newer than a negative entry (which removes the name) shows it.
+            if self.dirs.contains(dir, name) == Some(true) {
+                return false;
+            }
             if self.dirs.absent(dir, name, self.negative_ttl) {
                 return true;
             }
@@ -435,6 +448,53 @@ mod tests {
             c.get("/r/d"),
             Some(old),
             "a fetch sent after the change is kept"
+        );
+    }
+
+    #[test]
+    fn listed_attributes_are_kept_once_and_dropped_with_changes() {
+        let c = MetaCache::new(
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        );
+        let listed = |name: &str, mtime| super::super::listings::DirEntryOut {
+            name: name.into(),
+            kind: fuser::FileType::Directory,
+            attrs: Attrs {
+                mtime: Some(mtime),
+                mode: Some(libc::S_IFDIR | 0o755),
+                ..Default::default()
+            },
+        };
+        c.put_listing(
+            c.begin_listing("/r"),
+            Arc::new(vec![listed("d", 1), listed("e", 2)]),
+        );
+        assert_eq!(c.entries(), 0, "not copied into the attribute cache");
+        assert_eq!(c.peek("/r/d").and_then(|a| a.mtime), Some(1));
+        // A name made inside d changes d's mtime: the listing's copy of it is stale.
+        c.created("/r/d/new", None);
+        assert_eq!(c.peek("/r/d"), None);
+        assert_eq!(c.peek("/r/e").and_then(|a| a.mtime), Some(2));
+        c.invalidate("/r/e");
+        assert_eq!(c.peek("/r/e"), None);
+        assert!(!c.is_missing("/r/e"), "the name still holds");
+        // A listing shows a name a negative entry had said was missing.
+        c.put_missing("/r/f");
+        assert!(c.is_missing("/r/f"));
+        c.put_listing(c.begin_listing("/r"), Arc::new(vec![listed("f", 3)]));
+        assert!(!c.is_missing("/r/f"));
+        let short = MetaCache::new(Duration::ZERO, Duration::ZERO, Duration::from_secs(60));
+        short.put_listing(short.begin_listing("/r"), Arc::new(vec![listed("d", 1)]));
+        assert_eq!(
+            short.peek("/r/d"),
+            None,
+            "attr_timeout=0 holds for listed ones too"
+        );
+        assert!(
+            short.last_seen("/r/d").is_some(),
+            "but an outage may be served from it"
         );
     }
 

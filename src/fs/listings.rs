@@ -1,8 +1,10 @@
 //! What this mount knows about whole directories: their listing and the names in them.
 //!
 //! Owns, per remote directory, the set of names it holds (from a listing, or empty for a
-//! directory this mount just made) kept exact by this mount's own changes, and the last
-//! listing as handed to readdir. A name absent from the set of a directory this mount made
+//! directory this mount just made) kept exact by this mount's own changes, the attributes
+//! the listing showed for each name (until this mount changes that name: the only copy of
+//! listed attributes, so a listing of 10,000 entries is kept once), and the last listing
+//! as handed to readdir. A name absent from the set of a directory this mount made
 //! does not exist: lookups of new names there (every mkdir -p, every upload into a new
 //! directory) cost no round trip. In a listed directory, absence is believed only as long
 //! as negative entries are (another client may have added the name since). Changes this
@@ -48,7 +50,8 @@ pub fn split(path: &str) -> Option<(&str, &str)> {
 }
 
 struct Dir {
-    names: HashSet<String>,
+    /// Each name, with its attributes as listed (None once this mount changed it).
+    names: HashMap<String, Option<Attrs>>,
     /// Made by this mount (empty then): nobody else knows the directory yet.
     made_here: bool,
     /// The listing readdir serves; dropped when an entry changes (re-listed on next use).
@@ -160,14 +163,14 @@ impl Listings {
 
     /// Whether `name` is in `dir`: `None` when the directory's names are not known.
     pub fn contains(&self, dir: &str, name: &str) -> Option<bool> {
-        self.with_dir(dir, |d| d.names.contains(name))
+        self.with_dir(dir, |d| d.names.contains_key(name))
     }
 
     /// Whether `name` is known not to be in `dir`: the directory was made by this mount,
     /// or listed less than `negative_ttl` ago.
     pub fn absent(&self, dir: &str, name: &str, negative_ttl: Duration) -> bool {
         self.with_dir(dir, |d| {
-            !d.names.contains(name) && (d.made_here || d.at.elapsed() < negative_ttl)
+            !d.names.contains_key(name) && (d.made_here || d.at.elapsed() < negative_ttl)
         })
         .unwrap_or(false)
     }
@@ -201,12 +204,15 @@ impl Listings {
         let mut g = self.inner.lock().ok()?;
         let inner = &mut *g;
         let log = inner.fetching.get(&fetch.dir).map(|f| &f.log[fetch.from..]);
-        let mut names: HashSet<String> = listing.iter().map(|e| e.name.clone()).collect();
+        let mut names: HashMap<String, Option<Attrs>> = listing
+            .iter()
+            .map(|e| (e.name.clone(), Some(e.attrs.clone())))
+            .collect();
         let mut stale = HashSet::new();
         for change in log.into_iter().flatten() {
             match change {
                 Change::Added(n) => {
-                    names.insert(n.clone());
+                    names.insert(n.clone(), None);
                     stale.insert(n.clone());
                 }
                 Change::Removed(n) => {
@@ -214,6 +220,9 @@ impl Listings {
                     stale.insert(n.clone());
                 }
                 Change::AttrsChanged(n) => {
+                    if let Some(a) = names.get_mut(n) {
+                        *a = None;
+                    }
                     stale.insert(n.clone());
                 }
                 Change::Gone => return None,
@@ -236,7 +245,7 @@ impl Listings {
         }
         if let Ok(mut g) = self.inner.lock() {
             let dir_rec = Dir {
-                names: HashSet::new(),
+                names: HashMap::new(),
                 made_here: true,
                 snapshot: None,
                 at: Instant::now(),
@@ -260,9 +269,9 @@ impl Listings {
         if let Some(d) = inner.dirs.peek_mut(key) {
             d.snapshot = None;
             let delta = if present {
-                d.names.insert(name.to_string())
+                d.names.insert(name.to_string(), None).is_none()
             } else {
-                d.names.remove(name)
+                d.names.remove(name).is_some()
             };
             if delta {
                 if present {
@@ -282,6 +291,42 @@ impl Listings {
         g.log(key, || Change::AttrsChanged(name.to_string()));
         if let Some(d) = g.dirs.peek_mut(key) {
             d.snapshot = None;
+            if let Some(a) = d.names.get_mut(name) {
+                *a = None;
+            }
+        }
+    }
+
+    /// The attributes listed for `name` in `dir`, if the listing is younger than `ttl`
+    /// and this mount did not change the name since.
+    pub fn attrs(&self, dir: &str, name: &str, ttl: Duration) -> Option<Attrs> {
+        self.with_dir(dir, |d| {
+            (d.at.elapsed() < ttl)
+                .then(|| d.names.get(name).cloned().flatten())
+                .flatten()
+        })
+        .flatten()
+    }
+
+    /// [`Listings::attrs`] however old the listing (what an outage is served from).
+    pub fn last_attrs(&self, dir: &str, name: &str) -> Option<Attrs> {
+        let g = self.inner.lock().ok()?;
+        g.dirs
+            .peek(dir_key(dir))?
+            .names
+            .get(name)
+            .cloned()
+            .flatten()
+    }
+
+    /// The listed attributes of `name` in `dir` are stale (its contents changed), though
+    /// the listing readdir serves may stand.
+    pub fn forget_attrs(&self, dir: &str, name: &str) {
+        let Ok(mut g) = self.inner.lock() else { return };
+        let key = dir_key(dir);
+        g.log(key, || Change::AttrsChanged(name.to_string()));
+        if let Some(a) = g.dirs.peek_mut(key).and_then(|d| d.names.get_mut(name)) {
+            *a = None;
         }
     }
 
