@@ -142,18 +142,14 @@ impl Listings {
         }
     }
 
-    /// Runs `f` on the fresh record of `dir`, if any (a stale one is dropped).
+    /// Runs `f` on the fresh record of `dir`, if any. A stale one stays (until replaced
+    /// or pushed out by the bounds) for what an outage is served from ([`Listings::last_attrs`]).
     fn with_dir<T>(&self, dir: &str, f: impl FnOnce(&mut Dir) -> T) -> Option<T> {
         let mut g = self.inner.lock().ok()?;
-        let key = dir_key(dir);
-        match g.dirs.get_mut(key) {
-            Some(d) if d.at.elapsed() < self.ttl => Some(f(d)),
-            Some(_) => {
-                g.pop(key);
-                None
-            }
-            None => None,
-        }
+        g.dirs
+            .get_mut(dir_key(dir))
+            .filter(|d| d.at.elapsed() < self.ttl)
+            .map(f)
     }
 
     /// The listing of `dir` for readdir, if fresh and unchanged since.
