@@ -330,31 +330,41 @@ impl Store {
         id: u64,
         version: Version,
     ) -> std::io::Result<(File, u64)> {
-        let data_path = self.data_path(id);
-        let _ = std::fs::remove_file(&data_path);
+        let _ = std::fs::remove_file(self.data_path(id));
         self.write_meta(id, path, version)?;
+        let data = self.new_copy(g, path, id, Some(version))?;
+        data.0.set_len(version.0)?;
+        Ok(data)
+    }
+
+    /// A fresh empty data file for copy `id` of `path`, and its entry in the index (open
+    /// once, by the caller): the file and the entry's birth.
+    fn new_copy(
+        &self,
+        g: &mut Index,
+        path: &str,
+        id: u64,
+        version: Option<Version>,
+    ) -> std::io::Result<(File, u64)> {
         let data = std::fs::OpenOptions::new()
             .create(true)
             .truncate(true)
             .read(true)
             .write(true)
             .mode(0o600)
-            .open(&data_path)?;
-        data.set_len(version.0)?;
+            .open(self.data_path(id))?;
         g.clock += 1;
-        let clock = g.clock;
+        let born = g.clock;
         g.by_id.insert(id, path.to_string());
-        g.by_path.put(
-            path.to_string(),
-            Entry {
-                id,
-                born: clock,
-                version: Some(version),
-                bytes: 0,
-                open: 1,
-            },
-        );
-        Ok((data, clock))
+        let entry = Entry {
+            id,
+            born,
+            version,
+            bytes: 0,
+            open: 1,
+        };
+        g.by_path.put(path.to_string(), entry);
+        Ok((data, born))
     }
 
     /// Writes the metadata file of copy `id` whole: to a temporary name, then renamed.
@@ -547,14 +557,7 @@ impl Store {
             self.drop_entry(&mut g, &other);
         }
         let _ = std::fs::remove_file(self.meta_path(id));
-        let data = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .mode(0o600)
-            .open(self.data_path(id));
-        let data = match data {
+        let (data, born) = match self.new_copy(&mut g, path, id, None) {
             Ok(d) => d,
             Err(e) => {
                 drop(g);
@@ -562,24 +565,11 @@ impl Store {
                 return None;
             }
         };
-        g.clock += 1;
-        let clock = g.clock;
-        g.by_id.insert(id, path.to_string());
-        g.by_path.put(
-            path.to_string(),
-            Entry {
-                id,
-                born: clock,
-                version: None,
-                bytes: 0,
-                open: 1,
-            },
-        );
         Some(Staged {
             held: Held {
                 store: self.clone(),
                 path: path.to_string(),
-                born: clock,
+                born,
                 data,
             },
             failed: Default::default(),
