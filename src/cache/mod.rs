@@ -529,8 +529,14 @@ impl<R: Remote> Remote for Cached<R> {
             return self.inner.close(file).await;
         };
         // The file's version once every write is confirmed, asked in the close's round
-        // trip: the copy of what was written is kept as that version.
-        let (seen, closed) = tokio::join!(self.inner.fstat(file), self.inner.close(file));
+        // trip (before it, on a server that runs requests concurrently: a CLOSE answered
+        // first would free the handle): the copy of what was written is kept as that
+        // version.
+        let (seen, closed) = if self.inner.capabilities().in_order {
+            tokio::join!(self.inner.fstat(file), self.inner.close(file))
+        } else {
+            (self.inner.fstat(file).await, self.inner.close(file).await)
+        };
         match (&closed, seen.as_ref().ok().and_then(version_of)) {
             (Ok(()), Some(v)) => {
                 let staged = staged.clone();
