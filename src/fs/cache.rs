@@ -496,6 +496,19 @@ mod tests {
             short.last_seen("/r/d").is_some(),
             "but an outage may be served from it"
         );
+        let brief = MetaCache::new(
+            Duration::from_millis(30),
+            Duration::ZERO,
+            Duration::from_secs(60),
+        );
+        brief.put_listing(brief.begin_listing("/r"), Arc::new(vec![listed("d", 1)]));
+        assert!(brief.peek("/r/d").is_some());
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(
+            brief.peek("/r/d"),
+            None,
+            "listed attributes expire with attr_timeout"
+        );
     }
 
     #[test]
