@@ -66,6 +66,25 @@ fn changes_contents(a: &Attrs) -> bool {
     a.size.is_some() || a.mtime.is_some()
 }
 
+impl<F> CachedFile<F> {
+    fn new(
+        path: &str,
+        mode: OpenMode,
+        remote: OnceCell<F>,
+        blocks: Option<Arc<Blocks>>,
+        staged: Option<Arc<Staged>>,
+    ) -> Self {
+        CachedFile {
+            path: path.to_string(),
+            mode,
+            remote,
+            blocks,
+            fetching: Mutex::default(),
+            staged,
+        }
+    }
+}
+
 fn version_of(a: &Attrs) -> Option<Version> {
     match (a.kind(), a.size, a.mtime) {
         (Kind::File, Some(size), Some(mtime)) => Some((size, mtime)),
@@ -184,14 +203,7 @@ impl<R: Remote> Cached<R> {
             }
             None => None,
         };
-        Ok(CachedFile {
-            path: path.to_string(),
-            mode,
-            remote,
-            blocks,
-            fetching: Mutex::default(),
-            staged: None,
-        })
+        Ok(CachedFile::new(path, mode, remote, blocks, None))
     }
 
     /// Fetches block `[start, end)` from the server and keeps it. Concurrent reads of the
@@ -430,14 +442,13 @@ impl<R: Remote> Remote for Cached<R> {
                     }
                     _ => None,
                 };
-                Ok(CachedFile {
-                    path: path.to_string(),
+                Ok(CachedFile::new(
+                    path,
                     mode,
-                    remote: OnceCell::new_with(Some(f)),
-                    blocks: None,
-                    fetching: Mutex::default(),
+                    OnceCell::new_with(Some(f)),
+                    None,
                     staged,
-                })
+                ))
             }
         }
     }
@@ -446,14 +457,8 @@ impl<R: Remote> Remote for Cached<R> {
         if mode.write {
             self.changed(path);
         }
-        CachedFile {
-            path: path.to_string(),
-            mode,
-            remote: OnceCell::new_with(Some(self.inner.adopt(path, mode))),
-            blocks: None,
-            fetching: Mutex::default(),
-            staged: None,
-        }
+        let remote = OnceCell::new_with(Some(self.inner.adopt(path, mode)));
+        CachedFile::new(path, mode, remote, None, None)
     }
 
     async fn read(
