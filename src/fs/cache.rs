@@ -200,29 +200,31 @@ impl MetaCache {
 
     /// Fresh cached attributes of `path`, for a hint (not counted).
     pub fn peek(&self, path: &str) -> Option<Attrs> {
-        let fetched = self.attrs.lock().ok().and_then(|mut c| {
-            c.get(path)
-                .filter(|(_, at)| at.elapsed() < self.attr_ttl)
-                .map(|(a, _)| a.clone())
-        });
-        fetched.or_else(|| {
-            let (dir, name) = split(path)?;
-            self.dirs.attrs(dir, name, self.attr_ttl)
-        })
+        self.seen_within(path, Some(self.attr_ttl))
     }
 
     /// The attributes last seen of `path`, however old (expired ones stay until this
     /// mount changes the path or the LRU bound drops them): what an outage is served
     /// from where the mount allows it.
     pub fn last_seen(&self, path: &str) -> Option<Attrs> {
-        let fetched = self
-            .attrs
-            .lock()
-            .ok()
-            .and_then(|mut c| c.get(path).map(|(a, _)| a.clone()));
+        self.seen_within(path, None)
+    }
+
+    /// What the server last said of `path`'s attributes (asked, or in its directory's
+    /// listing), no older than `max_age` if given.
+    fn seen_within(&self, path: &str, max_age: Option<Duration>) -> Option<Attrs> {
+        let young = |at: &Instant| max_age.is_none_or(|m| at.elapsed() < m);
+        let fetched = self.attrs.lock().ok().and_then(|mut c| {
+            c.get(path)
+                .filter(|(_, at)| young(at))
+                .map(|(a, _)| a.clone())
+        });
         fetched.or_else(|| {
             let (dir, name) = split(path)?;
-            self.dirs.last_attrs(dir, name)
+            match max_age {
+                Some(ttl) => self.dirs.attrs(dir, name, ttl),
+                None => self.dirs.last_attrs(dir, name),
+            }
         })
     }
 
