@@ -7,16 +7,24 @@
 //! for the file within the last [`CHECKED`] (a lookup's answer), or that it shows when the
 //! file is opened; while disconnected, the copy there is served as it is. Anything this
 //! mount writes, truncates, renames or removes drops the copies concerned. With the cache
-//! off it passes every call straight through. It must never write to the server itself,
-//! nor answer for metadata: attributes and listings always come from the layer below.
-//! The blocks on disk are [`store`].
+//! off it passes every call straight through. Without write-back it must never write to
+//! the server itself, nor answer for metadata: attributes and listings come from the layer
+//! below. The blocks on disk are [`store`]. With `cache_writeback=on`, changes complete
+//! locally and are uploaded behind: [`overlay`] answers and records them ([`writeback`],
+//! [`oplog`], [`pending`], [`local_file`]), [`uploader`] sends them.
 
+mod local_file;
+pub mod oplog;
+mod overlay;
+pub mod pending;
 pub mod store;
+mod uploader;
+pub mod writeback;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
@@ -26,8 +34,10 @@ use crate::session::remote::{
     Attrs, Bytes, Capabilities, DirEntry, Kind, OpenMode, Remote, RemoteError, RemoteResult,
     RenameMode, StatVfs,
 };
+use local_file::LocalFile;
 use store::{Blocks, Staged, Version, BLOCK};
 pub use store::{CacheConfig, CacheStats, Store};
+pub use writeback::{Writeback, WritebackConfig};
 
 /// How recently the server must have shown a file's version for an open to rely on it
 /// without asking again (the kernel's lookup right before an open answers it).
@@ -43,8 +53,19 @@ const SEEN: usize = 4096;
 pub struct Cached<R: Remote> {
     inner: Arc<R>,
     store: Option<Arc<Store>>,
-    /// Files' versions as the server showed them lately, and when.
-    seen: Mutex<LruCache<String, (Version, Instant)>>,
+    /// Files' versions as the server showed them lately, when, and their mode bits.
+    seen: Mutex<LruCache<String, (Version, Instant, u32)>>,
+    /// Write-back (`cache_writeback=on`), if on.
+    wb: Option<Arc<Writeback>>,
+    /// `timeout=`: how long a change waits for the server (a barrier, fsync=remote) or
+    /// for room in the cache.
+    timeout: Duration,
+    /// The owner the server shows for what it holds (see [`overlay`]).
+    owner: Mutex<Option<(u32, u32)>>,
+    /// Since when the link is seen down (see [`overlay::GRACE`]).
+    offline_since: Mutex<Option<Instant>>,
+    /// Open files with write-back data (renames move them).
+    locals: Mutex<Vec<Weak<LocalFile>>>,
 }
 
 /// An open file: the remote one (opened when first needed, for a read-only open whose
@@ -58,6 +79,8 @@ pub struct CachedFile<F> {
     fetching: Mutex<HashMap<u64, Arc<OnceCell<Bytes>>>>,
     /// An open for writing: the copy made of what is written through it.
     staged: Option<Arc<Staged>>,
+    /// With write-back: the file's contents on local disk, written there.
+    local: Option<Arc<LocalFile>>,
 }
 
 /// Whether a SETSTAT of `attrs` changes what a copy of the file is valid for (its size or
@@ -81,6 +104,7 @@ impl<F> CachedFile<F> {
             blocks,
             fetching: Mutex::default(),
             staged,
+            local: None,
         }
     }
 }
@@ -98,14 +122,36 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 impl<R: Remote> Cached<R> {
-    pub fn new(inner: Arc<R>, store: Option<Arc<Store>>) -> Self {
+    pub fn new(
+        inner: Arc<R>,
+        store: Option<Arc<Store>>,
+        wb: Option<Arc<Writeback>>,
+        timeout: Duration,
+    ) -> Self {
         Cached {
             inner,
             store,
             seen: Mutex::new(LruCache::new(
                 NonZeroUsize::new(SEEN).unwrap_or(NonZeroUsize::MIN),
             )),
+            wb,
+            timeout,
+            owner: Mutex::new(None),
+            offline_since: Mutex::new(None),
+            locals: Mutex::default(),
         }
+    }
+
+    /// Starts uploading what write-back recorded (within the runtime).
+    pub fn start_uploads(&self) {
+        if let Some(wb) = &self.wb {
+            tokio::spawn(uploader::run(self.inner.clone(), wb.clone()));
+        }
+    }
+
+    /// Write-back, when on.
+    pub fn writeback(&self) -> Option<&Arc<Writeback>> {
+        self.wb.as_ref()
     }
 
     /// The disk cache, when there is one.
@@ -125,15 +171,16 @@ impl<R: Remote> Cached<R> {
             store.forget(path);
         }
         if let Ok(mut s) = self.seen.lock() {
-            s.put(path.to_string(), (v, Instant::now()));
+            let perm = attrs.mode.unwrap_or(0o644) & 0o7777;
+            s.put(path.to_string(), (v, Instant::now(), perm));
         }
     }
 
     fn seen_lately(&self, path: &str) -> Option<Version> {
         let mut s = self.seen.lock().ok()?;
         s.get(path)
-            .filter(|(_, at)| at.elapsed() < CHECKED)
-            .map(|(v, _)| *v)
+            .filter(|(_, at, _)| at.elapsed() < CHECKED)
+            .map(|(v, _, _)| *v)
     }
 
     /// This mount changed `path` (or may have): its copy goes, and what was seen of it.
@@ -321,16 +368,30 @@ impl<R: Remote> Remote for Cached<R> {
     }
 
     async fn lstat(&self, path: &str) -> RemoteResult<Attrs> {
+        if self.wb.is_some() {
+            return self.wb_lstat(path, false).await;
+        }
         let a = self.inner.lstat(path).await?;
         self.saw(path, &a);
         Ok(a)
     }
 
     async fn lstat_after(&self, path: &str, after: &str) -> RemoteResult<Attrs> {
+        if let Some(wb) = &self.wb {
+            // The server does not show a pending change yet: nothing to ask it.
+            if wb.lookup(after) != pending::Answer::Unknown
+                || wb.lookup(path) != pending::Answer::Unknown
+            {
+                return self.wb_lstat(path, false).await;
+            }
+        }
         self.inner.lstat_after(path, after).await
     }
 
     async fn lstat_ahead(&self, path: &str) -> RemoteResult<Attrs> {
+        if self.wb.is_some() {
+            return self.wb_lstat(path, true).await;
+        }
         // A cached file needs no handle opened ahead: its reads come from the disk.
         let cached = self
             .store
@@ -346,10 +407,18 @@ impl<R: Remote> Remote for Cached<R> {
     }
 
     async fn stat(&self, path: &str) -> RemoteResult<Attrs> {
+        if let Some(wb) = &self.wb {
+            if wb.lookup(path) != pending::Answer::Unknown {
+                return self.wb_lstat(path, false).await;
+            }
+        }
         self.inner.stat(path).await
     }
 
     async fn setstat(&self, path: &str, attrs: &Attrs) -> RemoteResult<()> {
+        if let Some(wb) = &self.wb {
+            return self.wb_setstat(wb, path, attrs).await;
+        }
         if changes_contents(attrs) {
             self.changed(path);
         }
@@ -362,6 +431,9 @@ impl<R: Remote> Remote for Cached<R> {
         max: usize,
         dir_size: Option<u64>,
     ) -> RemoteResult<Option<Vec<DirEntry>>> {
+        if let Some(wb) = &self.wb {
+            return self.wb_read_dir(wb, path, max, dir_size).await;
+        }
         let listed = self.inner.read_dir(path, max, dir_size).await?;
         if let (Some(entries), Some(_)) = (&listed, &self.store) {
             let dir = path.trim_end_matches('/');
@@ -381,14 +453,23 @@ impl<R: Remote> Remote for Cached<R> {
     }
 
     async fn mkdir(&self, path: &str, perm: u32) -> RemoteResult<()> {
+        if let Some(wb) = &self.wb {
+            return self.wb_mkdir(wb, path, perm).await;
+        }
         self.inner.mkdir(path, perm).await
     }
 
     async fn rmdir(&self, path: &str) -> RemoteResult<()> {
+        if let Some(wb) = &self.wb {
+            return self.wb_rmdir(wb, path).await;
+        }
         self.inner.rmdir(path).await
     }
 
     async fn remove(&self, path: &str) -> RemoteResult<()> {
+        if let Some(wb) = &self.wb {
+            return self.wb_remove(wb, path).await;
+        }
         self.changed(path);
         self.inner.remove(path).await
     }
@@ -400,16 +481,21 @@ impl<R: Remote> Remote for Cached<R> {
         mode: RenameMode,
         links: bool,
     ) -> RemoteResult<()> {
+        if let Some(wb) = &self.wb {
+            return self.wb_rename(wb, from, to, mode, links).await;
+        }
         self.changed_tree(from);
         self.changed_tree(to);
         self.inner.rename(from, to, mode, links).await
     }
 
     async fn symlink(&self, target: &str, link: &str) -> RemoteResult<()> {
+        self.barrier().await?;
         self.inner.symlink(target, link).await
     }
 
     async fn hardlink(&self, from: &str, to: &str) -> RemoteResult<()> {
+        self.barrier().await?;
         self.inner.hardlink(from, to).await
     }
 
@@ -423,6 +509,11 @@ impl<R: Remote> Remote for Cached<R> {
         mode: OpenMode,
         perm: Option<u32>,
     ) -> RemoteResult<Self::File> {
+        if let Some(wb) = &self.wb {
+            if let Some(f) = self.wb_open(wb, path, mode, perm).await? {
+                return Ok(f);
+            }
+        }
         let plain_read = mode.read && !mode.write && !mode.create && !mode.truncate;
         match &self.store {
             Some(store) if plain_read => self.open_read(store, path, mode).await,
@@ -454,6 +545,9 @@ impl<R: Remote> Remote for Cached<R> {
     }
 
     fn adopt(&self, path: &str, mode: OpenMode) -> Self::File {
+        if let Some(f) = self.wb.as_ref().and_then(|wb| self.wb_adopt(wb, path, mode)) {
+            return f;
+        }
         if mode.write {
             self.changed(path);
         }
@@ -468,6 +562,9 @@ impl<R: Remote> Remote for Cached<R> {
         len: u32,
         size: Option<u64>,
     ) -> RemoteResult<Bytes> {
+        if let Some(l) = &f.local {
+            return l.read(offset, len).await;
+        }
         match &f.blocks {
             Some(b) => self.read_through(f, b, offset, len).await,
             None => {
@@ -478,6 +575,9 @@ impl<R: Remote> Remote for Cached<R> {
     }
 
     async fn write(&self, f: &Self::File, offset: u64, data: Bytes) -> RemoteResult<()> {
+        if let Some(l) = &f.local {
+            return l.write(offset, data, self.timeout).await;
+        }
         let file = self.remote(f).await?;
         let copy = f.staged.as_ref().map(|s| (s.clone(), data.clone()));
         let written = self.inner.write(file, offset, data).await;
@@ -493,6 +593,10 @@ impl<R: Remote> Remote for Cached<R> {
     }
 
     async fn confirmed(&self, f: &Self::File) -> bool {
+        if let Some(l) = &f.local {
+            // Committed at flush, fsync and close (until then a crash loses it).
+            return l.is_clean().await;
+        }
         match f.remote.get() {
             Some(file) => self.inner.confirmed(file).await,
             None => true,
@@ -500,6 +604,9 @@ impl<R: Remote> Remote for Cached<R> {
     }
 
     async fn flush(&self, f: &Self::File) -> RemoteResult<()> {
+        if let Some(l) = &f.local {
+            return l.commit().await.map(|_| ());
+        }
         match f.remote.get() {
             Some(file) => self.inner.flush(file).await,
             None => Ok(()),
@@ -507,11 +614,17 @@ impl<R: Remote> Remote for Cached<R> {
     }
 
     async fn fstat(&self, f: &Self::File) -> RemoteResult<Attrs> {
+        if let Some(l) = &f.local {
+            return Ok(l.attrs().await);
+        }
         let file = self.remote(f).await?;
         self.inner.fstat(file).await
     }
 
     async fn fsetstat(&self, f: &Self::File, attrs: &Attrs) -> RemoteResult<()> {
+        if let Some(l) = &f.local {
+            return l.set(attrs, self.timeout).await;
+        }
         if changes_contents(attrs) {
             self.changed(&f.path);
         }
@@ -520,6 +633,9 @@ impl<R: Remote> Remote for Cached<R> {
     }
 
     async fn fsync(&self, f: &Self::File) -> RemoteResult<()> {
+        if let (Some(l), Some(wb)) = (&f.local, &self.wb) {
+            return self.wb_fsync(wb, l).await;
+        }
         match f.remote.get() {
             Some(file) => self.inner.fsync(file).await,
             None => Ok(()),
@@ -527,6 +643,9 @@ impl<R: Remote> Remote for Cached<R> {
     }
 
     async fn close(&self, f: &Self::File) -> RemoteResult<()> {
+        if let Some(l) = &f.local {
+            return l.commit().await.map(|_| ());
+        }
         let Some(file) = f.remote.get() else {
             return Ok(());
         };

@@ -438,6 +438,33 @@ impl Store {
         }
     }
 
+    /// Counts `bytes` of write-back data against the bound, whether they fit or not
+    /// (data an earlier daemon left).
+    pub fn take(&self, bytes: u64) {
+        self.stats.used_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Makes room for `bytes` of write-back data, evicting copies no one reads; whether
+    /// they fit (then they are counted).
+    pub fn reserve(&self, bytes: u64) -> bool {
+        let mut g = self.lock();
+        if !self.evict(&mut g, bytes) {
+            return false;
+        }
+        self.stats.used_bytes.fetch_add(bytes, Ordering::Relaxed);
+        true
+    }
+
+    /// Write-back data that is gone (uploaded, or replaced).
+    pub fn give_back(&self, bytes: u64) {
+        let _ = self
+            .stats
+            .used_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(bytes))
+            });
+    }
+
     fn write_failed(&self, e: &std::io::Error) {
         self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
         let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());

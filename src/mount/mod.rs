@@ -208,19 +208,29 @@ fn build(
     );
     let store = match cfg.cache.as_ref().map(cache::Store::open).transpose() {
         Ok(store) => store,
-        // The kernel's mount is ours now: serve it without the cache rather than not at all.
-        Err(e) if policy.takes_over => {
+        // The kernel's mount is ours now: serve it without the cache rather than not at all
+        // (not with write-back: changes made without its log would overtake those in it).
+        Err(e) if policy.takes_over && cfg.writeback.is_none() => {
             tracing::warn!(error = %e, "serving without the disk cache");
             None
         }
         Err(e) => return Err(e),
     };
-    let remote = Arc::new(Cached::new(session.clone(), store));
-    let fs = Arc::new(Fs::with_journal(remote, cfg.fs.clone(), journal));
+    let wb = match (&store, cfg.writeback, &cfg.cache) {
+        (Some(store), Some(wcfg), Some(c)) => Some(cache::Writeback::open(
+            &c.dir.join("writeback"),
+            store.clone(),
+            wcfg,
+        )?),
+        _ => None,
+    };
+    let remote = Arc::new(Cached::new(session.clone(), store, wb, cfg.timeout));
+    let fs = Arc::new(Fs::with_journal(remote.clone(), cfg.fs.clone(), journal));
     let connected = first.is_some();
     {
         let _guard = rt.enter();
         session.start(first);
+        remote.start_uploads();
     }
     if !connected {
         let fs = fs.clone();

@@ -10,7 +10,7 @@ pub mod table;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cache::CacheConfig;
+use crate::cache::{CacheConfig, WritebackConfig};
 use crate::fs::idmap::{self, IdMap};
 use crate::fs::FsConfig;
 use crate::session::sftp_sessions::SftpSessions;
@@ -42,6 +42,8 @@ pub struct MountConfig {
     pub write_behind: usize,
     /// The local disk cache (`cache=DIR`), if any.
     pub cache: Option<CacheConfig>,
+    /// `cache_writeback=on` (needs `cache=DIR`), with `fsync=`.
+    pub writeback: Option<WritebackConfig>,
     /// Read handles opened ahead at a lookup, at most (see `session::ahead`; 0: off).
     pub open_ahead: usize,
     pub allow_other: bool,
@@ -149,6 +151,9 @@ pub struct Parsing<'a> {
     disk_cache: Option<PathBuf>,
     cache_size: Option<u64>,
     cache_allow_tmpfs: bool,
+    cache_writeback: bool,
+    /// `fsync=local` (false) or `remote` (true, the default).
+    fsync_remote: Option<bool>,
 }
 
 /// Parses the comma-separated `-o` lists into `cfg`, in order (the last of `ro`/`rw` wins,
@@ -167,6 +172,8 @@ pub fn apply_options(cfg: &mut MountConfig, opts: &[String], sloppy: bool) -> Re
         disk_cache: None,
         cache_size: None,
         cache_allow_tmpfs: false,
+        cache_writeback: false,
+        fsync_remote: None,
     };
     let all = opts.iter().flat_map(|l| l.split(',')).map(str::trim);
     for opt in all.filter(|o| !o.is_empty()) {
@@ -205,11 +212,20 @@ impl Parsing<'_> {
                 size: self.cache_size.unwrap_or(DEFAULT_CACHE_SIZE),
                 allow_tmpfs: self.cache_allow_tmpfs,
             }),
-            None if self.cache_size.is_some() => {
-                return Err("option cache_size= needs cache=DIR (a directory on local disk)".into())
+            None if self.cache_size.is_some() || self.cache_writeback => {
+                return Err(
+                    "options cache_size= and cache_writeback=on need cache=DIR (a directory on local disk)"
+                        .into(),
+                )
             }
             None => None,
         };
+        if self.fsync_remote.is_some() && !self.cache_writeback {
+            return Err("option fsync= applies to cache_writeback=on only (without it every fsync reaches the server)".into());
+        }
+        self.cfg.writeback = self.cache_writeback.then_some(WritebackConfig {
+            fsync_remote: self.fsync_remote.unwrap_or(true),
+        });
         let fs = &mut self.cfg.fs;
         if !self.cache_on {
             fs.attr_ttl = Duration::ZERO;
@@ -293,6 +309,7 @@ impl MountConfig {
             write_behind: 8 << 20,
             open_ahead: crate::session::ahead::DEFAULT_MAX,
             cache: None,
+            writeback: None,
             allow_other: false,
             allow_root: false,
             default_permissions: false,

@@ -266,11 +266,15 @@ pub const OPTIONS: &[Opt] = &[
         |p, k, v| { p.cache_size = Some(size(k, v)?); Ok(()) }),
     own(&["cache_allow_tmpfs"], Flag, "", "accept a cache=DIR on tmpfs (it takes memory, and is gone at reboot)",
         |p, _, _| { p.cache_allow_tmpfs = true; Ok(()) }),
-    own(&["cache_writeback"], Value("on|off"), "off", "writes complete against the local cache and are uploaded behind (not built yet: only off is accepted)",
-        |_, k, v| {
-            if yes_no(k, v)? {
-                return Err("option cache_writeback=on: write-back is not built yet; writes go to the server as without a cache".into());
-            }
+    own(&["cache_writeback"], Value("on|off"), "off", "changes complete against cache=DIR and are uploaded behind, in order, through outages and crashes (see README: Write-back)",
+        |p, k, v| { p.cache_writeback = yes_no(k, v)?; Ok(()) }),
+    own(&["fsync"], Value("remote|local"), "remote", "with cache_writeback=on: fsync waits until the server has the file (remote; EIO past timeout=) or only until the local disk has it (local)",
+        |p, k, v| {
+            p.fsync_remote = Some(match v {
+                "remote" => true,
+                "local" => false,
+                _ => return Err(format!("option {k}={v}: expected remote or local")),
+            });
             Ok(())
         }),
     theirs(&["cache_link_timeout"], Value("SECS"), From::Sshfs, Does::Ignored, "link texts are cached with the attributes",

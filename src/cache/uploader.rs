@@ -1,0 +1,293 @@
+//! The uploader: one task per mount that drains the write-back queue to the server, in
+//! order, one change at a time.
+//!
+//! Owns how each recorded change is made on the server so that doing it again (after a
+//! crash between doing it and noting it done) ends in the same state: a directory that
+//! exists is made, a file goes in under a temporary name and is renamed over the target,
+//! a removal of what is gone is done, a rename whose source is gone and target present is
+//! done. It owns the conflict rule too: a file the server shows in another version than
+//! this mount last saw there was changed by another client; it is renamed aside to
+//! `NAME.mastofs-conflict-<unix time>` before this mount's version goes in. Transient
+//! failures (no connection) are retried without end; a refusal is counted, logged and
+//! retried with backoff, so nothing recorded is ever dropped. It must never reorder changes.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::oplog::{Op, Record};
+use super::store::Version;
+use super::writeback::Writeback;
+use crate::meta::{Attrs, Kind, OpenMode};
+use crate::session::remote::{Bytes, Remote, RemoteError, RemoteResult, RenameMode};
+
+/// Bytes read from a data file and sent per WRITE.
+const CHUNK: usize = 256 << 10;
+
+/// Drains `wb` to `remote` for the life of the mount.
+pub async fn run<R: Remote>(remote: Arc<R>, wb: Arc<Writeback>) {
+    let mut backoff = Duration::from_millis(500);
+    let mut logged: Option<Instant> = None;
+    loop {
+        let woken = wb.wake.notified();
+        let Some(q) = wb.front() else {
+            woken.await;
+            continue;
+        };
+        if q.skip {
+            wb.finish(q.rec.seq);
+            continue;
+        }
+        match upload(&*remote, &wb, &q.rec).await {
+            Ok(()) => {
+                backoff = Duration::from_millis(500);
+                wb.finish(q.rec.seq);
+            }
+            Err(e) => {
+                let transient = matches!(e, RemoteError::Timeout(_) | RemoteError::Broken(_));
+                if !transient {
+                    wb.stats.upload_errors.fetch_add(1, Relaxed);
+                }
+                if logged.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                    logged = Some(Instant::now());
+                    tracing::warn!(error = %e, op = ?q.rec.op, "write-back: upload failed; retrying (nothing is dropped)");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(if transient { 5 } else { 60 }));
+            }
+        }
+    }
+}
+
+fn errno_is(r: &RemoteResult<impl Sized>, errno: i32) -> bool {
+    matches!(r, Err(e) if e.errno() == errno)
+}
+
+fn parent_of(path: &str) -> Option<&str> {
+    let i = path.rfind('/')?;
+    (i > 0).then(|| &path[..i])
+}
+
+fn version_of(a: &Attrs) -> Option<Version> {
+    match (a.kind(), a.size, a.mtime) {
+        (Kind::File, Some(size), Some(mtime)) => Some((size, mtime)),
+        _ => None,
+    }
+}
+
+/// Makes `dir` and its missing parents (a directory the log made can be gone from the
+/// server if another client removed it meanwhile: what is uploaded into it is not lost).
+async fn make_parents<R: Remote>(remote: &R, dir: &str) -> RemoteResult<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at {
+        match remote.lstat(d).await {
+            Ok(_) => break,
+            Err(e) if e.errno() == libc::ENOENT => missing.push(d.to_string()),
+            Err(e) => return Err(e),
+        }
+        at = parent_of(d);
+    }
+    for d in missing.iter().rev() {
+        let r = remote.mkdir(d, 0o755).await;
+        if r.is_err() && !errno_is(&r, libc::EEXIST) {
+            return r;
+        }
+    }
+    Ok(())
+}
+
+async fn upload<R: Remote>(remote: &R, wb: &Writeback, rec: &Record) -> RemoteResult<()> {
+    match &rec.op {
+        Op::Mkdir { path, perm, .. } => {
+            let mut r = remote.mkdir(path, *perm).await;
+            if errno_is(&r, libc::ENOENT) {
+                if let Some(p) = parent_of(path) {
+                    make_parents(remote, p).await?;
+                    r = remote.mkdir(path, *perm).await;
+                }
+            }
+            if r.is_err() {
+                // Made before a crash, or by someone else: a directory there will do.
+                match remote.lstat(path).await {
+                    Ok(a) if a.kind() == Kind::Dir => return Ok(()),
+                    _ => return r,
+                }
+            }
+            // The server applied its umask.
+            remote.setstat(path, &Attrs::with_perm(*perm)).await
+        }
+        Op::Put { .. } => put(remote, wb, rec).await,
+        Op::Remove { path } => {
+            let r = remote.remove(path).await;
+            if errno_is(&r, libc::ENOENT) {
+                return Ok(());
+            }
+            r
+        }
+        Op::Rmdir { path } => {
+            let r = remote.rmdir(path).await;
+            if errno_is(&r, libc::ENOENT) {
+                return Ok(());
+            }
+            if errno_is(&r, libc::ENOTEMPTY) || errno_is(&r, libc::EEXIST) {
+                // Another client put something in it: it stays, with what is in it.
+                wb.stats.conflicts.fetch_add(1, Relaxed);
+                tracing::warn!(path, "write-back: directory not removed, another client put files in it");
+                return Ok(());
+            }
+            r
+        }
+        Op::Rename { from, to } => {
+            let r = remote.rename(from, to, RenameMode::Replace, false).await;
+            if r.is_ok() {
+                return Ok(());
+            }
+            let (src, dst) = tokio::join!(remote.lstat(from), remote.lstat(to));
+            match (src, dst) {
+                // Renamed before a crash.
+                (Err(e), Ok(_)) if e.errno() == libc::ENOENT => Ok(()),
+                (Err(e), Err(_)) if e.errno() == libc::ENOENT => {
+                    tracing::warn!(from, to, "write-back: nothing to rename on the server (removed by another client?)");
+                    wb.stats.conflicts.fetch_add(1, Relaxed);
+                    Ok(())
+                }
+                _ => r,
+            }
+        }
+        Op::SetStat { path, perm, mtime } => {
+            let attrs = Attrs {
+                mode: *perm,
+                atime: *mtime,
+                mtime: *mtime,
+                ..Default::default()
+            };
+            let r = remote.setstat(path, &attrs).await;
+            if errno_is(&r, libc::ENOENT) {
+                return Ok(());
+            }
+            r
+        }
+    }
+}
+
+/// A file's contents: in under a temporary name, with its mode and mtime, then renamed
+/// over the target (the server never shows a partly uploaded file under its name).
+async fn put<R: Remote>(remote: &R, wb: &Writeback, rec: &Record) -> RemoteResult<()> {
+    let Op::Put {
+        path,
+        data,
+        size,
+        perm,
+        mtime,
+        base,
+        ..
+    } = &rec.op
+    else {
+        return Ok(());
+    };
+    let ours = (*size, *mtime);
+    match remote.lstat(path).await {
+        Ok(a) => {
+            let theirs = version_of(&a);
+            if theirs == Some(ours) {
+                return Ok(()); // uploaded before a crash
+            }
+            if theirs != *base || a.kind() != Kind::File {
+                set_aside(remote, wb, path).await?;
+            }
+        }
+        Err(e) if e.errno() == libc::ENOENT => {}
+        Err(e) => return Err(e),
+    }
+    let (dir, name) = match path.rfind('/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => ("", path.as_str()),
+    };
+    let tmp = format!("{dir}/.{name}.mastofs-{}", rec.seq);
+    let mode = OpenMode {
+        write: true,
+        create: true,
+        truncate: true,
+        ..Default::default()
+    };
+    let f = match remote.open(&tmp, mode, Some(*perm)).await {
+        Err(e) if e.errno() == libc::ENOENT && !dir.is_empty() => {
+            make_parents(remote, dir).await?;
+            remote.open(&tmp, mode, Some(*perm)).await?
+        }
+        r => r?,
+    };
+    let sent = send(remote, wb, &f, *data, *size).await;
+    let closed = remote.close(&f).await;
+    if let Err(e) = sent.and(closed) {
+        let _ = remote.remove(&tmp).await;
+        return Err(e);
+    }
+    let attrs = Attrs {
+        mode: Some(*perm),
+        atime: Some(*mtime),
+        mtime: Some(*mtime),
+        ..Default::default()
+    };
+    remote.setstat(&tmp, &attrs).await?;
+    remote.rename(&tmp, path, RenameMode::Replace, false).await
+}
+
+/// Writes data file `data` through `f`.
+async fn send<R: Remote>(
+    remote: &R,
+    wb: &Writeback,
+    f: &R::File,
+    data: u64,
+    size: u64,
+) -> RemoteResult<()> {
+    let file = std::fs::File::open(wb.data_path(data)).map_err(|e| {
+        RemoteError::refused(libc::EIO, format!("write-back data file {data:x}: {e}"))
+    })?;
+    let file = Arc::new(file);
+    let mut at = 0;
+    while at < size {
+        let len = CHUNK.min((size - at) as usize);
+        let fh = file.clone();
+        let chunk = tokio::task::spawn_blocking(move || Writeback::read_at(&fh, at, len))
+            .await
+            .map_err(|e| RemoteError::Broken(e.to_string()))?
+            .map_err(|e| RemoteError::refused(libc::EIO, format!("write-back data: {e}")))?;
+        if chunk.len() < len {
+            return Err(RemoteError::refused(
+                libc::EIO,
+                format!("write-back data file {data:x} is shorter than recorded"),
+            ));
+        }
+        remote.write(f, at, Bytes::from(chunk)).await?;
+        at += len as u64;
+    }
+    remote.flush(f).await
+}
+
+/// Renames the server's copy of `path` aside: `NAME.mastofs-conflict-<unix time>`
+/// (`-2`, `-3`... when that is taken).
+async fn set_aside<R: Remote>(remote: &R, wb: &Writeback, path: &str) -> RemoteResult<()> {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for n in 1..100 {
+        let aside = if n == 1 {
+            format!("{path}.mastofs-conflict-{t}")
+        } else {
+            format!("{path}.mastofs-conflict-{t}-{n}")
+        };
+        let r = remote.rename(path, &aside, RenameMode::NoReplace, false).await;
+        match r {
+            Ok(()) => {
+                wb.stats.conflicts.fetch_add(1, Relaxed);
+                tracing::warn!(path, aside, "write-back: the server's copy changed behind a pending write; kept aside");
+                return Ok(());
+            }
+            Err(e) if e.errno() == libc::EEXIST => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(RemoteError::refused(libc::EEXIST, "no free name to set a conflicting copy aside"))
+}

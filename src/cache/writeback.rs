@@ -1,0 +1,504 @@
+//! Write-back (`cache_writeback=on`): changes complete against the local disk and reach
+//! the server behind, in order, through a crash too.
+//!
+//! Owns the pending state of a mount: the operation log ([`oplog`]), the pending namespace
+//! built from it ([`pending`]), the data files of files written and not yet uploaded, the
+//! queue the uploader drains, and who waits for what (fsync, a change that needs the
+//! server's state first, a full cache). A change is recorded under one lock, in the order
+//! the namespace changes, and acknowledged once the log is durable. It never talks to the
+//! server: [`super::uploader`] does.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{watch, Notify};
+
+use super::oplog::{self, Op, OpLog, Record};
+use super::pending::{Answer, Node, Pending};
+use super::store::Store;
+use crate::session::remote::{RemoteError, RemoteResult};
+
+/// `cache_writeback=on` and `fsync=` as parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WritebackConfig {
+    /// `fsync=remote` (true, the default): fsync waits until the server has the file.
+    pub fsync_remote: bool,
+}
+
+/// How old the oldest pending change may get before the mount reports itself degraded.
+pub const STALE_AFTER: Duration = Duration::from_secs(600);
+
+/// Counters the status report reads.
+#[derive(Default)]
+pub struct WritebackStats {
+    pub uploaded: AtomicU64,
+    pub upload_errors: AtomicU64,
+    pub conflicts: AtomicU64,
+}
+
+/// A queued change, and whether it no longer matters (a file removed before upload).
+pub struct Queued {
+    pub rec: Record,
+    pub skip: bool,
+}
+
+struct State {
+    log: OpLog,
+    pending: Pending,
+    queue: VecDeque<Queued>,
+    /// The uploader is working on the front of the queue (it is not skipped then).
+    started: bool,
+    last_seq: u64,
+    next_data: u64,
+    /// Data files no node reads any more, once no open file does either.
+    orphans: Vec<u64>,
+    /// Bytes of `cache_size=` each data file holds.
+    sizes: HashMap<u64, u64>,
+}
+
+pub struct Writeback {
+    data_dir: PathBuf,
+    state: Mutex<State>,
+    /// The log, synced through this descriptor while others append.
+    syncer: File,
+    /// Records durable up to this sequence number.
+    synced: Mutex<u64>,
+    /// Every record up to this one is on the server.
+    done: watch::Sender<u64>,
+    pub wake: Notify,
+    pub cfg: WritebackConfig,
+    pub store: Arc<Store>,
+    pub stats: WritebackStats,
+    /// Bytes of data files pending upload.
+    pub pending_bytes: AtomicU64,
+}
+
+/// What the status report shows of the pending changes.
+pub struct Backlog {
+    pub ops: u64,
+    pub bytes: u64,
+    pub oldest_secs: Option<u64>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn io_err(e: std::io::Error) -> RemoteError {
+    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+    RemoteError::refused(errno, format!("write-back cache: {e}"))
+}
+
+/// Applies a recorded change to the pending namespace.
+fn apply(p: &mut Pending, rec: &Record) {
+    let mtime = rec.at as u32;
+    match &rec.op {
+        Op::Mkdir { path, perm, owner } => p.set(
+            path,
+            Node::Dir {
+                perm: *perm,
+                mtime,
+                owner: *owner,
+            },
+            rec.seq,
+        ),
+        Op::Put {
+            path,
+            data,
+            size,
+            perm,
+            mtime,
+            owner,
+            ..
+        } => p.set(
+            path,
+            Node::File {
+                data: *data,
+                size: *size,
+                perm: *perm,
+                mtime: *mtime,
+                owner: *owner,
+            },
+            rec.seq,
+        ),
+        Op::Remove { path } | Op::Rmdir { path } => p.set(path, Node::Gone, rec.seq),
+        Op::Rename { from, to } => p.rename(from, to, rec.seq),
+        Op::SetStat {
+            path,
+            perm: new_perm,
+            mtime: new_mtime,
+        } => {
+            let node = match p.node(path).cloned() {
+                Some(Node::File {
+                    data,
+                    size,
+                    perm,
+                    mtime,
+                    owner,
+                }) => Node::File {
+                    data,
+                    size,
+                    perm: new_perm.unwrap_or(perm),
+                    mtime: new_mtime.unwrap_or(mtime),
+                    owner,
+                },
+                Some(Node::Dir { perm, mtime, owner }) => Node::Dir {
+                    perm: new_perm.unwrap_or(perm),
+                    mtime: new_mtime.unwrap_or(mtime),
+                    owner,
+                },
+                _ => return,
+            };
+            p.set(path, node, rec.seq);
+        }
+    }
+}
+
+impl Writeback {
+    /// Opens the pending state in `dir` (the cache directory's `writeback/`), resuming
+    /// what an earlier daemon left.
+    pub fn open(dir: &Path, store: Arc<Store>, cfg: WritebackConfig) -> Result<Arc<Self>, String> {
+        let what = |e: std::io::Error| format!("cache write-back in {}: {e}", dir.display());
+        let data_dir = dir.join("data");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&data_dir)
+            .map_err(what)?;
+        let loaded = OpLog::open(dir).map_err(what)?;
+        if loaded.torn > 0 {
+            tracing::warn!(
+                bytes = loaded.torn,
+                "write-back log: cut off the end of a record a crash interrupted (never acknowledged)"
+            );
+        }
+        let mut pending = Pending::default();
+        let mut queue = VecDeque::new();
+        let mut bytes = 0;
+        for rec in loaded.pending {
+            apply(&mut pending, &rec);
+            queue.push_back(Queued { rec, skip: false });
+        }
+        // Data files no pending record names were never acknowledged (or are uploaded).
+        let named: HashSet<u64> = queue
+            .iter()
+            .filter_map(|q| match q.rec.op {
+                Op::Put { data, .. } => Some(data),
+                _ => None,
+            })
+            .collect();
+        let mut next_data = 1;
+        let mut sizes = HashMap::new();
+        for e in std::fs::read_dir(&data_dir).map_err(what)?.flatten() {
+            let id = e
+                .file_name()
+                .to_str()
+                .and_then(|n| u64::from_str_radix(n, 16).ok());
+            match id {
+                Some(id) if named.contains(&id) => {
+                    next_data = next_data.max(id + 1);
+                    let len = e.metadata().map_or(0, |m| m.len());
+                    sizes.insert(id, len);
+                    bytes += len;
+                }
+                _ => {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        if !queue.is_empty() {
+            tracing::info!(
+                operations = queue.len(),
+                bytes,
+                "write-back: resuming changes not yet on the server"
+            );
+        }
+        store.take(bytes);
+        let syncer = loaded.log.syncer().map_err(what)?;
+        let last = loaded.last_seq;
+        let confirmed = queue.front().map_or(last, |q| q.rec.seq - 1);
+        Ok(Arc::new(Writeback {
+            data_dir,
+            state: Mutex::new(State {
+                log: loaded.log,
+                pending,
+                queue,
+                started: false,
+                last_seq: last,
+                next_data,
+                orphans: Vec::new(),
+                sizes,
+            }),
+            syncer,
+            synced: Mutex::new(last),
+            done: watch::Sender::new(confirmed),
+            wake: Notify::new(),
+            cfg,
+            store,
+            stats: WritebackStats::default(),
+            pending_bytes: AtomicU64::new(bytes),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn lookup(&self, path: &str) -> Answer {
+        self.lock().pending.lookup(path)
+    }
+
+    pub fn made_here(&self, dir: &str) -> bool {
+        self.lock().pending.made_here(dir)
+    }
+
+    pub fn children(&self, dir: &str) -> Vec<(String, Node)> {
+        self.lock().pending.children(dir)
+    }
+
+    /// See [`Pending::show`].
+    pub fn show(&self, path: &str, node: Node) {
+        self.lock().pending.show(path, node);
+    }
+
+    pub fn has_children(&self, dir: &str) -> bool {
+        self.lock().pending.has_children(dir)
+    }
+
+    /// Records `op` (written to the log, in order with every other change, and applied
+    /// to the pending namespace); durable once [`Writeback::durable`] returns. `check`
+    /// runs under the same lock first and may refuse the change.
+    pub fn record(
+        &self,
+        op: Op,
+        check: impl FnOnce(&Pending) -> RemoteResult<()>,
+    ) -> RemoteResult<u64> {
+        let mut s = self.lock();
+        check(&s.pending)?;
+        let rec = Record {
+            seq: s.last_seq + 1,
+            at: now_secs(),
+            op,
+        };
+        s.log.append(&rec).map_err(io_err)?;
+        s.last_seq = rec.seq;
+        // A file removed before it was uploaded need not be uploaded.
+        if let Op::Remove { path } = &rec.op {
+            if let Some(Node::File { data, .. }) = s.pending.node(path).cloned() {
+                let started = s.started;
+                for (i, q) in s.queue.iter_mut().enumerate() {
+                    if let Op::Put { path: p, data: d, .. } = &q.rec.op {
+                        if *d == data && p == path && !(i == 0 && started) {
+                            q.skip = true;
+                        }
+                    }
+                }
+            }
+        }
+        let replaced = match (&rec.op, s.pending.node(rec.op.paths()[0])) {
+            (Op::Put { .. } | Op::Remove { .. }, Some(Node::File { data, .. })) => Some(*data),
+            _ => None,
+        };
+        apply(&mut s.pending, &rec);
+        if let Some(d) = replaced {
+            s.orphans.push(d);
+        }
+        let seq = rec.seq;
+        s.queue.push_back(Queued { rec, skip: false });
+        drop(s);
+        self.wake.notify_one();
+        Ok(seq)
+    }
+
+    /// Waits until record `seq` is on local disk.
+    pub async fn durable(self: &Arc<Self>, seq: u64) -> RemoteResult<()> {
+        let wb = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut synced = wb.synced.lock().unwrap_or_else(|p| p.into_inner());
+            if *synced >= seq {
+                return Ok(());
+            }
+            let upto = wb.lock().last_seq;
+            oplog::sync(&wb.syncer).map_err(io_err)?;
+            *synced = upto;
+            Ok(())
+        })
+        .await
+        .map_err(|e| RemoteError::Broken(e.to_string()))?
+    }
+
+    /// The last sequence number recorded.
+    pub fn last_seq(&self) -> u64 {
+        self.lock().last_seq
+    }
+
+    /// Waits until every change up to `seq` is on the server, up to `within`.
+    pub async fn settled(&self, seq: u64, within: Duration) -> RemoteResult<()> {
+        let mut rx = self.done.subscribe();
+        let reached = tokio::time::timeout(within, rx.wait_for(|d| *d >= seq))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if reached {
+            Ok(())
+        } else {
+            Err(RemoteError::Timeout(within.as_secs()))
+        }
+    }
+
+    /// Waits until nothing recorded so far is pending, up to `within`.
+    pub async fn drain(&self, within: Duration) -> RemoteResult<()> {
+        self.settled(self.last_seq(), within).await
+    }
+
+    pub fn backlog(&self) -> Backlog {
+        let s = self.lock();
+        Backlog {
+            ops: s.queue.len() as u64,
+            bytes: self.pending_bytes.load(Relaxed),
+            oldest_secs: s.queue.front().map(|q| now_secs().saturating_sub(q.rec.at)),
+        }
+    }
+
+    /// The next change to upload (the uploader marks it started).
+    pub fn front(&self) -> Option<Queued> {
+        let mut s = self.lock();
+        s.started = true;
+        let q = s.queue.front()?;
+        Some(Queued {
+            rec: q.rec.clone(),
+            skip: q.skip,
+        })
+    }
+
+    /// The front change is on the server (or no longer matters).
+    pub fn finish(&self, seq: u64) {
+        let mut s = self.lock();
+        let Some(q) = s.queue.pop_front() else {
+            return;
+        };
+        s.started = false;
+        debug_assert_eq!(q.rec.seq, seq);
+        s.pending.confirmed(seq, &q.rec.op.paths());
+        let all = s.queue.is_empty();
+        if let Err(e) = s.log.confirmed(seq, all) {
+            tracing::warn!(error = %e, "write-back log: cannot note an upload (it is repeated after a restart)");
+        }
+        if let Op::Put { data, .. } = q.rec.op {
+            s.orphans.push(data);
+        }
+        let in_use: HashSet<u64> = s.pending.data_in_use().collect();
+        let orphans = std::mem::take(&mut s.orphans);
+        let (gone, kept): (Vec<u64>, Vec<u64>) =
+            orphans.into_iter().partition(|d| !in_use.contains(d));
+        s.orphans = kept;
+        self.drop_data(&mut s, &gone);
+        drop(s);
+        if !q.skip {
+            self.stats.uploaded.fetch_add(1, Relaxed);
+        }
+        self.done.send_replace(seq);
+    }
+
+    pub fn data_path(&self, id: u64) -> PathBuf {
+        oplog::data_path(&self.data_dir, id)
+    }
+
+    /// A new, empty data file (blocking).
+    pub fn new_data(&self) -> std::io::Result<(u64, File)> {
+        let id = {
+            let mut s = self.lock();
+            s.next_data += 1;
+            s.next_data - 1
+        };
+        let f = std::fs::OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .open(self.data_path(id))?;
+        Ok((id, f))
+    }
+
+    /// A new data file holding the first `len` bytes of data file `from` (blocking).
+    pub fn copy_data(&self, from: u64, len: u64) -> std::io::Result<(u64, File)> {
+        let (id, mut to) = self.new_data()?;
+        let mut src = File::open(self.data_path(from))?;
+        std::io::copy(&mut std::io::Read::take(&mut src, len), &mut to)?;
+        to.set_len(len)?;
+        // A local copy of what is already held: counted, not refused.
+        self.store.take(len);
+        self.pending_bytes.fetch_add(len, Relaxed);
+        *self.lock().sizes.entry(id).or_default() += len;
+        Ok((id, to))
+    }
+
+    /// Makes a data file and its name durable before a record names it (blocking).
+    pub fn seal(&self, f: &File) -> std::io::Result<()> {
+        f.sync_data()?;
+        oplog::sync_dir(&self.data_dir)
+    }
+
+    fn drop_data(&self, s: &mut State, ids: &[u64]) {
+        for d in ids {
+            let bytes = s.sizes.remove(d).unwrap_or(0);
+            self.pending_bytes.fetch_sub(bytes, Relaxed);
+            self.store.give_back(bytes);
+            let _ = std::fs::remove_file(self.data_path(*d));
+        }
+    }
+
+    /// A data file no record names (an open file's copy it replaced, or one never
+    /// committed) goes.
+    pub fn discard(&self, id: u64) {
+        let mut s = self.lock();
+        s.pending.unshow(id);
+        if s.pending.data_in_use().any(|d| d == id) || s.queue.iter().any(|q| matches!(q.rec.op, Op::Put { data, .. } if data == id)) {
+            return;
+        }
+        self.drop_data(&mut s, &[id]);
+    }
+
+    /// Room for data file `id` to grow by `more` bytes within `cache_size=`: read copies
+    /// are evicted for it; when uploads must make room first, waits for them up to
+    /// `within`, then fails with ENOSPC.
+    pub async fn room(&self, id: u64, more: u64, within: Duration) -> RemoteResult<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.store.reserve(more) {
+                self.pending_bytes.fetch_add(more, Relaxed);
+                *self.lock().sizes.entry(id).or_default() += more;
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RemoteError::refused(
+                    libc::ENOSPC,
+                    "write-back cache is full of changes not yet uploaded (cache_size=)",
+                ));
+            }
+            let mut rx = self.done.subscribe();
+            let _ = tokio::time::timeout(Duration::from_millis(200), rx.changed()).await;
+        }
+    }
+
+    /// Reads `len` bytes at `offset` of a data file (blocking).
+    pub fn read_at(f: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            let n = f.read_at(&mut buf[got..], offset + got as u64)?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+}
