@@ -14,6 +14,7 @@ const USAGE: &str = "\
 usage: mastofs [user@]host:[path] MOUNTPOINT [-o opt[,opt...]] [-p PORT] [-F ssh_config] [-f] [-d]
        mount.mastofs SOURCE MOUNTPOINT [-sfnv] [-o opts]
        mastofs status [MOUNTPOINT|--all] [--json] [--socket PATH]
+       mastofs sync MOUNTPOINT [--timeout SECS]   (waits until cache_writeback=on has nothing pending)
        mastofs upgrade MOUNTPOINT [-f]   (this binary takes over the running mount)
        mastofs --version | --help
 
@@ -143,6 +144,7 @@ pub fn main() {
     let helper = is_helper(&args);
     match args.get(1).and_then(|a| a.to_str()) {
         Some("status") if !helper => std::process::exit(status::client::run(&args[2..])),
+        Some("sync") if !helper => std::process::exit(status::sync::run(&args[2..])),
         Some("upgrade") if !helper => return upgrade(&args[2..]),
         _ => {}
     }

@@ -15,7 +15,7 @@ use crate::fs::Fs;
 use crate::options::MountConfig;
 use crate::session::supervisor::LinkState;
 use crate::session::Session;
-use crate::status::report::{DiskCache, DiskUse, ServerCapabilities, Snapshot};
+use crate::status::report::{DiskCache, DiskUse, ServerCapabilities, Snapshot, WritebackStatus};
 use crate::status::Source;
 
 pub struct Monitor {
@@ -230,6 +230,18 @@ impl Source for Monitor {
             bytes_written: load(&self.fs.stats.bytes_written),
             disk: self.disk.lock().ok().and_then(|d| d.clone()),
             disk_cache: self.fs.remote().store().map(|c| {
+                let writeback = self.fs.remote().writeback().map(|wb| {
+                    let b = wb.backlog();
+                    WritebackStatus {
+                        pending_ops: b.ops,
+                        pending_bytes: b.bytes,
+                        oldest_pending_secs: b.oldest_secs,
+                        stale_after_secs: crate::cache::writeback::STALE_AFTER.as_secs(),
+                        uploaded_ops: load(&wb.stats.uploaded),
+                        upload_errors: load(&wb.stats.upload_errors),
+                        conflicts: load(&wb.stats.conflicts),
+                    }
+                });
                 let (hit, miss) = (load(&c.stats.hit_bytes), load(&c.stats.miss_bytes));
                 DiskCache {
                     used_bytes: load(&c.stats.used_bytes),
@@ -239,6 +251,7 @@ impl Source for Monitor {
                     hit_ratio: (hit + miss > 0).then(|| hit as f64 / (hit + miss) as f64),
                     evictions: load(&c.stats.evictions),
                     write_errors: load(&c.stats.write_errors),
+                    writeback,
                 }
             }),
             ops: self.fs.stats.ops(),

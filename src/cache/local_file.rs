@@ -156,9 +156,14 @@ impl LocalFile {
         }
     }
 
-    /// The node the pending namespace shows while this file is open and not committed.
-    pub async fn node(&self) -> Node {
-        let st = self.st.lock().await;
+    /// The node the pending namespace shows while this file is open and not committed
+    /// (None while the file is busy).
+    pub fn node_now(&self) -> Option<Node> {
+        let st = self.st.try_lock().ok()?;
+        Some(Self::node_of(&st))
+    }
+
+    fn node_of(st: &State) -> Node {
         Node::File {
             data: st.id,
             size: st.size,
@@ -169,7 +174,8 @@ impl LocalFile {
     }
 
     pub async fn attrs(&self) -> Attrs {
-        self.node().await.attrs().unwrap_or_default()
+        let st = self.st.lock().await;
+        Self::node_of(&st).attrs().unwrap_or_default()
     }
 
     pub async fn read(&self, offset: u64, len: u32) -> RemoteResult<Bytes> {

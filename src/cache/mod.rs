@@ -378,11 +378,12 @@ impl<R: Remote> Remote for Cached<R> {
 
     async fn lstat_after(&self, path: &str, after: &str) -> RemoteResult<Attrs> {
         if let Some(wb) = &self.wb {
-            // The server does not show a pending change yet: nothing to ask it.
-            if wb.lookup(after) != pending::Answer::Unknown
-                || wb.lookup(path) != pending::Answer::Unknown
-            {
+            if wb.lookup(path) != pending::Answer::Unknown {
                 return self.wb_lstat(path, false).await;
+            }
+            if wb.lookup(after) != pending::Answer::Unknown {
+                // The server does not show the pending change yet: nothing to ask it.
+                return Err(RemoteError::Broken("not on the server yet".into()));
             }
         }
         self.inner.lstat_after(path, after).await
@@ -639,6 +640,18 @@ impl<R: Remote> Remote for Cached<R> {
         match f.remote.get() {
             Some(file) => self.inner.fsync(file).await,
             None => Ok(()),
+        }
+    }
+
+    async fn sync_all(&self) -> RemoteResult<()> {
+        match &self.wb {
+            Some(wb) if wb.cfg.fsync_remote => self.barrier().await.map_err(|_| {
+                RemoteError::refused(
+                    libc::EIO,
+                    "fsync=remote: the server has not confirmed the pending changes within timeout=",
+                )
+            }),
+            _ => Ok(()),
         }
     }
 

@@ -176,9 +176,9 @@ impl<R: Remote> Cached<R> {
         mode: OpenMode,
         perm: Option<u32>,
     ) -> RemoteResult<Option<CachedFile<R::File>>> {
-        let new = |base| {
-            let f = LocalFile::create(wb, path, perm.unwrap_or(0o644), self.owner(), base)?;
-            Ok::<_, RemoteError>(f)
+        let new = |base, kept_perm: Option<u32>| {
+            let perm = perm.or(kept_perm).unwrap_or(0o644);
+            LocalFile::create(wb, path, perm, self.owner(), base)
         };
         let f = match wb.lookup(path) {
             Answer::Is(Node::Dir { .. }) => return Err(refused(libc::EISDIR, "a directory")),
@@ -187,25 +187,21 @@ impl<R: Remote> Cached<R> {
                     return Err(refused(libc::EEXIST, "exists (pending)"));
                 }
                 if mode.truncate && mode.write {
-                    let f = new(node.version())?;
-                    if let Node::File { perm, .. } = node {
-                        f.set(&Attrs::with_perm(perm), self.timeout).await?;
-                    }
-                    f
+                    let kept = match node {
+                        Node::File { perm, .. } => Some(perm),
+                        _ => None,
+                    };
+                    new(node.version(), kept)?
                 } else {
                     LocalFile::of_node(wb, path, &node)?
                 }
             }
             Answer::Absent if !mode.create => return Err(refused(libc::ENOENT, "removed")),
-            Answer::Absent => new(None)?,
+            Answer::Absent => new(None, None)?,
             // The kernel asks to create only what a lookup did not find.
             Answer::Unknown if mode.create || (mode.truncate && mode.write) => {
                 let seen = self.seen_version(path);
-                let f = new(seen.map(|s| s.0))?;
-                if let (Some((_, p)), None) = (seen, perm) {
-                    f.set(&Attrs::with_perm(p), self.timeout).await?;
-                }
-                f
+                new(seen.map(|s| s.0), seen.map(|s| s.1))?
             }
             Answer::Unknown if !mode.write => return Ok(None),
             Answer::Unknown => {
@@ -215,10 +211,13 @@ impl<R: Remote> Cached<R> {
             }
         };
         if mode.write {
-            // Shown as it is from now on (an empty file until its first upload).
-            wb.show(path, f.node().await);
+            // Shown as it is from now on (an empty file until its first upload), before
+            // this returns: a lookup sent right behind the create finds it.
+            if let Some(node) = f.node_now() {
+                wb.show(path, node);
+            }
+            self.changed(path);
         }
-        self.changed(path);
         Ok(Some(self.local(path, f, mode)))
     }
 

@@ -198,6 +198,11 @@ impl<R: Remote> Fs<R> {
         }
     }
 
+    /// fsync of a directory: what this mount acknowledged is on the server (write-back).
+    pub async fn fsyncdir(&self) -> FsResult<()> {
+        Ok(self.remote.sync_all().await?)
+    }
+
     /// The kernel let go of `fh`: the handle leaves the table now, in the order of the
     /// kernel's requests (an unlink right after close(2) must not find the file still
     /// open); the future returned closes the remote file, and a file unlinked while open

@@ -474,7 +474,9 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        self.reply_empty("fsyncdir", reply, move |fs| async move {
+            fs.fsyncdir().await
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -115,6 +115,7 @@ pub fn run(
     ready.ok();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let shutdown = Arc::new(Shutdown {
+        writeback: fs.remote().writeback().cloned(),
         session,
         monitor,
         status_socket: socket,

@@ -1,6 +1,6 @@
 //! The end of a mount: on a signal, unmount and, when bind mounts keep the filesystem
 //! alive, end it after a grace period; once the kernel ends the session, send pending
-//! writes, empty the descriptor store and remove the sockets. It must never end a mount
+//! writes and write-back's backlog, empty the descriptor store and remove the sockets. It must never end a mount
 //! that was handed over (a successor serves it).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +19,8 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 /// The end of a mount, once: pending writes out, the store emptied, sockets removed.
 pub(super) struct Shutdown {
     pub session: Arc<Session>,
+    /// Write-back's backlog, drained (up to `timeout`) before the daemon ends.
+    pub writeback: Option<Arc<crate::cache::Writeback>>,
     pub monitor: Arc<Monitor>,
     pub status_socket: std::path::PathBuf,
     pub handover_socket: std::path::PathBuf,
@@ -39,6 +41,18 @@ impl Shutdown {
                 "waiting for pending writes"
             );
             let _ = tokio::time::timeout(self.timeout, self.session.drain_all()).await;
+        }
+        if let Some(wb) = &self.writeback {
+            let ops = wb.backlog().ops;
+            if ops > 0 {
+                tracing::info!(changes = ops, "write-back: uploading pending changes before exit");
+                if wb.drain(self.timeout).await.is_err() {
+                    tracing::warn!(
+                        changes = wb.backlog().ops,
+                        "write-back: changes still pending at exit stay in the log; they resume at the next start"
+                    );
+                }
+            }
         }
         store::release();
         let _ = std::fs::remove_file(&self.handover_socket);

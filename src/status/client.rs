@@ -132,6 +132,20 @@ fn summary(v: &serde_json::Value) -> String {
             ratio.map_or("-".into(), |r| format!("{:.0}%", r * 100.0)),
             c.get("write_errors").and_then(|x| x.as_u64()).unwrap_or(0)
         ));
+        if let Some(w) = c.get("writeback").filter(|w| !w.is_null()) {
+            let n = |k: &str| w.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+            out.push_str(&format!(
+                "  write-back: {} changes pending ({:.1} MiB), oldest {}, uploaded {}, upload errors {}, conflicts {}\n",
+                n("pending_ops"),
+                n("pending_bytes") as f64 / (1u64 << 20) as f64,
+                w.get("oldest_pending_secs")
+                    .and_then(|x| x.as_u64())
+                    .map_or("-".into(), |s| format!("{s} s")),
+                n("uploaded_ops"),
+                n("upload_errors"),
+                n("conflicts")
+            ));
+        }
     }
     if let (Some(e), Some(at)) = (
         v.get("last_error").and_then(|x| x.as_str()),
@@ -160,7 +174,7 @@ pub fn fetch(socket: &Path) -> Result<serde_json::Value, String> {
 /// The mountpoint `p` names, as the daemon resolved it, found without looking into the
 /// mount itself (a stat of a mount nobody serves, a daemon being replaced, would wait):
 /// its directory is resolved, its last name kept.
-fn mountpoint(p: &Path) -> PathBuf {
+pub(super) fn mountpoint(p: &Path) -> PathBuf {
     let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     match (abs.parent(), abs.file_name()) {
         (Some(dir), Some(name)) => std::fs::canonicalize(dir)
@@ -241,7 +255,15 @@ pub fn run(args: &[OsString]) -> i32 {
                     worst = 2;
                     continue;
                 };
-                let healthy = v.get("state").and_then(|s| s.as_str()) == Some("connected");
+                let stale = v
+                    .pointer("/disk_cache/writeback")
+                    .and_then(|w| {
+                        let age = w.get("oldest_pending_secs")?.as_u64()?;
+                        Some(age > w.get("stale_after_secs")?.as_u64()?)
+                    })
+                    .unwrap_or(false);
+                let healthy =
+                    v.get("state").and_then(|s| s.as_str()) == Some("connected") && !stale;
                 if json {
                     println!("{}", clean_json(&v));
                 } else {

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod report;
+pub mod sync;
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};

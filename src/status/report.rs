@@ -39,6 +39,28 @@ pub struct DiskCache {
     pub hit_ratio: Option<f64>,
     pub evictions: u64,
     pub write_errors: u64,
+    /// With `cache_writeback=on`: the changes not yet on the server.
+    pub writeback: Option<WritebackStatus>,
+}
+
+/// Write-back's backlog and what uploading it met.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WritebackStatus {
+    pub pending_ops: u64,
+    pub pending_bytes: u64,
+    /// Age of the oldest pending change; the mount is degraded past `stale_after_secs`.
+    pub oldest_pending_secs: Option<u64>,
+    pub stale_after_secs: u64,
+    pub uploaded_ops: u64,
+    pub upload_errors: u64,
+    pub conflicts: u64,
+}
+
+impl WritebackStatus {
+    pub fn stale(&self) -> bool {
+        self.oldest_pending_secs
+            .is_some_and(|s| s > self.stale_after_secs)
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -111,7 +133,11 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn healthy(&self) -> bool {
-        self.state == "connected"
+        self.state == "connected" && !self.writeback().is_some_and(|w| w.stale())
+    }
+
+    fn writeback(&self) -> Option<&WritebackStatus> {
+        self.disk_cache.as_ref()?.writeback.as_ref()
     }
 
     pub fn health_json(&self) -> String {
@@ -228,6 +254,12 @@ const SCALARS: &[Scalar] = &[
     ("disk_cache_hit_bytes_total", COUNTER, "bytes read from the local disk cache", |s| s.disk_cache.as_ref().map(|c| c.hit_bytes.to_string())),
     ("disk_cache_miss_bytes_total", COUNTER, "bytes fetched from the server through the local disk cache", |s| s.disk_cache.as_ref().map(|c| c.miss_bytes.to_string())),
     ("disk_cache_evictions_total", COUNTER, "cached files evicted to stay within cache_size=", |s| s.disk_cache.as_ref().map(|c| c.evictions.to_string())),
+    ("writeback_pending_ops", GAUGE, "changes acknowledged and not yet on the server (cache_writeback=on)", |s| s.writeback().map(|w| w.pending_ops.to_string())),
+    ("writeback_pending_bytes", GAUGE, "bytes of files written and not yet uploaded", |s| s.writeback().map(|w| w.pending_bytes.to_string())),
+    ("writeback_oldest_pending_seconds", GAUGE, "age of the oldest change not yet on the server (0: none)", |s| s.writeback().map(|w| w.oldest_pending_secs.unwrap_or(0).to_string())),
+    ("writeback_uploaded_total", COUNTER, "changes uploaded", |s| s.writeback().map(|w| w.uploaded_ops.to_string())),
+    ("writeback_upload_errors_total", COUNTER, "uploads the server refused (each is retried)", |s| s.writeback().map(|w| w.upload_errors.to_string())),
+    ("writeback_conflicts_total", COUNTER, "server copies changed behind a pending write and kept aside", |s| s.writeback().map(|w| w.conflicts.to_string())),
     ("disk_cache_write_errors_total", COUNTER, "failed writes to the cache directory (the data came from the server instead)", |s| s.disk_cache.as_ref().map(|c| c.write_errors.to_string())),
     ("remote_size_bytes", GAUGE, "size of the remote filesystem", |s| s.disk.as_ref().map(|d| d.total_bytes.to_string())),
     ("remote_available_bytes", GAUGE, "space available on the remote filesystem", |s| s.disk.as_ref().map(|d| d.available_bytes.to_string())),

@@ -1,0 +1,386 @@
+//! Write-back (`cache=DIR,cache_writeback=on`): uploads complete locally through an
+//! outage longer than `timeout=` and reach the server byte for byte once it returns; a
+//! `kill -9` in the middle of the outage loses nothing acknowledged, and the log's renames
+//! and unlinks end in the right tree; fsync=remote still means "on the server"; a copy
+//! another client changed is kept aside; a full cache waits, then says ENOSPC. Real sshd
+//! (or ProFTPD, gesftpserver) through the fault proxy, real FUSE mounts.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::proxy::{Mode, Proxy};
+use common::*;
+
+const MASTODON: u32 = 991;
+
+/// Options of a media mount with write-back, as the README recommends, with a short
+/// `timeout=` (the outages below outlast it) and a link seen dead within seconds.
+fn opts(cache: &Path, extra: &str) -> String {
+    format!(
+        "allow_other,default_permissions,uid={MASTODON},gid={MASTODON},cache={},cache_writeback=on,\
+         timeout=20,ServerAliveInterval=1,ServerAliveCountMax=2{extra}",
+        cache.join("c").display(),
+    )
+}
+
+/// What the media writer below writes into file `i`.
+fn content(i: usize) -> Vec<u8> {
+    let size = [4_000, 48_000, 150_000, 200_000][i % 4] + i;
+    format!("{i}:").bytes().cycle().take(size).collect()
+}
+
+fn rel(i: usize) -> String {
+    format!(
+        "media_attachments/files/113/542/{:03}/original/{i:05x}.png",
+        i / 10
+    )
+}
+
+/// Writes media files `range` as the mastodon user (Python, as an upload handler would:
+/// makedirs, then the file); returns the slowest file's time in ms. Panics on any error.
+fn write_media(mount: &Path, range: std::ops::Range<usize>) -> u64 {
+    let script = format!(
+        r#"
+import os, sys, time
+root = sys.argv[1]
+slowest = 0
+for i in range({}, {}):
+    size = [4000, 48000, 150000, 200000][i % 4] + i
+    data = (("%d:" % i) * (size // 2 + 2)).encode()[:size]
+    p = os.path.join(root, "media_attachments/files/113/542/%03d/original/%05x.png" % (i // 10, i))
+    t = time.monotonic()
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+    with open(p, "wb") as f:
+        f.write(data)
+    slowest = max(slowest, time.monotonic() - t)
+print(int(slowest * 1000))
+"#,
+        range.start, range.end
+    );
+    let out = std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={MASTODON}"),
+            &format!("--regid={MASTODON}"),
+            "--clear-groups",
+            "python3",
+            "-c",
+            &script,
+            &mount.display().to_string(),
+        ])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "writing media failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
+
+fn writeback(m: &Mount) -> serde_json::Value {
+    m.status()["disk_cache"]["writeback"].clone()
+}
+
+fn pending(m: &Mount) -> u64 {
+    writeback(m)["pending_ops"].as_u64().unwrap_or(u64::MAX)
+}
+
+/// Waits until the server has every change, and returns how long that took.
+fn drained(m: &Mount, within: Duration) -> Duration {
+    let t = Instant::now();
+    wait_until(within, "every pending change uploaded", || pending(m) == 0);
+    t.elapsed()
+}
+
+fn assert_media_on_server(s: &Server, range: std::ops::Range<usize>) {
+    for i in range {
+        let p = s.served.join(rel(i));
+        let got = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert!(got == content(i), "{}: content differs", p.display());
+    }
+}
+
+fn outage_until_dead(m: &Mount, p: &Proxy) {
+    p.set_mode(Mode::Blackhole);
+    wait_until(Duration::from_secs(30), "the mount sees the outage", || {
+        m.status()["state"] != "connected"
+    });
+}
+
+#[test]
+fn uploads_complete_locally_through_an_outage_longer_than_timeout() {
+    let s = Server::start();
+    std::fs::create_dir_all(s.served.join("media_attachments/files")).unwrap();
+    let p = Proxy::start(s.port);
+    s.write_ssh_config_via(p.port, "");
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(&s, &opts(cache.path(), ""));
+    // The instance worked before: a few uploads went straight through.
+    write_media(m.path(), 0..20);
+    drained(&m, Duration::from_secs(60));
+    assert_media_on_server(&s, 0..20);
+
+    // An outage far longer than timeout=20 (shortened from 10 minutes for CI).
+    let n: usize = std::env::var("MASTOFS_WRITEBACK_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let outage = Duration::from_secs(
+        std::env::var("MASTOFS_WRITEBACK_OUTAGE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(125),
+    );
+    let cut = Instant::now();
+    outage_until_dead(&m, &p);
+    let t = Instant::now();
+    let slowest = write_media(m.path(), 20..20 + n);
+    let took = t.elapsed();
+    eprintln!(
+        "write-back: {n} media files written during the outage in {took:?} ({:.1} ms each on average, slowest {slowest} ms)",
+        took.as_secs_f64() * 1000.0 / n as f64
+    );
+    // Seen through the mount as written, with the mastodon user's ownership.
+    let probe = m.p(&rel(20 + n / 2));
+    assert_eq!(std::fs::read(&probe).unwrap(), content(20 + n / 2));
+    assert_eq!(std::fs::metadata(&probe).unwrap().uid(), MASTODON);
+    let listed = std::fs::read_dir(m.p("media_attachments/files/113/542"))
+        .unwrap()
+        .count();
+    assert_eq!(listed, (20 + n).div_ceil(10));
+    // None of it is on the server yet, and all of it is pending.
+    assert!(!s.served.join(rel(20 + n - 1)).exists());
+    assert!(pending(&m) >= n as u64, "{}", writeback(&m));
+    assert!(writeback(&m)["pending_bytes"].as_u64().unwrap() > 0);
+    while cut.elapsed() < outage {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(writeback(&m)["oldest_pending_secs"].as_u64().unwrap() > 20);
+
+    p.set_mode(Mode::Pass);
+    let upload = drained(&m, Duration::from_secs(600));
+    eprintln!("write-back: all {n} files on the server {upload:?} after the link returned");
+    assert_media_on_server(&s, 0..20 + n);
+    // No temporary names are left behind.
+    let leftovers = walk(&s.served)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".mastofs-"))
+        .count();
+    assert_eq!(leftovers, 0);
+    let w = writeback(&m);
+    assert_eq!(w["conflicts"], 0, "{w}");
+    // `mastofs sync` has nothing to wait for.
+    let sync = std::process::Command::new(BIN)
+        .arg("sync")
+        .arg(m.path())
+        .output()
+        .unwrap();
+    assert!(sync.status.success(), "{sync:?}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+#[test]
+fn a_kill_9_during_an_outage_loses_nothing_acknowledged() {
+    let s = Server::start();
+    std::fs::create_dir_all(s.served.join("media_attachments/files")).unwrap();
+    let p = Proxy::start(s.port);
+    s.write_ssh_config_via(p.port, "");
+    let cache = tempfile::tempdir().unwrap();
+    let o = opts(cache.path(), "");
+    let mut m = Mount::with_store(&s, &o);
+    std::fs::create_dir(m.p("chain")).unwrap();
+    std::fs::write(m.p("chain/replaced"), b"old").unwrap();
+    drained(&m, Duration::from_secs(60));
+
+    outage_until_dead(&m, &p);
+    write_media(m.path(), 0..600);
+    // A rename chain, a directory renamed with its file, a file created and removed, a
+    // file replaced by a rename.
+    let c = |r: &str| m.p(&format!("chain/{r}"));
+    std::fs::write(c("a"), b"chained").unwrap();
+    std::fs::rename(c("a"), c("b")).unwrap();
+    std::fs::rename(c("b"), c("c")).unwrap();
+    std::fs::create_dir(c("dir1")).unwrap();
+    std::fs::write(c("dir1/f"), b"in a moved directory").unwrap();
+    std::fs::rename(c("dir1"), c("dir2")).unwrap();
+    std::fs::write(c("gone"), b"never uploaded").unwrap();
+    std::fs::remove_file(c("gone")).unwrap();
+    std::fs::write(c("new"), b"new").unwrap();
+    std::fs::rename(c("new"), c("replaced")).unwrap();
+    assert!(pending(&m) >= 500);
+
+    m.crash();
+    p.set_mode(Mode::Pass);
+    m.restart(&s, &o).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        m.log().contains("resuming changes not yet on the server"),
+        "{}",
+        m.log()
+    );
+    let upload = drained(&m, Duration::from_secs(600));
+    eprintln!("write-back: the log a killed daemon left was uploaded in {upload:?}");
+    assert_media_on_server(&s, 0..600);
+    let chain = s.served.join("chain");
+    let mut names: Vec<String> = std::fs::read_dir(&chain)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["c", "dir2", "replaced"]);
+    assert_eq!(std::fs::read(chain.join("c")).unwrap(), b"chained");
+    assert_eq!(
+        std::fs::read(chain.join("dir2/f")).unwrap(),
+        b"in a moved directory"
+    );
+    assert_eq!(std::fs::read(chain.join("replaced")).unwrap(), b"new");
+}
+
+#[test]
+fn fsync_remote_waits_for_the_server_and_fails_past_timeout() {
+    let s = Server::start();
+    let p = Proxy::start(s.port);
+    s.write_ssh_config_via(p.port, "");
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(&s, &opts(cache.path(), ",timeout=4"));
+    // Connected: fsync returns once the server has the file.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(m.p("seg1")).unwrap();
+        f.write_all(b"segment one").unwrap();
+        f.sync_all().unwrap();
+        assert_eq!(
+            std::fs::read(s.served.join("seg1")).unwrap(),
+            b"segment one"
+        );
+    }
+    outage_until_dead(&m, &p);
+    let t = Instant::now();
+    let r = (|| {
+        use std::io::Write;
+        let mut f = std::fs::File::create(m.p("seg2.tmp"))?;
+        f.write_all(b"segment two")?;
+        f.sync_all()
+    })();
+    let e = r.expect_err("fsync=remote must not succeed while the server cannot have the file");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    assert!(t.elapsed() >= Duration::from_secs(4));
+    assert!(!s.served.join("seg2.tmp").exists());
+    // Closed all the same: it goes up once the link returns.
+    p.set_mode(Mode::Pass);
+    drained(&m, Duration::from_secs(120));
+    assert_eq!(
+        std::fs::read(s.served.join("seg2.tmp")).unwrap(),
+        b"segment two"
+    );
+}
+
+#[test]
+fn fsync_local_returns_at_disk_speed() {
+    let s = Server::start();
+    let p = Proxy::start(s.port);
+    s.write_ssh_config_via(p.port, "");
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(&s, &opts(cache.path(), ",fsync=local"));
+    outage_until_dead(&m, &p);
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(m.p("f")).unwrap();
+        f.write_all(b"local").unwrap();
+        f.sync_all().unwrap();
+    }
+    assert!(!s.served.join("f").exists());
+    p.set_mode(Mode::Pass);
+    drained(&m, Duration::from_secs(120));
+    assert_eq!(std::fs::read(s.served.join("f")).unwrap(), b"local");
+}
+
+#[test]
+fn a_copy_another_client_changed_is_kept_aside() {
+    let s = Server::start();
+    std::fs::write(s.served.join("shared.txt"), b"original").unwrap();
+    let p = Proxy::start(s.port);
+    s.write_ssh_config_via(p.port, "");
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(&s, &opts(cache.path(), ""));
+    assert_eq!(std::fs::read(m.p("shared.txt")).unwrap(), b"original");
+    outage_until_dead(&m, &p);
+    std::fs::write(m.p("shared.txt"), b"ours").unwrap();
+    // Another client of the box changes it meanwhile.
+    std::fs::write(s.served.join("shared.txt"), b"theirs, longer").unwrap();
+    p.set_mode(Mode::Pass);
+    drained(&m, Duration::from_secs(120));
+    assert_eq!(std::fs::read(s.served.join("shared.txt")).unwrap(), b"ours");
+    let aside: Vec<_> = std::fs::read_dir(&s.served)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("shared.txt.mastofs-conflict-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(std::fs::read(aside[0].path()).unwrap(), b"theirs, longer");
+    assert_eq!(writeback(&m)["conflicts"], 1);
+    assert!(m.log().contains("kept aside"), "{}", m.log());
+}
+
+#[test]
+fn a_full_cache_waits_for_uploads_then_says_enospc() {
+    let s = Server::start();
+    let p = Proxy::start(s.port);
+    s.write_ssh_config_via(p.port, "");
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(&s, &opts(cache.path(), ",cache_size=1M,timeout=3"));
+    outage_until_dead(&m, &p);
+    std::fs::write(m.p("fits"), vec![7u8; 600_000]).unwrap();
+    let t = Instant::now();
+    let e = std::fs::write(m.p("too-much"), vec![8u8; 600_000]).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+    assert!(t.elapsed() >= Duration::from_secs(3));
+    p.set_mode(Mode::Pass);
+    drained(&m, Duration::from_secs(120));
+    // What was acknowledged is on the server; with room again, writes work.
+    assert_eq!(
+        std::fs::read(s.served.join("fits")).unwrap(),
+        vec![7u8; 600_000]
+    );
+    std::fs::write(m.p("too-much"), vec![8u8; 600_000]).unwrap();
+    drained(&m, Duration::from_secs(120));
+    assert_eq!(
+        std::fs::read(s.served.join("too-much")).unwrap(),
+        vec![8u8; 600_000]
+    );
+}
+
+#[test]
+fn a_clean_unmount_uploads_what_is_pending() {
+    let s = Server::start();
+    let cache = tempfile::tempdir().unwrap();
+    let mut m = Mount::new(&s, &opts(cache.path(), ""));
+    for i in 0..50 {
+        std::fs::write(m.p(&format!("f{i}")), content(i)).unwrap();
+    }
+    m.unmount();
+    for i in 0..50 {
+        assert_eq!(
+            std::fs::read(s.served.join(format!("f{i}"))).unwrap(),
+            content(i)
+        );
+    }
+}
