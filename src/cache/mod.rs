@@ -48,6 +48,8 @@ pub type MountRemote = Cached<crate::session::Session>;
 
 /// Versions seen lately, at most this many paths.
 const SEEN: usize = 4096;
+/// Directories remembered for write-back's lookups during an outage, at most.
+const DIRS_SEEN: usize = 16384;
 
 /// A [`Remote`] with file contents cached on local disk (or none: a pass-through).
 pub struct Cached<R: Remote> {
@@ -66,6 +68,9 @@ pub struct Cached<R: Remote> {
     offline_since: Mutex<Option<Instant>>,
     /// Open files with write-back data (renames move them).
     locals: Mutex<Vec<Weak<LocalFile>>>,
+    /// With write-back: directories as the server last showed them, for lookups while
+    /// it cannot be reached (see [`overlay`]).
+    dirs_seen: Mutex<LruCache<String, Attrs>>,
 }
 
 /// An open file: the remote one (opened when first needed, for a read-only open whose
@@ -139,6 +144,9 @@ impl<R: Remote> Cached<R> {
             owner: Mutex::new(None),
             offline_since: Mutex::new(None),
             locals: Mutex::default(),
+            dirs_seen: Mutex::new(LruCache::new(
+                NonZeroUsize::new(DIRS_SEEN).unwrap_or(NonZeroUsize::MIN),
+            )),
         }
     }
 
@@ -164,6 +172,11 @@ impl<R: Remote> Cached<R> {
         let Some(store) = &self.store else {
             return;
         };
+        if self.wb.is_some() && attrs.kind() == Kind::Dir {
+            if let Ok(mut d) = self.dirs_seen.lock() {
+                d.put(path.to_string(), attrs.clone());
+            }
+        }
         let Some(v) = version_of(attrs) else {
             return;
         };

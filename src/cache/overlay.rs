@@ -72,7 +72,16 @@ impl<R: Remote> Cached<R> {
     pub(super) async fn wb_lstat(&self, path: &str, ahead: bool) -> RemoteResult<Attrs> {
         let wb = self.wb.as_ref().ok_or_else(|| refused(libc::EIO, "no write-back"))?;
         match wb.lookup(path) {
-            Answer::Is(n) => return n.attrs().ok_or_else(|| refused(libc::ENOENT, "removed")),
+            Answer::Is(n) => {
+                let a = n.attrs().ok_or_else(|| refused(libc::ENOENT, "removed"))?;
+                if matches!(n, Node::Dir { .. }) {
+                    // What the server will show: kept for lookups once it is uploaded.
+                    if let Ok(mut d) = self.dirs_seen.lock() {
+                        d.put(path.to_string(), a.clone());
+                    }
+                }
+                return Ok(a);
+            }
             Answer::Absent => return Err(refused(libc::ENOENT, "no such file (pending)")),
             Answer::Unknown => {}
         }
@@ -90,10 +99,14 @@ impl<R: Remote> Cached<R> {
                 self.note_owner(&a);
                 Ok(a)
             }
-            () = self.down_for_grace() => Err(refused(
-                libc::ENOENT,
-                "not known while the server cannot be reached (write-back)",
-            )),
+            () = self.down_for_grace() => {
+                // A directory it showed before; anything else is taken as absent.
+                let seen = self.dirs_seen.lock().ok().and_then(|mut d| d.get(path).cloned());
+                seen.ok_or_else(|| refused(
+                    libc::ENOENT,
+                    "not known while the server cannot be reached (write-back)",
+                ))
+            }
         }
     }
 
@@ -123,7 +136,12 @@ impl<R: Remote> Cached<R> {
             Vec::new()
         } else {
             match self.inner.read_dir(path, max, dir_size).await? {
-                Some(e) => e,
+                Some(e) => {
+                    for d in &e {
+                        self.saw(&format!("{}/{}", dir.trim_end_matches('/'), d.name), &d.attrs);
+                    }
+                    e
+                }
                 None => return Ok(None),
             }
         };
