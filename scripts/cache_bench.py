@@ -7,7 +7,10 @@ Usage: scripts/cache_bench.py [--rtt-ms 13] [--files 100] [--bin PATH]
 Writes Mastodon-like media on the server (files of 20 KiB to 2 MiB, each in a leaf
 directory of its own), reads them all through each mount (cold), remounts every mount
 (the kernel's page cache and the daemons' caches are gone; the disk cache is not), and
-reads them all again. Prints each figure, the ratios against sshfs and against mastofs
+reads them all again. Then creates small media (each in a new leaf directory, as
+Mastodon's uploads do) through each mount: the cache column runs with cache_writeback=on,
+so its creates complete locally; "create+sync" adds the wait until they are on the server
+(`mastofs sync`). Prints each figure, the ratios against sshfs and against mastofs
 without the cache, and the round trips per file (time / RTT) with --rtt-ms.
 """
 import argparse
@@ -33,7 +36,7 @@ def main():
     rig = bench.Rig(args)
     cache = tempfile.mkdtemp(prefix="mastofs-cache-bench-")
     tools = {"cache": "mastofs", "mastofs": "mastofs", "sshfs": "sshfs"}
-    opts = {"cache": f"cache={cache}/c", "mastofs": "", "sshfs": ""}
+    opts = {"cache": f"cache={cache}/c,cache_writeback=on", "mastofs": "", "sshfs": ""}
     rnd = random.Random(7)
     sizes = [rnd.choice([20, 60, 200, 700, 2048]) << 10 for _ in range(args.files)]
     rels = [f"media/{i // 10:03}/{i:03}/original/{i:x}.jpg" for i in range(args.files)]
@@ -61,15 +64,32 @@ def main():
         bench.drop_caches()
         for name in tools:
             results[(name, "after remount")] = read_all(name)
+
+        def create_all(name):
+            t0 = bench.now()
+            for i in range(args.files):
+                p = os.path.join(rig.mounts[name], f"new/{i // 10:03}/{i:03}/original/{i:x}.jpg")
+                os.makedirs(os.path.dirname(p), exist_ok=True)
+                with open(p, "wb") as f:
+                    f.write(payload)
+            return bench.now() - t0
+
+        payload = os.urandom(60 << 10)
+        for name in tools:
+            results[(name, "create")] = create_all(name)
+            t0 = bench.now()
+            if name == "cache":
+                subprocess.run([args.bin, "sync", rig.mounts[name]], check=True)
+            results[(name, "create+sync")] = results[(name, "create")] + bench.now() - t0
     finally:
         rig.close()
         shutil.rmtree(cache, ignore_errors=True)
     total = sum(sizes) / (1 << 20)
     rtt = f", RTT {args.rtt_ms:g} ms" if args.rtt_ms else ", loopback"
     print(f"\n{args.files} media files, {total:.1f} MiB{rtt}; seconds for all")
-    print(f"{'read':<16}{'cache':>10}{'mastofs':>10}{'sshfs':>10}{'vs sshfs':>10}{'vs mastofs':>12}"
+    print(f"{'phase':<16}{'cache':>10}{'mastofs':>10}{'sshfs':>10}{'vs sshfs':>10}{'vs mastofs':>12}"
           + ("{:>16}".format("RTT/file c/m/s") if args.rtt_ms else ""))
-    for phase in ["cold", "after remount"]:
+    for phase in ["cold", "after remount", "create", "create+sync"]:
         c, m, s = (results[(t, phase)] for t in tools)
         line = f"{phase:<16}{c:>10.3f}{m:>10.3f}{s:>10.3f}{s / c:>9.1f}x{m / c:>11.1f}x"
         if args.rtt_ms:

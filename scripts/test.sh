@@ -27,6 +27,6 @@ for server in proftpd gesftpserver; do
     MASTOFS_TEST_SERVER=$server cargo test --no-fail-fast \
         --test behaviour --test ops --test errors --test ownership --test reconnect \
         --test status --test mounting --test open_files --test restart --test security \
-        --test disk_cache 2>&1 | tee -a target/test.log
+        --test disk_cache --test writeback 2>&1 | tee -a target/test.log
 done
 bash scripts/bench.sh --quick

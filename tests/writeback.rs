@@ -79,7 +79,10 @@ print(int(slowest * 1000))
         String::from_utf8_lossy(&out.stderr),
         m.log()
     );
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
 }
 
 fn writeback(m: &Mount) -> serde_json::Value {
@@ -158,9 +161,7 @@ fn uploads_complete_locally_through_an_outage_longer_than_timeout() {
         .collect();
     listed.sort();
     let i0 = (20 + n / 2) / 10 * 10;
-    let want: Vec<String> = (i0..i0 + 10)
-        .map(|i| format!("{i:05x}.png"))
-        .collect();
+    let want: Vec<String> = (i0..i0 + 10).map(|i| format!("{i:05x}.png")).collect();
     assert_eq!(listed, want);
     // None of it is on the server yet, and all of it is pending.
     assert!(!s.served.join(rel(20 + n - 1)).exists());

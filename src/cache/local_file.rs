@@ -77,7 +77,18 @@ impl LocalFile {
         base: Option<Version>,
     ) -> RemoteResult<Self> {
         let (id, file) = wb.new_data().map_err(io)?;
-        Ok(Self::with(wb, path, id, Arc::new(file), 0, perm, now(), owner, base, true))
+        Ok(Self::with(
+            wb,
+            path,
+            id,
+            Arc::new(file),
+            0,
+            perm,
+            now(),
+            owner,
+            base,
+            true,
+        ))
     }
 
     /// A pending file as its node shows it (read from its data file; copied at the
@@ -267,7 +278,7 @@ impl LocalFile {
             base: st.base,
             owner: st.owner,
         };
-        let seq = self.wb.record(op, |_| Ok(()))?;
+        let seq = self.wb.change(op, |_| Ok(()))?;
         st.sealed = true;
         st.dirty = false;
         st.base = Some((st.size, st.mtime));

@@ -559,7 +559,11 @@ impl<R: Remote> Remote for Cached<R> {
     }
 
     fn adopt(&self, path: &str, mode: OpenMode) -> Self::File {
-        if let Some(f) = self.wb.as_ref().and_then(|wb| self.wb_adopt(wb, path, mode)) {
+        if let Some(f) = self
+            .wb
+            .as_ref()
+            .and_then(|wb| self.wb_adopt(wb, path, mode))
+        {
             return f;
         }
         if mode.write {

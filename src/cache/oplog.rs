@@ -205,7 +205,7 @@ impl OpLog {
         Ok(())
     }
 
-    pub fn len(&self) -> u64 {
+    pub fn bytes(&self) -> u64 {
         self.len
     }
 }
@@ -258,7 +258,10 @@ mod tests {
         let half = encode(&rec(4, "/f4")).unwrap();
         append_raw(&d.path().join("log"), &half[..half.len() / 2]);
         let loaded = OpLog::open(d.path()).unwrap();
-        assert_eq!(loaded.pending, vec![rec(1, "/f1"), rec(2, "/f2"), rec(3, "/f3")]);
+        assert_eq!(
+            loaded.pending,
+            vec![rec(1, "/f1"), rec(2, "/f2"), rec(3, "/f3")]
+        );
         assert_eq!(loaded.last_seq, 3);
         assert!(loaded.torn > 0);
         // The next append follows the last good record.
@@ -283,7 +286,7 @@ mod tests {
         assert_eq!(loaded.pending, vec![rec(3, "/f")]);
         let mut l = loaded.log;
         l.confirmed(3, true).unwrap();
-        assert_eq!(l.len(), 0);
+        assert_eq!(l.bytes(), 0);
         drop(l);
         let loaded = OpLog::open(d.path()).unwrap();
         assert!(loaded.pending.is_empty());
@@ -296,7 +299,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut l = OpLog::open(d.path()).unwrap().log;
         l.append(&rec(1, "/a")).unwrap();
-        let at = l.len();
+        let at = l.bytes();
         l.append(&rec(2, "/b")).unwrap();
         drop(l);
         let f = std::fs::OpenOptions::new()

@@ -70,7 +70,10 @@ impl<R: Remote> Cached<R> {
     /// An lstat of a path nothing pending touches: the server's answer, or "absent" once
     /// the link has been down for [`GRACE`].
     pub(super) async fn wb_lstat(&self, path: &str, ahead: bool) -> RemoteResult<Attrs> {
-        let wb = self.wb.as_ref().ok_or_else(|| refused(libc::EIO, "no write-back"))?;
+        let wb = self
+            .wb
+            .as_ref()
+            .ok_or_else(|| refused(libc::EIO, "no write-back"))?;
         match wb.lookup(path) {
             Answer::Is(n) => {
                 let a = n.attrs().ok_or_else(|| refused(libc::ENOENT, "removed"))?;
@@ -138,7 +141,10 @@ impl<R: Remote> Cached<R> {
             match self.inner.read_dir(path, max, dir_size).await? {
                 Some(e) => {
                     for d in &e {
-                        self.saw(&format!("{}/{}", dir.trim_end_matches('/'), d.name), &d.attrs);
+                        self.saw(
+                            &format!("{}/{}", dir.trim_end_matches('/'), d.name),
+                            &d.attrs,
+                        );
                     }
                     e
                 }
@@ -255,13 +261,18 @@ impl<R: Remote> Cached<R> {
         }
     }
 
-    pub(super) async fn wb_mkdir(&self, wb: &Arc<Writeback>, path: &str, perm: u32) -> RemoteResult<()> {
+    pub(super) async fn wb_mkdir(
+        &self,
+        wb: &Arc<Writeback>,
+        path: &str,
+        perm: u32,
+    ) -> RemoteResult<()> {
         let op = Op::Mkdir {
             path: path.to_string(),
             perm,
             owner: self.owner(),
         };
-        let seq = wb.record(op, |p| match p.lookup(path) {
+        let seq = wb.change(op, |p| match p.lookup(path) {
             Answer::Is(_) => Err(refused(libc::EEXIST, "exists (pending)")),
             _ => Ok(()),
         })?;
@@ -281,7 +292,7 @@ impl<R: Remote> Cached<R> {
         let op = Op::Rmdir {
             path: path.to_string(),
         };
-        let seq = wb.record(op, |p| {
+        let seq = wb.change(op, |p| {
             if p.has_children(path) {
                 Err(refused(libc::ENOTEMPTY, "directory not empty"))
             } else {
@@ -298,7 +309,7 @@ impl<R: Remote> Cached<R> {
             _ => {}
         }
         self.changed(path);
-        let seq = wb.record(
+        let seq = wb.change(
             Op::Remove {
                 path: path.to_string(),
             },
@@ -347,7 +358,7 @@ impl<R: Remote> Cached<R> {
         for f in &open {
             f.commit().await?;
         }
-        let seq = wb.record(
+        let seq = wb.change(
             Op::Rename {
                 from: from.to_string(),
                 to: to.to_string(),
@@ -386,7 +397,7 @@ impl<R: Remote> Cached<R> {
             perm: attrs.mode.map(|m| m & 0o7777),
             mtime: attrs.mtime,
         };
-        let seq = wb.record(op, |_| Ok(()))?;
+        let seq = wb.change(op, |_| Ok(()))?;
         wb.durable(seq).await
     }
 

@@ -133,7 +133,10 @@ async fn upload<R: Remote>(remote: &R, wb: &Writeback, rec: &Record) -> RemoteRe
             if errno_is(&r, libc::ENOTEMPTY) || errno_is(&r, libc::EEXIST) {
                 // Another client put something in it: it stays, with what is in it.
                 wb.stats.conflicts.fetch_add(1, Relaxed);
-                tracing::warn!(path, "write-back: directory not removed, another client put files in it");
+                tracing::warn!(
+                    path,
+                    "write-back: directory not removed, another client put files in it"
+                );
                 return Ok(());
             }
             r
@@ -148,7 +151,11 @@ async fn upload<R: Remote>(remote: &R, wb: &Writeback, rec: &Record) -> RemoteRe
                 // Renamed before a crash.
                 (Err(e), Ok(_)) if e.errno() == libc::ENOENT => Ok(()),
                 (Err(e), Err(_)) if e.errno() == libc::ENOENT => {
-                    tracing::warn!(from, to, "write-back: nothing to rename on the server (removed by another client?)");
+                    tracing::warn!(
+                        from,
+                        to,
+                        "write-back: nothing to rename on the server (removed by another client?)"
+                    );
                     wb.stats.conflicts.fetch_add(1, Relaxed);
                     Ok(())
                 }
@@ -278,16 +285,25 @@ async fn set_aside<R: Remote>(remote: &R, wb: &Writeback, path: &str) -> RemoteR
         } else {
             format!("{path}.mastofs-conflict-{t}-{n}")
         };
-        let r = remote.rename(path, &aside, RenameMode::NoReplace, false).await;
+        let r = remote
+            .rename(path, &aside, RenameMode::NoReplace, false)
+            .await;
         match r {
             Ok(()) => {
                 wb.stats.conflicts.fetch_add(1, Relaxed);
-                tracing::warn!(path, aside, "write-back: the server's copy changed behind a pending write; kept aside");
+                tracing::warn!(
+                    path,
+                    aside,
+                    "write-back: the server's copy changed behind a pending write; kept aside"
+                );
                 return Ok(());
             }
             Err(e) if e.errno() == libc::EEXIST => continue,
             Err(e) => return Err(e),
         }
     }
-    Err(RemoteError::refused(libc::EEXIST, "no free name to set a conflicting copy aside"))
+    Err(RemoteError::refused(
+        libc::EEXIST,
+        "no free name to set a conflicting copy aside",
+    ))
 }

@@ -161,6 +161,17 @@ fn apply(p: &mut Pending, rec: &Record) {
     }
 }
 
+impl State {
+    /// Data files a node reads, or a queued upload sends.
+    fn data_in_use(&self) -> HashSet<u64> {
+        let queued = self.queue.iter().filter_map(|q| match q.rec.op {
+            Op::Put { data, .. } => Some(data),
+            _ => None,
+        });
+        self.pending.data_in_use().chain(queued).collect()
+    }
+}
+
 impl Writeback {
     /// Opens the pending state in `dir` (the cache directory's `writeback/`), resuming
     /// what an earlier daemon left.
@@ -275,7 +286,7 @@ impl Writeback {
     /// Records `op` (written to the log, in order with every other change, and applied
     /// to the pending namespace); durable once [`Writeback::durable`] returns. `check`
     /// runs under the same lock first and may refuse the change.
-    pub fn record(
+    pub fn change(
         &self,
         op: Op,
         check: impl FnOnce(&Pending) -> RemoteResult<()>,
@@ -294,7 +305,10 @@ impl Writeback {
             if let Some(Node::File { data, .. }) = s.pending.node(path).cloned() {
                 let started = s.started;
                 for (i, q) in s.queue.iter_mut().enumerate() {
-                    if let Op::Put { path: p, data: d, .. } = &q.rec.op {
+                    if let Op::Put {
+                        path: p, data: d, ..
+                    } = &q.rec.op
+                    {
                         if *d == data && p == path && !(i == 0 && started) {
                             q.skip = true;
                         }
@@ -393,7 +407,7 @@ impl Writeback {
         if let Op::Put { data, .. } = q.rec.op {
             s.orphans.push(data);
         }
-        let in_use: HashSet<u64> = s.pending.data_in_use().collect();
+        let in_use = s.data_in_use();
         let orphans = std::mem::take(&mut s.orphans);
         let (gone, kept): (Vec<u64>, Vec<u64>) =
             orphans.into_iter().partition(|d| !in_use.contains(d));
@@ -459,7 +473,7 @@ impl Writeback {
     pub fn discard(&self, id: u64) {
         let mut s = self.lock();
         s.pending.unshow(id);
-        if s.pending.data_in_use().any(|d| d == id) || s.queue.iter().any(|q| matches!(q.rec.op, Op::Put { data, .. } if data == id)) {
+        if s.data_in_use().contains(&id) {
             return;
         }
         self.drop_data(&mut s, &[id]);
@@ -500,5 +514,87 @@ impl Writeback {
         }
         buf.truncate(got);
         Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::CacheConfig;
+
+    fn open(dir: &Path) -> Arc<Writeback> {
+        let store = Store::open(&CacheConfig {
+            dir: dir.to_path_buf(),
+            size: 1 << 30,
+            allow_tmpfs: true,
+        })
+        .unwrap();
+        let cfg = WritebackConfig { fsync_remote: true };
+        Writeback::open(&dir.join("writeback"), store, cfg).unwrap()
+    }
+
+    fn put(wb: &Writeback, path: &str) -> u64 {
+        let (data, _) = wb.new_data().unwrap();
+        let op = Op::Put {
+            path: path.into(),
+            data,
+            size: 0,
+            perm: 0o644,
+            mtime: 1,
+            base: None,
+            owner: None,
+        };
+        wb.change(op, |_| Ok(())).unwrap();
+        data
+    }
+
+    #[test]
+    fn data_a_queued_upload_sends_is_kept_until_it_is_sent() {
+        let d = tempfile::tempdir().unwrap();
+        let wb = open(d.path());
+        let mkdir = Op::Mkdir {
+            path: "/d".into(),
+            perm: 0o755,
+            owner: None,
+        };
+        wb.change(mkdir, |_| Ok(())).unwrap();
+        let first = put(&wb, "/d/a");
+        let second = put(&wb, "/d/a");
+        wb.finish(1);
+        assert!(
+            wb.data_path(first).exists(),
+            "the first upload still needs it"
+        );
+        wb.finish(2);
+        assert!(!wb.data_path(first).exists());
+        assert!(wb.data_path(second).exists());
+        wb.finish(3);
+        assert!(!wb.data_path(second).exists());
+        assert_eq!(wb.backlog().ops, 0);
+    }
+
+    #[test]
+    fn a_restart_resumes_the_queue_and_the_namespace() {
+        let d = tempfile::tempdir().unwrap();
+        let wb = open(d.path());
+        let data = put(&wb, "/f");
+        let rename = Op::Rename {
+            from: "/f".into(),
+            to: "/g".into(),
+        };
+        let seq = wb.change(rename, |_| Ok(())).unwrap();
+        drop(wb);
+        let wb = open(d.path());
+        assert_eq!(wb.backlog().ops, 2);
+        assert_eq!(wb.lookup("/f"), Answer::Absent);
+        assert!(matches!(wb.lookup("/g"), Answer::Is(Node::File { data: d, .. }) if d == data));
+        assert_eq!(wb.last_seq(), seq);
+        // A file removed before its upload is not uploaded.
+        let gone = put(&wb, "/h");
+        let rm = Op::Remove { path: "/h".into() };
+        wb.change(rm, |_| Ok(())).unwrap();
+        let skipped: Vec<bool> = wb.lock().queue.iter().map(|q| q.skip).collect();
+        assert_eq!(skipped, [false, false, true, false]);
+        assert!(wb.data_path(gone).exists());
     }
 }

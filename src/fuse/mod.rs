@@ -474,9 +474,11 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.reply_empty("fsyncdir", reply, move |fs| async move {
-            fs.fsyncdir().await
-        });
+        self.reply_empty(
+            "fsyncdir",
+            reply,
+            move |fs| async move { fs.fsyncdir().await },
+        );
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

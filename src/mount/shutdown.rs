@@ -45,7 +45,10 @@ impl Shutdown {
         if let Some(wb) = &self.writeback {
             let ops = wb.backlog().ops;
             if ops > 0 {
-                tracing::info!(changes = ops, "write-back: uploading pending changes before exit");
+                tracing::info!(
+                    changes = ops,
+                    "write-back: uploading pending changes before exit"
+                );
                 if wb.drain(self.timeout).await.is_err() {
                     tracing::warn!(
                         changes = wb.backlog().ops,

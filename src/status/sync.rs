@@ -30,16 +30,18 @@ pub fn run(args: &[OsString]) -> i32 {
     while let Some(a) = it.next() {
         match a.to_str() {
             Some("--socket") => socket = it.next().map(PathBuf::from),
-            Some("--timeout") => {
-                match it.next().and_then(|s| s.to_str()?.parse::<u64>().ok()) {
-                    Some(s) => limit = Some(Duration::from_secs(s)),
-                    None => {
-                        eprintln!("mastofs sync: --timeout needs a number of seconds");
-                        return 2;
-                    }
+            Some("--timeout") => match it.next().and_then(|s| s.to_str()?.parse::<u64>().ok()) {
+                Some(s) => limit = Some(Duration::from_secs(s)),
+                None => {
+                    eprintln!("mastofs sync: --timeout needs a number of seconds");
+                    return 2;
                 }
+            },
+            _ => {
+                socket = Some(super::default_socket(&super::client::mountpoint(
+                    &PathBuf::from(a),
+                )))
             }
-            _ => socket = Some(super::default_socket(&super::client::mountpoint(&PathBuf::from(a)))),
         }
     }
     let Some(socket) = socket else {
@@ -57,7 +59,9 @@ pub fn run(args: &[OsString]) -> i32 {
             }
         };
         let Some((ops, bytes, oldest)) = backlog(&v) else {
-            eprintln!("mastofs sync: this mount has no write-back (cache_writeback=on): nothing pending");
+            eprintln!(
+                "mastofs sync: this mount has no write-back (cache_writeback=on): nothing pending"
+            );
             return 0;
         };
         if ops == 0 {
