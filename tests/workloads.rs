@@ -416,12 +416,9 @@ impl Drop for Pg {
     }
 }
 
-/// pgBackRest with its repository on a `uid=70,gid=70` mount: WAL archived under load
-/// while the link is cut three times and blackholed for 20 s, a full and an incremental
-/// backup (cut in the middle), check, verify, and a restore that has every row.
-#[test]
-fn pgbackrest_repository_through_cuts() {
-    let rig = Rig::new("uid=70,gid=70,allow_other,default_permissions,timeout=600");
+/// A cluster run by uid 70 archiving to a pgBackRest repository at `repo`, started, its
+/// stanza created and checked.
+fn pg_cluster(repo: &Path) -> Pg {
     let work = tempfile::tempdir().unwrap();
     std::os::unix::fs::chown(work.path(), Some(PG_UID), Some(PG_UID)).unwrap();
     let data = work.path().join("data");
@@ -434,7 +431,7 @@ fn pgbackrest_repository_through_cuts() {
              log-level-console=warn\nlog-level-file=detail\nstart-fast=y\narchive-timeout=600\n\
              io-timeout=600\ndb-timeout=600\n\n[main]\npg1-path={data}\npg1-port={port}\n\
              pg1-socket-path={w}\npg1-user=postgres\n",
-            repo = rig.m.p("pgbackrest").display(),
+            repo = repo.display(),
             w = work.path().display(),
             data = data.display(),
         ),
@@ -492,6 +489,17 @@ fn pgbackrest_repository_through_cuts() {
     );
     ok("stanza-create", &pg.pgbackrest(&["stanza-create"]));
     ok("check", &pg.pgbackrest(&["check"]));
+    pg
+}
+
+/// pgBackRest with its repository on a `uid=70,gid=70` mount: WAL archived under load
+/// while the link is cut three times and blackholed for 20 s, a full and an incremental
+/// backup (cut in the middle), check, verify, and a restore that has every row.
+#[test]
+fn pgbackrest_repository_through_cuts() {
+    let rig = Rig::new("uid=70,gid=70,allow_other,default_permissions,timeout=600");
+    let pg = pg_cluster(&rig.m.p("pgbackrest"));
+    let w = pg.work.path().display().to_string();
     ok("pgbench -i", &pg.pgbench(&["-i", "-s", "5"]));
     pg.sql("create table t (id int, pad text)");
     // Load: pgbench rounds, each ending in a WAL switch; the link is cut when 3, 6 and 9
@@ -646,4 +654,71 @@ fn pgbackrest_repository_through_cuts() {
         "the restored cluster differs"
     );
     assert!(rig.reconnects() >= 4, "{}", rig.reconnects());
+}
+
+/// pgBackRest on a write-back mount (`cache_writeback=on`, `fsync=remote`) through an
+/// outage longer than `timeout=`: archive-push waits and fails as without write-back, and
+/// no segment is ever reported archived that is not on the box; once the link returns,
+/// archiving catches up.
+#[test]
+fn pgbackrest_on_a_writeback_mount_archives_nothing_the_box_does_not_have() {
+    let cache = tempfile::tempdir().unwrap();
+    let rig = Rig::new(&format!(
+        "uid=70,gid=70,allow_other,default_permissions,timeout=10,cache={},cache_writeback=on",
+        cache.path().join("c").display()
+    ));
+    let pg = pg_cluster(&rig.m.p("pgbackrest"));
+    let box_archive = rig.s.served.join("pgbackrest/archive");
+    let tree = || {
+        Command::new("find")
+            .arg(&box_archive)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    // Whether the box holds segment `wal` (pgBackRest names it WAL-SHA1[.gz]).
+    let on_box = |wal: &str| {
+        wal.is_empty()
+            || tree().lines().any(|l| {
+                let name = l.rsplit('/').next().unwrap_or("");
+                name.starts_with(&format!("{wal}-")) && !name.ends_with(".tmp")
+            })
+    };
+    pg.sql("create table t (id int, pad text)");
+    pg.switch_and_wait();
+    let last = || pg.sql("select coalesce(last_archived_wal, '') from pg_stat_archiver");
+    assert!(on_box(&last()), "{} not in {}", last(), tree());
+    let failed = || -> u64 {
+        pg.sql("select failed_count from pg_stat_archiver")
+            .parse()
+            .unwrap_or(0)
+    };
+    let failed_before = failed();
+
+    rig.p.set_mode(Mode::Blackhole);
+    wait_until(Duration::from_secs(30), "the mount sees the outage", || {
+        status_json(&rig.sock)["state"] != "connected"
+    });
+    pg.sql("insert into t select g, repeat('x', 200) from generate_series(1, 20000) g");
+    let ended = pg.sql("select pg_walfile_name(pg_switch_wal())");
+    // Longer than timeout=10: every archive-push in it waits, then fails.
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(40) {
+        let l = last();
+        assert!(on_box(&l), "{l} reported archived, not on the box");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(last() < ended, "archived during the outage");
+    assert!(
+        failed() > failed_before,
+        "archive-push did not fail during the outage"
+    );
+
+    rig.p.set_mode(Mode::Pass);
+    wait_until(Duration::from_secs(600), "the segment archived", || {
+        last() >= ended
+    });
+    let l = last();
+    assert!(on_box(&l), "{l} reported archived, not on the box");
+    ok("check", &pg.pgbackrest(&["check"]));
 }

@@ -396,3 +396,17 @@ fn a_clean_unmount_uploads_what_is_pending() {
         );
     }
 }
+
+#[test]
+fn rewriting_what_this_mount_uploaded_is_no_conflict() {
+    let s = Server::start();
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(&s, &opts(cache.path(), ",attr_timeout=30,entry_timeout=30"));
+    for round in 0..3u8 {
+        std::fs::write(m.p("info"), [round; 100]).unwrap();
+        drained(&m, Duration::from_secs(60));
+        assert_eq!(std::fs::read(s.served.join("info")).unwrap(), [round; 100]);
+    }
+    assert_eq!(writeback(&m)["conflicts"], 0);
+    assert_eq!(std::fs::read_dir(&s.served).unwrap().count(), 1);
+}

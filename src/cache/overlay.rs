@@ -419,9 +419,15 @@ impl<R: Remote> Cached<R> {
             })
     }
 
-    /// The version the server showed for `path` when last asked, however long ago.
+    /// The version the server showed for `path` when last asked, however long ago
+    /// (With write-back, or what this mount's last upload of it left, if that is newer.)
     pub(super) fn seen_version(&self, path: &str) -> Option<(super::store::Version, u32)> {
-        let mut s = self.seen.lock().ok()?;
-        s.get(path).map(|(v, _, perm)| (*v, *perm))
+        let seen = self.seen.lock().ok()?.get(path).copied();
+        let put = self.wb.as_ref().and_then(|wb| wb.put_version(path));
+        let newest = match (seen, put) {
+            (Some(s), Some(p)) => Some(if p.1 > s.1 { p } else { s }),
+            (s, p) => s.or(p),
+        };
+        newest.map(|(v, _, perm)| (v, perm))
     }
 }

@@ -196,11 +196,10 @@ async fn put<R: Remote>(remote: &R, wb: &Writeback, rec: &Record) -> RemoteResul
     let ours = (*size, *mtime);
     match remote.lstat(path).await {
         Ok(a) => {
+            // This very version is no conflict (uploaded before a crash, or the same
+            // size written within the same second of the last one): it goes up again.
             let theirs = version_of(&a);
-            if theirs == Some(ours) {
-                return Ok(()); // uploaded before a crash
-            }
-            if theirs != *base || a.kind() != Kind::File {
+            if a.kind() != Kind::File || (theirs != *base && theirs != Some(ours)) {
                 set_aside(remote, wb, path).await?;
             }
         }

@@ -20,7 +20,7 @@ use tokio::sync::{watch, Notify};
 
 use super::oplog::{self, Op, OpLog, Record};
 use super::pending::{Answer, Node, Pending};
-use super::store::Store;
+use super::store::{Store, Version};
 use crate::session::remote::{RemoteError, RemoteResult};
 
 /// `cache_writeback=on` and `fsync=` as parsed.
@@ -29,6 +29,12 @@ pub struct WritebackConfig {
     /// `fsync=remote` (true, the default): fsync waits until the server has the file.
     pub fsync_remote: bool,
 }
+
+/// Versions of uploads remembered (see `Writeback::put_versions`).
+const PUT_VERSIONS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(4096) {
+    Some(n) => n,
+    None => std::num::NonZeroUsize::MIN,
+};
 
 /// How old the oldest pending change may get before the mount reports itself degraded.
 pub const STALE_AFTER: Duration = Duration::from_secs(600);
@@ -76,6 +82,9 @@ pub struct Writeback {
     pub stats: WritebackStats,
     /// Bytes of data files pending upload.
     pub pending_bytes: AtomicU64,
+    /// Versions this mount's uploads left on the server lately, and when, with their
+    /// mode bits: what a later write of the same path replaces (see `base`).
+    put_versions: Mutex<lru::LruCache<String, (Version, std::time::Instant, u32)>>,
 }
 
 /// What the status report shows of the pending changes.
@@ -255,6 +264,7 @@ impl Writeback {
             store,
             stats: WritebackStats::default(),
             pending_bytes: AtomicU64::new(bytes),
+            put_versions: Mutex::new(lru::LruCache::new(PUT_VERSIONS)),
         }))
     }
 
@@ -348,6 +358,11 @@ impl Writeback {
         .map_err(|e| RemoteError::Broken(e.to_string()))?
     }
 
+    /// The version this mount's last upload of `path` left there, when, and its mode.
+    pub fn put_version(&self, path: &str) -> Option<(Version, std::time::Instant, u32)> {
+        self.put_versions.lock().ok()?.get(path).copied()
+    }
+
     /// The last sequence number recorded.
     pub fn last_seq(&self) -> u64 {
         self.lock().last_seq
@@ -416,6 +431,19 @@ impl Writeback {
         drop(s);
         if !q.skip {
             self.stats.uploaded.fetch_add(1, Relaxed);
+            if let Op::Put {
+                path,
+                size,
+                mtime,
+                perm,
+                ..
+            } = &q.rec.op
+            {
+                let now = std::time::Instant::now();
+                if let Ok(mut v) = self.put_versions.lock() {
+                    v.put(path.clone(), ((*size, *mtime), now, *perm));
+                }
+            }
         }
         self.done.send_replace(seq);
     }
