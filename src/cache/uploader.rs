@@ -1,5 +1,7 @@
 //! The uploader: one task per mount that drains the write-back queue to the server, in
-//! order, one change at a time.
+//! order: a change goes once every earlier change to the same path, or to one inside or
+//! above it, is on the server (see [`super::writeback::depends`]); unrelated ones go side
+//! by side.
 //!
 //! Owns how each recorded change is made on the server so that doing it again (after a
 //! crash between doing it and noting it done) ends in the same state: a directory that
@@ -24,38 +26,61 @@ use crate::session::remote::{Bytes, Remote, RemoteError, RemoteResult, RenameMod
 /// Bytes read from a data file and sent per WRITE.
 const CHUNK: usize = 256 << 10;
 
+/// Uploads at once, at most: changes that depend on no earlier pending one (other paths)
+/// go side by side, so a backlog of files in their own directories costs the round trips
+/// of one, not of all.
+const PARALLEL: usize = 16;
+
 /// Drains `wb` to `remote` for the life of the mount.
 pub async fn run<R: Remote>(remote: Arc<R>, wb: Arc<Writeback>) {
-    let mut backoff = Duration::from_millis(500);
-    let mut logged: Option<Instant> = None;
+    let logged = std::sync::Mutex::new(None::<Instant>);
+    let mut running = futures::stream::FuturesUnordered::new();
     loop {
         let woken = wb.wake.notified();
-        let Some(q) = wb.front() else {
+        for rec in wb.ready(PARALLEL - running.len()) {
+            let (remote, wb, logged) = (&*remote, &*wb, &logged);
+            running.push(async move {
+                retried(remote, wb, &rec, logged).await;
+                rec.seq
+            });
+        }
+        if running.is_empty() {
             woken.await;
             continue;
+        }
+        tokio::select! {
+            Some(seq) = futures::StreamExt::next(&mut running) => wb.finish(seq),
+            () = woken => {}
+        }
+    }
+}
+
+/// Uploads `rec` until the server has it: transient failures (no connection) and
+/// refusals are retried with backoff, refusals counted and logged (once a minute).
+async fn retried<R: Remote>(
+    remote: &R,
+    wb: &Writeback,
+    rec: &Record,
+    logged: &std::sync::Mutex<Option<Instant>>,
+) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let e = match upload(remote, wb, rec).await {
+            Ok(()) => return,
+            Err(e) => e,
         };
-        if q.skip {
-            wb.finish(q.rec.seq);
-            continue;
+        let transient = matches!(e, RemoteError::Timeout(_) | RemoteError::Broken(_));
+        if !transient {
+            wb.stats.upload_errors.fetch_add(1, Relaxed);
         }
-        match upload(&*remote, &wb, &q.rec).await {
-            Ok(()) => {
-                backoff = Duration::from_millis(500);
-                wb.finish(q.rec.seq);
-            }
-            Err(e) => {
-                let transient = matches!(e, RemoteError::Timeout(_) | RemoteError::Broken(_));
-                if !transient {
-                    wb.stats.upload_errors.fetch_add(1, Relaxed);
-                }
-                if logged.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                    logged = Some(Instant::now());
-                    tracing::warn!(error = %e, op = ?q.rec.op, "write-back: upload failed; retrying (nothing is dropped)");
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(if transient { 5 } else { 60 }));
+        if let Ok(mut l) = logged.lock() {
+            if l.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                *l = Some(Instant::now());
+                tracing::warn!(error = %e, op = ?rec.op, "write-back: upload failed; retrying (nothing is dropped)");
             }
         }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(if transient { 5 } else { 60 }));
     }
 }
 

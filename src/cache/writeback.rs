@@ -47,18 +47,43 @@ pub struct WritebackStats {
     pub conflicts: AtomicU64,
 }
 
-/// A queued change, and whether it no longer matters (a file removed before upload).
+/// A queued change, and where its upload is.
 pub struct Queued {
     pub rec: Record,
+    /// It no longer matters (a file removed before its upload).
     pub skip: bool,
+    pub stage: Stage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Waiting,
+    Uploading,
+    /// On the server; leaves the queue once every change before it has too.
+    Done,
+}
+
+/// Changes the uploader looks at from the front of the queue for ones it may send now.
+const WINDOW: usize = 64;
+
+/// `path` is `dir` or inside it.
+fn within(path: &str, dir: &str) -> bool {
+    path.strip_prefix(dir)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || dir.ends_with('/'))
+}
+
+/// Whether two changes touch the same path or one inside the other's: they must reach the
+/// server in the log's order. Others may go at once.
+pub fn depends(a: &Op, b: &Op) -> bool {
+    a.paths()
+        .iter()
+        .any(|p| b.paths().iter().any(|q| within(p, q) || within(q, p)))
 }
 
 struct State {
     log: OpLog,
     pending: Pending,
     queue: VecDeque<Queued>,
-    /// The uploader is working on the front of the queue (it is not skipped then).
-    started: bool,
     last_seq: u64,
     next_data: u64,
     /// Data files no node reads any more, once no open file does either.
@@ -204,7 +229,11 @@ impl Writeback {
         let mut bytes = 0;
         for rec in loaded.pending {
             apply(&mut pending, &rec);
-            queue.push_back(Queued { rec, skip: false });
+            queue.push_back(Queued {
+                rec,
+                skip: false,
+                stage: Stage::Waiting,
+            });
         }
         // Data files no pending record names were never acknowledged (or are uploaded).
         let named: HashSet<u64> = queue
@@ -250,7 +279,6 @@ impl Writeback {
                 log: loaded.log,
                 pending,
                 queue,
-                started: false,
                 last_seq: last,
                 next_data,
                 orphans: Vec::new(),
@@ -313,13 +341,12 @@ impl Writeback {
         // A file removed before it was uploaded need not be uploaded.
         if let Op::Remove { path } = &rec.op {
             if let Some(Node::File { data, .. }) = s.pending.node(path).cloned() {
-                let started = s.started;
-                for (i, q) in s.queue.iter_mut().enumerate() {
+                for q in s.queue.iter_mut() {
                     if let Op::Put {
                         path: p, data: d, ..
                     } = &q.rec.op
                     {
-                        if *d == data && p == path && !(i == 0 && started) {
+                        if *d == data && p == path && q.stage == Stage::Waiting {
                             q.skip = true;
                         }
                     }
@@ -335,7 +362,11 @@ impl Writeback {
             s.orphans.push(d);
         }
         let seq = rec.seq;
-        s.queue.push_back(Queued { rec, skip: false });
+        s.queue.push_back(Queued {
+            rec,
+            skip: false,
+            stage: Stage::Waiting,
+        });
         drop(s);
         self.wake.notify_one();
         Ok(seq)
@@ -395,41 +426,73 @@ impl Writeback {
         }
     }
 
-    /// The next change to upload (the uploader marks it started).
-    pub fn front(&self) -> Option<Queued> {
+    /// Changes that may be uploaded now, at most `n`: waiting ones near the front of the
+    /// queue that depend on no earlier change not yet on the server (marked uploading).
+    /// Changes that no longer matter are done at once.
+    pub fn ready(&self, n: usize) -> Vec<Record> {
         let mut s = self.lock();
-        s.started = true;
-        let q = s.queue.front()?;
-        Some(Queued {
-            rec: q.rec.clone(),
-            skip: q.skip,
-        })
+        let mut out = Vec::new();
+        let mut skipped = Vec::new();
+        let q = &mut s.queue;
+        for i in 0..q.len().min(WINDOW) {
+            if out.len() >= n {
+                break;
+            }
+            if q[i].stage != Stage::Waiting {
+                continue;
+            }
+            let blocked = (0..i)
+                .any(|j| q[j].stage != Stage::Done && depends(&q[j].rec.op, &q[i].rec.op));
+            if blocked {
+                continue;
+            }
+            q[i].stage = Stage::Uploading;
+            if q[i].skip {
+                skipped.push(q[i].rec.seq);
+            } else {
+                out.push(q[i].rec.clone());
+            }
+        }
+        drop(s);
+        for seq in skipped {
+            self.finish(seq);
+        }
+        out
     }
 
-    /// The front change is on the server (or no longer matters).
+    /// Change `seq` is on the server (or no longer matters). Changes leave the queue, and
+    /// count as confirmed, in the log's order.
     pub fn finish(&self, seq: u64) {
         let mut s = self.lock();
-        let Some(q) = s.queue.pop_front() else {
+        let Some(i) = s.queue.iter().position(|q| q.rec.seq == seq) else {
             return;
         };
-        s.started = false;
-        debug_assert_eq!(q.rec.seq, seq);
-        s.pending.confirmed(seq, &q.rec.op.paths());
-        let all = s.queue.is_empty();
-        if let Err(e) = s.log.confirmed(seq, all) {
-            tracing::warn!(error = %e, "write-back log: cannot note an upload (it is repeated after a restart)");
+        s.queue[i].stage = Stage::Done;
+        let rec = s.queue[i].rec.clone();
+        let skipped = s.queue[i].skip;
+        s.pending.confirmed(seq, &rec.op.paths());
+        let mut confirmed = None;
+        while s.queue.front().is_some_and(|q| q.stage == Stage::Done) {
+            let Some(q) = s.queue.pop_front() else { break };
+            if let Op::Put { data, .. } = q.rec.op {
+                s.orphans.push(data);
+            }
+            confirmed = Some(q.rec.seq);
         }
-        if let Op::Put { data, .. } = q.rec.op {
-            s.orphans.push(data);
+        if let Some(upto) = confirmed {
+            let all = s.queue.is_empty();
+            if let Err(e) = s.log.confirmed(upto, all) {
+                tracing::warn!(error = %e, "write-back log: cannot note an upload (it is repeated after a restart)");
+            }
+            let in_use = s.data_in_use();
+            let orphans = std::mem::take(&mut s.orphans);
+            let (gone, kept): (Vec<u64>, Vec<u64>) =
+                orphans.into_iter().partition(|d| !in_use.contains(d));
+            s.orphans = kept;
+            self.drop_data(&mut s, &gone);
         }
-        let in_use = s.data_in_use();
-        let orphans = std::mem::take(&mut s.orphans);
-        let (gone, kept): (Vec<u64>, Vec<u64>) =
-            orphans.into_iter().partition(|d| !in_use.contains(d));
-        s.orphans = kept;
-        self.drop_data(&mut s, &gone);
         drop(s);
-        if !q.skip {
+        if !skipped {
             self.stats.uploaded.fetch_add(1, Relaxed);
             if let Op::Put {
                 path,
@@ -437,7 +500,7 @@ impl Writeback {
                 mtime,
                 perm,
                 ..
-            } = &q.rec.op
+            } = &rec.op
             {
                 let now = std::time::Instant::now();
                 if let Ok(mut v) = self.put_versions.lock() {
@@ -445,7 +508,9 @@ impl Writeback {
                 }
             }
         }
-        self.done.send_replace(seq);
+        if let Some(upto) = confirmed {
+            self.done.send_replace(upto);
+        }
     }
 
     pub fn data_path(&self, id: u64) -> PathBuf {
@@ -580,12 +645,7 @@ mod tests {
     fn data_a_queued_upload_sends_is_kept_until_it_is_sent() {
         let d = tempfile::tempdir().unwrap();
         let wb = open(d.path());
-        let mkdir = Op::Mkdir {
-            path: "/d".into(),
-            perm: 0o755,
-            owner: None,
-        };
-        wb.change(mkdir, |_| Ok(())).unwrap();
+        mkdir(&wb, "/d");
         let first = put(&wb, "/d/a");
         let second = put(&wb, "/d/a");
         wb.finish(1);
@@ -598,6 +658,43 @@ mod tests {
         assert!(wb.data_path(second).exists());
         wb.finish(3);
         assert!(!wb.data_path(second).exists());
+        assert_eq!(wb.backlog().ops, 0);
+    }
+
+    fn mkdir(wb: &Writeback, path: &str) -> u64 {
+        let op = Op::Mkdir {
+            path: path.into(),
+            perm: 0o755,
+            owner: None,
+        };
+        wb.change(op, |_| Ok(())).unwrap()
+    }
+
+    fn seqs(recs: Vec<Record>) -> Vec<u64> {
+        recs.into_iter().map(|r| r.seq).collect()
+    }
+
+    #[test]
+    fn unrelated_changes_go_side_by_side_and_are_confirmed_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let wb = open(d.path());
+        mkdir(&wb, "/a"); // 1
+        put(&wb, "/a/x"); // 2
+        mkdir(&wb, "/b"); // 3
+        put(&wb, "/b/y"); // 4
+        mkdir(&wb, "/ab"); // 5: not inside /a
+        assert_eq!(seqs(wb.ready(16)), [1, 3, 5]);
+        assert!(wb.ready(16).is_empty(), "each waits for its directory");
+        wb.finish(3);
+        assert_eq!(seqs(wb.ready(16)), [4]);
+        wb.finish(4);
+        wb.finish(5);
+        assert_eq!(*wb.done.borrow(), 0, "confirmed only in the log's order");
+        wb.finish(1);
+        assert_eq!(*wb.done.borrow(), 1);
+        assert_eq!(seqs(wb.ready(16)), [2]);
+        wb.finish(2);
+        assert_eq!(*wb.done.borrow(), 5);
         assert_eq!(wb.backlog().ops, 0);
     }
 
