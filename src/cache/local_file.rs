@@ -77,18 +77,19 @@ impl LocalFile {
         base: Option<Version>,
     ) -> RemoteResult<Self> {
         let (id, file) = wb.new_data().map_err(io)?;
-        Ok(Self::with(
-            wb,
-            path,
+        let st = State {
             id,
-            Arc::new(file),
-            0,
+            file: Arc::new(file),
+            size: 0,
             perm,
-            now(),
+            mtime: now(),
             owner,
             base,
-            true,
-        ))
+            dirty: true,
+            sealed: false,
+            last_put: 0,
+        };
+        Ok(Self::with(wb, path, st))
     }
 
     /// A pending file as its node shows it (read from its data file; copied at the
@@ -105,50 +106,26 @@ impl LocalFile {
             return Err(RemoteError::refused(libc::EISDIR, "not a file"));
         };
         let file = File::open(wb.data_path(*data)).map_err(io)?;
-        let mut f = Self::with(
-            wb,
-            path,
-            *data,
-            Arc::new(file),
-            *size,
-            *perm,
-            *mtime,
-            *owner,
-            Some((*size, *mtime)),
-            false,
-        );
-        f.st.get_mut().sealed = true;
-        Ok(f)
+        let st = State {
+            id: *data,
+            file: Arc::new(file),
+            size: *size,
+            perm: *perm,
+            mtime: *mtime,
+            owner: *owner,
+            base: Some((*size, *mtime)),
+            dirty: false,
+            sealed: true,
+            last_put: 0,
+        };
+        Ok(Self::with(wb, path, st))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn with(
-        wb: &Arc<Writeback>,
-        path: &str,
-        id: u64,
-        file: Arc<File>,
-        size: u64,
-        perm: u32,
-        mtime: u32,
-        owner: Option<(u32, u32)>,
-        base: Option<Version>,
-        dirty: bool,
-    ) -> Self {
+    fn with(wb: &Arc<Writeback>, path: &str, st: State) -> Self {
         LocalFile {
             wb: wb.clone(),
             path: Mutex::new(path.to_string()),
-            st: tokio::sync::Mutex::new(State {
-                id,
-                file,
-                size,
-                perm,
-                mtime,
-                owner,
-                base,
-                dirty,
-                sealed: false,
-                last_put: 0,
-            }),
+            st: tokio::sync::Mutex::new(st),
         }
     }
 

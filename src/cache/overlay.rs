@@ -272,11 +272,12 @@ impl<R: Remote> Cached<R> {
             perm,
             owner: self.owner(),
         };
-        let seq = wb.change(op, |p| match p.lookup(path) {
+        wb.commit(op, |p| match p.lookup(path) {
             Answer::Is(_) => Err(refused(libc::EEXIST, "exists (pending)")),
             _ => Ok(()),
-        })?;
-        wb.durable(seq).await
+        })
+        .await
+        .map(|_| ())
     }
 
     pub(super) async fn wb_rmdir(&self, wb: &Arc<Writeback>, path: &str) -> RemoteResult<()> {
@@ -292,14 +293,15 @@ impl<R: Remote> Cached<R> {
         let op = Op::Rmdir {
             path: path.to_string(),
         };
-        let seq = wb.change(op, |p| {
+        wb.commit(op, |p| {
             if p.has_children(path) {
                 Err(refused(libc::ENOTEMPTY, "directory not empty"))
             } else {
                 Ok(())
             }
-        })?;
-        wb.durable(seq).await
+        })
+        .await
+        .map(|_| ())
     }
 
     pub(super) async fn wb_remove(&self, wb: &Arc<Writeback>, path: &str) -> RemoteResult<()> {
@@ -309,13 +311,14 @@ impl<R: Remote> Cached<R> {
             _ => {}
         }
         self.changed(path);
-        let seq = wb.change(
+        wb.commit(
             Op::Remove {
                 path: path.to_string(),
             },
             |_| Ok(()),
-        )?;
-        wb.durable(seq).await
+        )
+        .await
+        .map(|_| ())
     }
 
     pub(super) async fn wb_rename(
@@ -397,8 +400,7 @@ impl<R: Remote> Cached<R> {
             perm: attrs.mode.map(|m| m & 0o7777),
             mtime: attrs.mtime,
         };
-        let seq = wb.change(op, |_| Ok(()))?;
-        wb.durable(seq).await
+        wb.commit(op, |_| Ok(())).await.map(|_| ())
     }
 
     /// fsync of a write-back file: committed, and with `fsync=remote` on the server

@@ -83,9 +83,9 @@ fn parent(path: &str) -> Option<&str> {
 }
 
 /// `path` is `dir` or inside it.
-fn within(path: &str, dir: &str) -> bool {
-    path == dir
-        || (path.starts_with(dir) && (dir.ends_with('/') || path.as_bytes()[dir.len()] == b'/'))
+pub fn within(path: &str, dir: &str) -> bool {
+    path.strip_prefix(dir)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || dir.ends_with('/'))
 }
 
 impl Pending {
@@ -161,23 +161,21 @@ impl Pending {
         self.nodes.insert(path.to_string(), (node, seq));
     }
 
+    /// The paths of the nodes at `dir` and inside it, set by operation `seq` or earlier.
+    fn under(&self, dir: &str, seq: u64) -> Vec<String> {
+        self.nodes
+            .range(dir.to_string()..)
+            .take_while(|(k, _)| k.starts_with(dir))
+            .filter(|(k, (_, s))| within(k, dir) && *s <= seq)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// Moves `from` (and what is pending under it) to `to`, replacing what was there;
     /// `from` will be gone.
     pub fn rename(&mut self, from: &str, to: &str, seq: u64) {
-        let moved: Vec<String> = self
-            .nodes
-            .range(from.to_string()..)
-            .take_while(|(k, _)| k.starts_with(from))
-            .filter(|(k, _)| within(k, from))
-            .map(|(k, _)| k.clone())
-            .collect();
-        let replaced: Vec<String> = self
-            .nodes
-            .range(to.to_string()..)
-            .take_while(|(k, _)| k.starts_with(to))
-            .filter(|(k, _)| within(k, to))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let moved = self.under(from, u64::MAX);
+        let replaced = self.under(to, u64::MAX);
         let mut taken = Vec::new();
         for k in moved {
             if let Some((n, _)) = self.nodes.remove(&k) {
@@ -197,14 +195,7 @@ impl Pending {
     /// under them it set) go, unless a later operation set them again.
     pub fn confirmed(&mut self, seq: u64, paths: &[&str]) {
         for p in paths {
-            let gone: Vec<String> = self
-                .nodes
-                .range(p.to_string()..)
-                .take_while(|(k, _)| k.starts_with(p))
-                .filter(|(k, (_, s))| within(k, p) && *s <= seq)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in gone {
+            for k in self.under(p, seq) {
                 self.nodes.remove(&k);
             }
         }

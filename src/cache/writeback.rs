@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{watch, Notify};
 
 use super::oplog::{self, Op, OpLog, Record};
-use super::pending::{Answer, Node, Pending};
+use super::pending::{within, Answer, Node, Pending};
 use super::store::{Store, Version};
 use crate::session::remote::{RemoteError, RemoteResult};
 
@@ -65,12 +65,6 @@ pub enum Stage {
 
 /// Changes the uploader looks at from the front of the queue for ones it may send now.
 const WINDOW: usize = 64;
-
-/// `path` is `dir` or inside it.
-fn within(path: &str, dir: &str) -> bool {
-    path.strip_prefix(dir)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || dir.ends_with('/'))
-}
 
 /// Whether two changes touch the same path or one inside the other's: they must reach the
 /// server in the log's order. Others may go at once.
@@ -372,6 +366,17 @@ impl Writeback {
         Ok(seq)
     }
 
+    /// [`Writeback::change`], acknowledged once durable.
+    pub async fn commit(
+        self: &Arc<Self>,
+        op: Op,
+        check: impl FnOnce(&Pending) -> RemoteResult<()>,
+    ) -> RemoteResult<u64> {
+        let seq = self.change(op, check)?;
+        self.durable(seq).await?;
+        Ok(seq)
+    }
+
     /// Waits until record `seq` is on local disk.
     pub async fn durable(self: &Arc<Self>, seq: u64) -> RemoteResult<()> {
         let wb = self.clone();
@@ -441,8 +446,8 @@ impl Writeback {
             if q[i].stage != Stage::Waiting {
                 continue;
             }
-            let blocked = (0..i)
-                .any(|j| q[j].stage != Stage::Done && depends(&q[j].rec.op, &q[i].rec.op));
+            let blocked =
+                (0..i).any(|j| q[j].stage != Stage::Done && depends(&q[j].rec.op, &q[i].rec.op));
             if blocked {
                 continue;
             }
