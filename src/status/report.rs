@@ -229,7 +229,7 @@ fn some(v: impl ToString) -> Option<String> {
 /// Every metric without labels, once.
 #[rustfmt::skip]
 const SCALARS: &[Scalar] = &[
-    ("up", GAUGE, "1 when connected to the server", |s| some(s.healthy() as u8)),
+    ("up", GAUGE, "1 when connected to the server", |s| some((s.state == "connected") as u8)),
     ("read_bytes_total", COUNTER, "bytes read through the mount", |s| some(s.bytes_read)),
     ("written_bytes_total", COUNTER, "bytes written through the mount", |s| some(s.bytes_written)),
     ("reconnects_total", COUNTER, "successful reconnects", |s| some(s.reconnects)),
@@ -327,5 +327,31 @@ mod tests {
         );
         assert!(!s.healthy());
         assert!(s.health_json().contains("\"reconnecting\""));
+    }
+
+    #[test]
+    fn an_old_write_back_backlog_is_degraded() {
+        let backlog = |oldest| WritebackStatus {
+            pending_ops: 3,
+            oldest_pending_secs: oldest,
+            stale_after_secs: 600,
+            ..Default::default()
+        };
+        let mut s = Snapshot {
+            state: "connected",
+            disk_cache: Some(DiskCache {
+                writeback: Some(backlog(Some(30))),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(s.healthy());
+        assert!(s.metrics().contains("mastofs_writeback_pending_ops{mountpoint=\"\"} 3"));
+        s.disk_cache = Some(DiskCache {
+            writeback: Some(backlog(Some(601))),
+            ..Default::default()
+        });
+        assert!(!s.healthy());
+        assert!(s.metrics().contains("mastofs_up{mountpoint=\"\"} 1"));
     }
 }
