@@ -316,8 +316,23 @@ fn fsync_local_returns_at_disk_speed() {
         f.sync_all().unwrap();
     }
     assert!(!s.served.join("f").exists());
+    // `mastofs sync` waits for the backlog: given up after 2 s here (exit 1) ...
+    let sync = |extra: &[&str]| {
+        std::process::Command::new(BIN)
+            .arg("sync")
+            .arg(m.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = sync(&["--timeout", "2"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("still pending"));
+    // ... and returns once the server has everything.
     p.set_mode(Mode::Pass);
-    drained(&m, Duration::from_secs(120));
+    let out = sync(&[]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(pending(&m), 0);
     assert_eq!(std::fs::read(s.served.join("f")).unwrap(), b"local");
 }
 
@@ -409,4 +424,60 @@ fn rewriting_what_this_mount_uploaded_is_no_conflict() {
     }
     assert_eq!(writeback(&m)["conflicts"], 0);
     assert_eq!(std::fs::read_dir(&s.served).unwrap().count(), 1);
+}
+
+#[test]
+fn a_full_cache_disk_gives_enospc_and_loses_nothing_acknowledged() {
+    let s = Server::start();
+    let p = Proxy::start(s.port);
+    s.write_ssh_config_via(p.port, "");
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("cache.img");
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    run(std::process::Command::new("truncate")
+        .args(["-s", "8M"])
+        .arg(&img));
+    run(std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&img));
+    run(std::process::Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&img)
+        .arg(&small));
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _small = Unmount(small.clone());
+    {
+        // cache_size= larger than the disk: the disk fills first.
+        let m = Mount::new(&s, &opts(&small, ",cache_size=1G"));
+        outage_until_dead(&m, &p);
+        let mut written = Vec::new();
+        let mut refused = None;
+        for i in 0..12 {
+            let data = vec![i as u8 + 1; 1_000_000];
+            match std::fs::write(m.p(&format!("f{i}")), &data) {
+                Ok(()) => written.push((i, data)),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = refused.expect("an 8 MB disk cannot hold 12 MB");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        assert!(written.len() >= 3, "{} files fit", written.len());
+        p.set_mode(Mode::Pass);
+        drained(&m, Duration::from_secs(120));
+        for (i, data) in &written {
+            assert!(
+                std::fs::read(s.served.join(format!("f{i}"))).unwrap() == *data,
+                "f{i}"
+            );
+        }
+    }
 }

@@ -346,7 +346,9 @@ mod tests {
             ..Default::default()
         };
         assert!(s.healthy());
-        assert!(s.metrics().contains("mastofs_writeback_pending_ops{mountpoint=\"\"} 3"));
+        assert!(s
+            .metrics()
+            .contains("mastofs_writeback_pending_ops{mountpoint=\"\"} 3"));
         s.disk_cache = Some(DiskCache {
             writeback: Some(backlog(Some(601))),
             ..Default::default()
