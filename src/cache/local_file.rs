@@ -136,10 +136,8 @@ impl LocalFile {
     /// It was renamed (with what contains it) while open.
     pub fn moved(&self, from: &str, to: &str) {
         if let Ok(mut p) = self.path.lock() {
-            if *p == from {
-                *p = to.to_string();
-            } else if let Some(rest) = p.strip_prefix(from).filter(|r| r.starts_with('/')) {
-                *p = format!("{to}{rest}");
+            if super::pending::within(&p, from) {
+                *p = format!("{to}{}", &p[from.len()..]);
             }
         }
     }

@@ -196,6 +196,23 @@ impl<R: Remote> Cached<R> {
             .map(|(v, _, _)| *v)
     }
 
+    /// The server's attributes of `path` (noted as seen); `ahead` for a kernel lookup,
+    /// where the session may open the file ahead of the open that usually follows (not
+    /// for a cached file: its reads come from the disk).
+    async fn ask_lstat(&self, path: &str, ahead: bool) -> RemoteResult<Attrs> {
+        let cached = self
+            .store
+            .as_ref()
+            .is_some_and(|s| s.version(path).is_some());
+        let a = if ahead && !cached {
+            self.inner.lstat_ahead(path).await?
+        } else {
+            self.inner.lstat(path).await?
+        };
+        self.saw(path, &a);
+        Ok(a)
+    }
+
     /// This mount changed `path` (or may have): its copy goes, and what was seen of it.
     fn changed(&self, path: &str) {
         if let Some(store) = &self.store {
@@ -381,18 +398,16 @@ impl<R: Remote> Remote for Cached<R> {
     }
 
     async fn lstat(&self, path: &str) -> RemoteResult<Attrs> {
-        if self.wb.is_some() {
-            return self.wb_lstat(path, false).await;
+        match &self.wb {
+            Some(wb) => self.wb_lstat(wb, path, false).await,
+            None => self.ask_lstat(path, false).await,
         }
-        let a = self.inner.lstat(path).await?;
-        self.saw(path, &a);
-        Ok(a)
     }
 
     async fn lstat_after(&self, path: &str, after: &str) -> RemoteResult<Attrs> {
         if let Some(wb) = &self.wb {
             if wb.lookup(path) != pending::Answer::Unknown {
-                return self.wb_lstat(path, false).await;
+                return self.wb_lstat(wb, path, false).await;
             }
             if wb.lookup(after) != pending::Answer::Unknown {
                 // The server does not show the pending change yet: nothing to ask it.
@@ -403,27 +418,16 @@ impl<R: Remote> Remote for Cached<R> {
     }
 
     async fn lstat_ahead(&self, path: &str) -> RemoteResult<Attrs> {
-        if self.wb.is_some() {
-            return self.wb_lstat(path, true).await;
+        match &self.wb {
+            Some(wb) => self.wb_lstat(wb, path, true).await,
+            None => self.ask_lstat(path, true).await,
         }
-        // A cached file needs no handle opened ahead: its reads come from the disk.
-        let cached = self
-            .store
-            .as_ref()
-            .is_some_and(|s| s.version(path).is_some());
-        let a = if cached {
-            self.inner.lstat(path).await?
-        } else {
-            self.inner.lstat_ahead(path).await?
-        };
-        self.saw(path, &a);
-        Ok(a)
     }
 
     async fn stat(&self, path: &str) -> RemoteResult<Attrs> {
         if let Some(wb) = &self.wb {
             if wb.lookup(path) != pending::Answer::Unknown {
-                return self.wb_lstat(path, false).await;
+                return self.wb_lstat(wb, path, false).await;
             }
         }
         self.inner.stat(path).await

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::local_file::LocalFile;
 use super::oplog::Op;
-use super::pending::{Answer, Node};
+use super::pending::{within, Answer, Node};
 use super::writeback::Writeback;
 use super::{Cached, CachedFile};
 use crate::meta::{Attrs, OpenMode};
@@ -69,11 +69,12 @@ impl<R: Remote> Cached<R> {
 
     /// An lstat of a path nothing pending touches: the server's answer, or "absent" once
     /// the link has been down for [`GRACE`].
-    pub(super) async fn wb_lstat(&self, path: &str, ahead: bool) -> RemoteResult<Attrs> {
-        let wb = self
-            .wb
-            .as_ref()
-            .ok_or_else(|| refused(libc::EIO, "no write-back"))?;
+    pub(super) async fn wb_lstat(
+        &self,
+        wb: &Arc<Writeback>,
+        path: &str,
+        ahead: bool,
+    ) -> RemoteResult<Attrs> {
         match wb.lookup(path) {
             Answer::Is(n) => {
                 let a = n.attrs().ok_or_else(|| refused(libc::ENOENT, "removed"))?;
@@ -88,17 +89,9 @@ impl<R: Remote> Cached<R> {
             Answer::Absent => return Err(refused(libc::ENOENT, "no such file (pending)")),
             Answer::Unknown => {}
         }
-        let asked = async {
-            if ahead {
-                self.inner.lstat_ahead(path).await
-            } else {
-                self.inner.lstat(path).await
-            }
-        };
         tokio::select! {
-            a = asked => {
+            a = self.ask_lstat(path, ahead) => {
                 let a = a?;
-                self.saw(path, &a);
                 self.note_owner(&a);
                 Ok(a)
             }
@@ -179,6 +172,9 @@ impl<R: Remote> Cached<R> {
 
     fn track(&self, f: &Arc<LocalFile>) {
         if let Ok(mut l) = self.locals.lock() {
+            if l.len() >= 256 {
+                l.retain(|w| w.strong_count() > 0);
+            }
             l.push(Arc::downgrade(f));
         }
     }
@@ -343,7 +339,7 @@ impl<R: Remote> Cached<R> {
             let exists = match wb.lookup(to) {
                 Answer::Is(_) => true,
                 Answer::Absent => false,
-                Answer::Unknown => self.wb_lstat(to, false).await.is_ok(),
+                Answer::Unknown => self.wb_lstat(wb, to, false).await.is_ok(),
             };
             if exists {
                 return Err(refused(libc::EEXIST, "target exists"));
@@ -353,10 +349,7 @@ impl<R: Remote> Cached<R> {
         let open: Vec<_> = self
             .locals()
             .into_iter()
-            .filter(|f| {
-                let p = f.path();
-                p == from || p.strip_prefix(from).is_some_and(|r| r.starts_with('/'))
-            })
+            .filter(|f| within(&f.path(), from))
             .collect();
         for f in &open {
             f.commit().await?;
