@@ -481,3 +481,43 @@ fn a_full_cache_disk_gives_enospc_and_loses_nothing_acknowledged() {
         }
     }
 }
+
+#[test]
+fn an_upgrade_with_a_backlog_resumes_the_log_and_open_files() {
+    use std::io::Write;
+    let s = Server::start();
+    let p = Proxy::start(s.port);
+    s.write_ssh_config_via(p.port, "");
+    let cache = tempfile::tempdir().unwrap();
+    let mut m = Mount::new(&s, &opts(cache.path(), ",timeout=120"));
+    outage_until_dead(&m, &p);
+    for i in 0..100 {
+        std::fs::write(m.p(&format!("f{i}")), content(i)).unwrap();
+    }
+    let mut open = std::fs::File::create(m.p("open")).unwrap();
+    open.write_all(b"before the upgrade, ").unwrap();
+    // The link returns slow (1 s round trips): the backlog takes far longer to upload
+    // than the upgrade (an upgrade needs the server: it is refused during an outage).
+    p.set_delay(Duration::from_millis(500));
+    p.set_mode(Mode::Pass);
+    m.upgrade(&s).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        m.log().contains("resuming changes not yet on the server"),
+        "{}",
+        m.log()
+    );
+    open.write_all(b"after it").unwrap();
+    drop(open);
+    p.set_delay(Duration::ZERO);
+    drained(&m, Duration::from_secs(120));
+    for i in 0..100 {
+        assert_eq!(
+            std::fs::read(s.served.join(format!("f{i}"))).unwrap(),
+            content(i)
+        );
+    }
+    assert_eq!(
+        std::fs::read(s.served.join("open")).unwrap(),
+        b"before the upgrade, after it"
+    );
+}
