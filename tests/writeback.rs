@@ -521,3 +521,23 @@ fn an_upgrade_with_a_backlog_resumes_the_log_and_open_files() {
         b"before the upgrade, after it"
     );
 }
+
+#[test]
+fn an_uploaded_file_is_read_back_from_the_disk() {
+    let s = Server::start();
+    let cache = tempfile::tempdir().unwrap();
+    let mut m = Mount::new(&s, &opts(cache.path(), ""));
+    let data = content(7);
+    std::fs::create_dir(m.p("d")).unwrap();
+    std::fs::write(m.p("d/thumb.png"), &data).unwrap();
+    drained(&m, Duration::from_secs(60));
+    // After a remount (nothing in the kernel's or the daemon's memory), the read comes
+    // from the copy the upload left.
+    let o = opts(cache.path(), "");
+    m.unmount();
+    m.restart(&s, &o).unwrap();
+    assert_eq!(std::fs::read(m.p("d/thumb.png")).unwrap(), data);
+    let c = &m.status()["disk_cache"];
+    assert_eq!(c["miss_bytes"], 0, "{c}");
+    assert_eq!(c["hit_bytes"], data.len() as u64, "{c}");
+}

@@ -438,6 +438,43 @@ impl Store {
         }
     }
 
+    /// Takes the whole file `src` (write-back data just uploaded, `bytes` of it already
+    /// counted against the bound) as the copy of `path` for `version`. False when it
+    /// cannot (a reader holds the path's copy, or the disk refuses): `src` stays the
+    /// caller's.
+    pub fn adopt(&self, path: &str, version: Version, src: &Path, bytes: u64) -> bool {
+        let id = id_of(path);
+        let mut g = self.lock();
+        if let Some(other) = g.by_id.get(&id).cloned() {
+            if g.by_path.peek(&other).is_some_and(|e| e.open > 0) {
+                return false;
+            }
+            self.drop_entry(&mut g, &other);
+        }
+        // The data first: a crash before the metadata leaves a data file without one,
+        // removed at the next start.
+        let moved = std::fs::rename(src, self.data_path(id))
+            .and_then(|()| self.write_meta(id, path, version));
+        if let Err(e) = moved {
+            let _ = std::fs::rename(self.data_path(id), src);
+            drop(g);
+            self.write_failed(&e);
+            return false;
+        }
+        g.clock += 1;
+        let born = g.clock;
+        g.by_id.insert(id, path.to_string());
+        let entry = Entry {
+            id,
+            born,
+            version: Some(version),
+            bytes,
+            open: 0,
+        };
+        g.by_path.put(path.to_string(), entry);
+        true
+    }
+
     /// Counts `bytes` of write-back data against the bound, whether they fit or not
     /// (data an earlier daemon left).
     pub fn take(&self, bytes: u64) {

@@ -222,8 +222,13 @@ async fn put<R: Remote>(remote: &R, wb: &Writeback, rec: &Record) -> RemoteResul
     match remote.lstat(path).await {
         Ok(a) => {
             // This very version is no conflict (uploaded before a crash, or the same
-            // size written within the same second of the last one): it goes up again.
+            // size written within the same second of the last one): it goes up again,
+            // unless its data is gone (kept as a read copy once uploaded: a crash lost
+            // the note that it was).
             let theirs = version_of(&a);
+            if theirs == Some(ours) && !wb.data_path(*data).exists() {
+                return Ok(());
+            }
             if a.kind() != Kind::File || (theirs != *base && theirs != Some(ours)) {
                 set_aside(remote, wb, path).await?;
             }

@@ -477,10 +477,22 @@ impl Writeback {
         let skipped = s.queue[i].skip;
         s.pending.confirmed(seq, &rec.op.paths());
         let mut confirmed = None;
+        let mut uploaded = Vec::new();
         while s.queue.front().is_some_and(|q| q.stage == Stage::Done) {
             let Some(q) = s.queue.pop_front() else { break };
-            if let Op::Put { data, .. } = q.rec.op {
-                s.orphans.push(data);
+            if let Op::Put {
+                data,
+                path,
+                size,
+                mtime,
+                ..
+            } = q.rec.op
+            {
+                if q.skip {
+                    s.orphans.push(data);
+                } else {
+                    uploaded.push((data, path, (size, mtime)));
+                }
             }
             confirmed = Some(q.rec.seq);
         }
@@ -489,7 +501,22 @@ impl Writeback {
             if let Err(e) = s.log.confirmed(upto, all) {
                 tracing::warn!(error = %e, "write-back log: cannot note an upload (it is repeated after a restart)");
             }
+            // What was uploaded stays, as the cached copy of the version it left on the
+            // server (unless something pending still reads it).
             let in_use = s.data_in_use();
+            for (data, path, version) in uploaded {
+                let bytes = s.sizes.get(&data).copied().unwrap_or(0);
+                if !in_use.contains(&data)
+                    && self
+                        .store
+                        .adopt(&path, version, &self.data_path(data), bytes)
+                {
+                    s.sizes.remove(&data);
+                    self.pending_bytes.fetch_sub(bytes, Relaxed);
+                } else {
+                    s.orphans.push(data);
+                }
+            }
             let orphans = std::mem::take(&mut s.orphans);
             let (gone, kept): (Vec<u64>, Vec<u64>) =
                 orphans.into_iter().partition(|d| !in_use.contains(d));
