@@ -213,10 +213,13 @@ impl Parsing<'_> {
                 allow_tmpfs: self.cache_allow_tmpfs,
             }),
             None if self.cache_size.is_some() || self.cache_writeback => {
-                return Err(
-                    "options cache_size= and cache_writeback=on need cache=DIR (a directory on local disk)"
-                        .into(),
-                )
+                let which = match self.cache_size {
+                    Some(_) => "cache_size=",
+                    None => "cache_writeback=on",
+                };
+                return Err(format!(
+                    "option {which} needs cache=DIR (a directory on local disk)"
+                ));
             }
             None => None,
         };
@@ -493,5 +496,18 @@ mod tests {
         let c = parse("cache_timeout=3,negative_timeout=1.5").unwrap();
         assert_eq!(c.fs.attr_ttl, Duration::from_secs(3));
         assert_eq!(c.fs.negative_ttl, Duration::from_millis(1500));
+        // Write-back: on a cache directory only, fsync= with it only.
+        let c = parse("cache=/var/cache/m,cache_writeback=on").unwrap();
+        assert_eq!(c.writeback.map(|w| w.fsync_remote), Some(true));
+        let c = parse("cache=/var/cache/m,cache_writeback=on,fsync=local").unwrap();
+        assert_eq!(c.writeback.map(|w| w.fsync_remote), Some(false));
+        assert!(parse("cache=/var/cache/m").unwrap().writeback.is_none());
+        assert!(parse("cache_writeback=on")
+            .unwrap_err()
+            .contains("cache_writeback=on needs cache=DIR"));
+        assert!(parse("cache=/var/cache/m,fsync=local")
+            .unwrap_err()
+            .contains("cache_writeback=on only"));
+        assert!(parse("cache=/var/cache/m,cache_writeback=on,fsync=sometimes").is_err());
     }
 }
