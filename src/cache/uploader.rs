@@ -219,23 +219,6 @@ async fn put<R: Remote>(remote: &R, wb: &Writeback, rec: &Record) -> RemoteResul
         return Ok(());
     };
     let ours = (*size, *mtime);
-    match remote.lstat(path).await {
-        Ok(a) => {
-            // This very version is no conflict (uploaded before a crash, or the same
-            // size written within the same second of the last one): it goes up again,
-            // unless its data is gone (kept as a read copy once uploaded: a crash lost
-            // the note that it was).
-            let theirs = version_of(&a);
-            if theirs == Some(ours) && !wb.data_path(*data).exists() {
-                return Ok(());
-            }
-            if a.kind() != Kind::File || (theirs != *base && theirs != Some(ours)) {
-                set_aside(remote, wb, path).await?;
-            }
-        }
-        Err(e) if e.errno() == libc::ENOENT => {}
-        Err(e) => return Err(e),
-    }
     let (dir, name) = match path.rfind('/') {
         Some(i) => (&path[..i], &path[i + 1..]),
         None => ("", path.as_str()),
@@ -247,27 +230,67 @@ async fn put<R: Remote>(remote: &R, wb: &Writeback, rec: &Record) -> RemoteResul
         truncate: true,
         ..Default::default()
     };
-    let f = match remote.open(&tmp, mode, Some(*perm)).await {
+    // What the target is now, and the temporary file, in one round trip.
+    let (seen, opened) = tokio::join!(remote.lstat(path), remote.open(&tmp, mode, Some(*perm)));
+    let f = match opened {
         Err(e) if e.errno() == libc::ENOENT && !dir.is_empty() => {
             make_parents(remote, dir).await?;
             remote.open(&tmp, mode, Some(*perm)).await?
         }
         r => r?,
     };
-    let sent = send(remote, wb, &f, *data, *size).await;
-    let closed = remote.close(&f).await;
-    if let Err(e) = sent.and(closed) {
-        let _ = remote.remove(&tmp).await;
-        return Err(e);
+    let wanted = async {
+        match seen {
+            Ok(a) => {
+                // This very version is no conflict (uploaded before a crash, or the same
+                // size written within the same second of the last one): it goes up
+                // again, unless its data is gone (kept as a read copy once uploaded: a
+                // crash lost the note that it was).
+                let theirs = version_of(&a);
+                if theirs == Some(ours) && !wb.data_path(*data).exists() {
+                    return Ok(false);
+                }
+                if a.kind() != Kind::File || (theirs != *base && theirs != Some(ours)) {
+                    set_aside(remote, wb, path).await?;
+                }
+            }
+            Err(e) if e.errno() == libc::ENOENT => {}
+            Err(e) => return Err(e),
+        }
+        send(remote, wb, &f, *data, *size).await?;
+        Ok(true)
     }
+    .await;
     let attrs = Attrs {
         mode: Some(*perm),
         atime: Some(*mtime),
         mtime: Some(*mtime),
         ..Default::default()
     };
-    remote.setstat(&tmp, &attrs).await?;
-    remote.rename(&tmp, path, RenameMode::Replace, false).await
+    // Its mode and mtime through the handle, in the close's round trip where the server
+    // answers in order (the writes are confirmed: nothing changes the mtime after).
+    let closed = match wanted {
+        Ok(true) if remote.capabilities().in_order => {
+            let (set, closed) = tokio::join!(remote.fsetstat(&f, &attrs), remote.close(&f));
+            set.and(closed)
+        }
+        Ok(true) => {
+            let set = remote.fsetstat(&f, &attrs).await;
+            set.and(remote.close(&f).await)
+        }
+        _ => remote.close(&f).await,
+    };
+    match (wanted, closed) {
+        (Ok(true), Ok(())) => remote.rename(&tmp, path, RenameMode::Replace, false).await,
+        (Ok(false), _) => {
+            let _ = remote.remove(&tmp).await;
+            Ok(())
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            let _ = remote.remove(&tmp).await;
+            Err(e)
+        }
+    }
 }
 
 /// Writes data file `data` through `f`.
