@@ -17,17 +17,16 @@ mod local_file;
 pub mod oplog;
 mod overlay;
 pub mod pending;
+mod seen;
 pub mod store;
 mod uploader;
 pub mod writeback;
 
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use lru::LruCache;
 use tokio::sync::OnceCell;
 
 use crate::session::remote::{
@@ -46,17 +45,13 @@ pub const CHECKED: Duration = Duration::from_secs(1);
 /// The remote a mount's filesystem runs on: the session, through the cache.
 pub type MountRemote = Cached<crate::session::Session>;
 
-/// Versions seen lately, at most this many paths.
-const SEEN: usize = 4096;
-/// Directories remembered for write-back's lookups during an outage, at most.
-const DIRS_SEEN: usize = 16384;
-
 /// A [`Remote`] with file contents cached on local disk (or none: a pass-through).
 pub struct Cached<R: Remote> {
     inner: Arc<R>,
     store: Option<Arc<Store>>,
-    /// Files' versions as the server showed them lately, when, and their mode bits.
-    seen: Mutex<LruCache<String, (Version, Instant, u32)>>,
+    /// What the server showed lately (shared with write-back, which adds what its
+    /// uploads left).
+    seen: Arc<seen::Seen>,
     /// Write-back (`cache_writeback=on`), if on.
     wb: Option<Arc<Writeback>>,
     /// `timeout=`: how long a change waits for the server (a barrier, fsync=remote) or
@@ -68,9 +63,6 @@ pub struct Cached<R: Remote> {
     offline_since: Mutex<Option<Instant>>,
     /// Open files with write-back data (renames move them).
     locals: Mutex<Vec<Weak<LocalFile>>>,
-    /// With write-back: directories as the server last showed them, for lookups while
-    /// it cannot be reached (see [`overlay`]).
-    dirs_seen: Mutex<LruCache<String, Attrs>>,
 }
 
 /// An open file: the remote one (opened when first needed, for a read-only open whose
@@ -136,17 +128,14 @@ impl<R: Remote> Cached<R> {
         Cached {
             inner,
             store,
-            seen: Mutex::new(LruCache::new(
-                NonZeroUsize::new(SEEN).unwrap_or(NonZeroUsize::MIN),
-            )),
+            seen: wb
+                .as_ref()
+                .map_or_else(Default::default, |w| w.seen.clone()),
             wb,
             timeout,
             owner: Mutex::new(None),
             offline_since: Mutex::new(None),
             locals: Mutex::default(),
-            dirs_seen: Mutex::new(LruCache::new(
-                NonZeroUsize::new(DIRS_SEEN).unwrap_or(NonZeroUsize::MIN),
-            )),
         }
     }
 
@@ -172,28 +161,22 @@ impl<R: Remote> Cached<R> {
         let Some(store) = &self.store else {
             return;
         };
-        if self.wb.is_some() && attrs.kind() == Kind::Dir {
-            if let Ok(mut d) = self.dirs_seen.lock() {
-                d.put(path.to_string(), attrs.clone());
+        let v = version_of(attrs);
+        if v.is_some() || (self.wb.is_some() && attrs.kind() == Kind::Dir) {
+            self.seen.put(path, attrs);
+        }
+        if let Some(v) = v {
+            if store.version(path).is_some_and(|cached| cached != v) {
+                store.forget(path);
             }
-        }
-        let Some(v) = version_of(attrs) else {
-            return;
-        };
-        if store.version(path).is_some_and(|cached| cached != v) {
-            store.forget(path);
-        }
-        if let Ok(mut s) = self.seen.lock() {
-            let perm = attrs.mode.unwrap_or(0o644) & 0o7777;
-            s.put(path.to_string(), (v, Instant::now(), perm));
         }
     }
 
     fn seen_lately(&self, path: &str) -> Option<Version> {
-        let mut s = self.seen.lock().ok()?;
-        s.get(path)
-            .filter(|(_, at, _)| at.elapsed() < CHECKED)
-            .map(|(v, _, _)| *v)
+        self.seen
+            .get(path)
+            .filter(|(_, at)| at.elapsed() < CHECKED)
+            .and_then(|(a, _)| version_of(&a))
     }
 
     /// The server's attributes of `path` (noted as seen); `ahead` for a kernel lookup,
@@ -217,18 +200,14 @@ impl<R: Remote> Cached<R> {
     fn changed(&self, path: &str) {
         if let Some(store) = &self.store {
             store.forget(path);
-            if let Ok(mut s) = self.seen.lock() {
-                s.pop(path);
-            }
+            self.seen.forget(path);
         }
     }
 
     fn changed_tree(&self, path: &str) {
         if let Some(store) = &self.store {
             store.forget_tree(path);
-            if let Ok(mut s) = self.seen.lock() {
-                s.clear();
-            }
+            self.seen.forget_tree(path);
         }
     }
 

@@ -19,8 +19,8 @@ use super::local_file::LocalFile;
 use super::oplog::Op;
 use super::pending::{within, Answer, Node};
 use super::writeback::Writeback;
-use super::{Cached, CachedFile};
-use crate::meta::{Attrs, OpenMode};
+use super::{version_of, Cached, CachedFile};
+use crate::meta::{Attrs, Kind, OpenMode};
 use crate::session::remote::{DirEntry, Remote, RemoteError, RemoteResult, RenameMode};
 
 /// How long the link must have been down before a name nothing pending touches is
@@ -80,9 +80,7 @@ impl<R: Remote> Cached<R> {
                 let a = n.attrs().ok_or_else(|| refused(libc::ENOENT, "removed"))?;
                 if matches!(n, Node::Dir { .. }) {
                     // What the server will show: kept for lookups once it is uploaded.
-                    if let Ok(mut d) = self.dirs_seen.lock() {
-                        d.put(path.to_string(), a.clone());
-                    }
+                    self.seen.put(path, &a);
                 }
                 return Ok(a);
             }
@@ -97,7 +95,7 @@ impl<R: Remote> Cached<R> {
             }
             () = self.down_for_grace() => {
                 // A directory it showed before; anything else is taken as absent.
-                let seen = self.dirs_seen.lock().ok().and_then(|mut d| d.get(path).cloned());
+                let seen = self.seen.get(path).map(|(a, _)| a).filter(|a| a.kind() == Kind::Dir);
                 seen.ok_or_else(|| refused(
                     libc::ENOENT,
                     "not known while the server cannot be reached (write-back)",
@@ -417,12 +415,7 @@ impl<R: Remote> Cached<R> {
     /// The version the server showed for `path` when last asked, however long ago
     /// (With write-back, or what this mount's last upload of it left, if that is newer.)
     pub(super) fn seen_version(&self, path: &str) -> Option<(super::store::Version, u32)> {
-        let seen = self.seen.lock().ok()?.get(path).copied();
-        let put = self.wb.as_ref().and_then(|wb| wb.put_version(path));
-        let newest = match (seen, put) {
-            (Some(s), Some(p)) => Some(if p.1 > s.1 { p } else { s }),
-            (s, p) => s.or(p),
-        };
-        newest.map(|(v, _, perm)| (v, perm))
+        let (a, _) = self.seen.get(path)?;
+        Some((version_of(&a)?, a.mode.unwrap_or(0o644) & 0o7777))
     }
 }

@@ -20,7 +20,9 @@ use tokio::sync::{watch, Notify};
 
 use super::oplog::{self, Op, OpLog, Record};
 use super::pending::{within, Answer, Node, Pending};
-use super::store::{Store, Version};
+use super::seen::Seen;
+use super::store::Store;
+use crate::meta::Attrs;
 use crate::session::remote::{RemoteError, RemoteResult};
 
 /// `cache_writeback=on` and `fsync=` as parsed.
@@ -29,12 +31,6 @@ pub struct WritebackConfig {
     /// `fsync=remote` (true, the default): fsync waits until the server has the file.
     pub fsync_remote: bool,
 }
-
-/// Versions of uploads remembered (see `Writeback::put_versions`).
-const PUT_VERSIONS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(4096) {
-    Some(n) => n,
-    None => std::num::NonZeroUsize::MIN,
-};
 
 /// How old the oldest pending change may get before the mount reports itself degraded.
 pub const STALE_AFTER: Duration = Duration::from_secs(600);
@@ -101,9 +97,9 @@ pub struct Writeback {
     pub stats: WritebackStats,
     /// Bytes of data files pending upload.
     pub pending_bytes: AtomicU64,
-    /// Versions this mount's uploads left on the server lately, and when, with their
-    /// mode bits: what a later write of the same path replaces (see `base`).
-    put_versions: Mutex<lru::LruCache<String, (Version, std::time::Instant, u32)>>,
+    /// What the server showed lately, shared with the cache layer: an upload confirmed
+    /// adds what it left there (what a later write of the same path replaces).
+    pub seen: Arc<Seen>,
 }
 
 /// What the status report shows of the pending changes.
@@ -286,7 +282,7 @@ impl Writeback {
             store,
             stats: WritebackStats::default(),
             pending_bytes: AtomicU64::new(bytes),
-            put_versions: Mutex::new(lru::LruCache::new(PUT_VERSIONS)),
+            seen: Arc::default(),
         }))
     }
 
@@ -392,11 +388,6 @@ impl Writeback {
         })
         .await
         .map_err(|e| RemoteError::Broken(e.to_string()))?
-    }
-
-    /// The version this mount's last upload of `path` left there, when, and its mode.
-    pub fn put_version(&self, path: &str) -> Option<(Version, std::time::Instant, u32)> {
-        self.put_versions.lock().ok()?.get(path).copied()
     }
 
     /// The last sequence number recorded.
@@ -534,10 +525,16 @@ impl Writeback {
                 ..
             } = &rec.op
             {
-                let now = std::time::Instant::now();
-                if let Ok(mut v) = self.put_versions.lock() {
-                    v.put(path.clone(), ((*size, *mtime), now, *perm));
-                }
+                self.seen.put(
+                    path,
+                    &Attrs {
+                        size: Some(*size),
+                        mode: Some(libc::S_IFREG | perm),
+                        mtime: Some(*mtime),
+                        atime: Some(*mtime),
+                        ..Default::default()
+                    },
+                );
             }
         }
         if let Some(upto) = confirmed {
