@@ -403,6 +403,25 @@ fn a_clean_unmount_uploads_what_is_pending() {
     for i in 0..50 {
         std::fs::write(m.p(&format!("f{i}")), content(i)).unwrap();
     }
+    // Modes as asked (the server's umask is undone), an mtime as set.
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .mode(0o750)
+        .create(m.p("private"))
+        .unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(0o640)
+        .open(m.p("private/key"))
+        .unwrap();
+    let old = std::time::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(m.p("f0"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
     m.unmount();
     for i in 0..50 {
         assert_eq!(
@@ -410,6 +429,20 @@ fn a_clean_unmount_uploads_what_is_pending() {
             content(i)
         );
     }
+    let mode = |p: &str| {
+        std::fs::metadata(s.served.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode("private"), 0o750);
+    assert_eq!(mode("private/key"), 0o640);
+    let mtime = std::fs::metadata(s.served.join("f0"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(mtime, old);
 }
 
 #[test]

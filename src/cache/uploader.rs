@@ -125,11 +125,18 @@ async fn make_parents<R: Remote>(remote: &R, dir: &str) -> RemoteResult<()> {
 async fn upload<R: Remote>(remote: &R, wb: &Writeback, rec: &Record) -> RemoteResult<()> {
     match &rec.op {
         Op::Mkdir { path, perm, .. } => {
-            let mut r = remote.mkdir(path, *perm).await;
+            // Its mode asked in the same round trip where the server answers in order.
+            let (mut r, mut seen) = if remote.capabilities().in_order {
+                let (r, a) = tokio::join!(remote.mkdir(path, *perm), remote.lstat(path));
+                (r, a.ok())
+            } else {
+                (remote.mkdir(path, *perm).await, None)
+            };
             if errno_is(&r, libc::ENOENT) {
                 if let Some(p) = parent_of(path) {
                     make_parents(remote, p).await?;
                     r = remote.mkdir(path, *perm).await;
+                    seen = None;
                 }
             }
             if r.is_err() {
@@ -139,7 +146,10 @@ async fn upload<R: Remote>(remote: &R, wb: &Writeback, rec: &Record) -> RemoteRe
                     _ => return r,
                 }
             }
-            // The server applied its umask.
+            // The server applied its umask (unless it kept the mode asked for).
+            if seen.is_some_and(|a| a.mode.map(|m| m & 0o7777) == Some(*perm)) {
+                return Ok(());
+            }
             remote.setstat(path, &Attrs::with_perm(*perm)).await
         }
         Op::Put { .. } => put(remote, wb, rec).await,
