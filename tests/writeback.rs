@@ -412,6 +412,7 @@ fn a_clean_unmount_uploads_what_is_pending() {
     std::fs::OpenOptions::new()
         .write(true)
         .create(true)
+        .truncate(true)
         .mode(0o640)
         .open(m.p("private/key"))
         .unwrap();
