@@ -9,12 +9,12 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::oplog::Op;
 use super::pending::Node;
 use super::store::Version;
-use super::writeback::Writeback;
+use super::writeback::{io_err, now_secs, Writeback};
 use crate::meta::Attrs;
 use crate::session::remote::{Bytes, RemoteError, RemoteResult};
 
@@ -44,16 +44,7 @@ struct State {
 }
 
 fn now() -> u32 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as u32)
-}
-
-fn io(e: std::io::Error) -> RemoteError {
-    RemoteError::refused(
-        e.raw_os_error().unwrap_or(libc::EIO),
-        format!("write-back cache: {e}"),
-    )
+    now_secs() as u32
 }
 
 async fn blocking<T: Send + 'static>(
@@ -62,7 +53,7 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| RemoteError::Broken(e.to_string()))?
-        .map_err(io)
+        .map_err(io_err)
 }
 
 impl LocalFile {
@@ -76,7 +67,7 @@ impl LocalFile {
         owner: Option<(u32, u32)>,
         base: Option<Version>,
     ) -> RemoteResult<Self> {
-        let (id, file) = wb.new_data().map_err(io)?;
+        let (id, file) = wb.new_data().map_err(io_err)?;
         let st = State {
             id,
             file: Arc::new(file),
@@ -105,7 +96,7 @@ impl LocalFile {
         else {
             return Err(RemoteError::refused(libc::EISDIR, "not a file"));
         };
-        let file = File::open(wb.data_path(*data)).map_err(io)?;
+        let file = File::open(wb.data_path(*data)).map_err(io_err)?;
         let st = State {
             id: *data,
             file: Arc::new(file),

@@ -109,13 +109,13 @@ pub struct Backlog {
     pub oldest_secs: Option<u64>,
 }
 
-fn now_secs() -> u64 {
+pub(super) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-fn io_err(e: std::io::Error) -> RemoteError {
+pub(super) fn io_err(e: std::io::Error) -> RemoteError {
     let errno = e.raw_os_error().unwrap_or(libc::EIO);
     RemoteError::refused(errno, format!("write-back cache: {e}"))
 }
