@@ -220,26 +220,8 @@ fn a_full_cache_disk_loses_nothing() {
     let s = Server::start();
     let files = media(&s, 12, |i| 1_000_000 + i);
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("cache.img");
-    let mnt = dir.path().join("small");
-    std::fs::create_dir(&mnt).unwrap();
-    run(std::process::Command::new("truncate")
-        .args(["-s", "8M"])
-        .arg(&img));
-    run(std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
-        .arg(&img));
-    run(std::process::Command::new("mount")
-        .args(["-o", "loop"])
-        .arg(&img)
-        .arg(&mnt));
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _small = Unmount(mnt.clone());
+    let disk = SmallDisk::new(dir.path(), "8M");
+    let mnt = disk.path.clone();
     {
         let m = Mount::new(
             &s,

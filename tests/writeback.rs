@@ -466,26 +466,8 @@ fn a_full_cache_disk_gives_enospc_and_loses_nothing_acknowledged() {
     let p = Proxy::start(s.port);
     s.write_ssh_config_via(p.port, "");
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("cache.img");
-    let small = dir.path().join("small");
-    std::fs::create_dir(&small).unwrap();
-    run(std::process::Command::new("truncate")
-        .args(["-s", "8M"])
-        .arg(&img));
-    run(std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
-        .arg(&img));
-    run(std::process::Command::new("mount")
-        .args(["-o", "loop"])
-        .arg(&img)
-        .arg(&small));
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _small = Unmount(small.clone());
+    let disk = SmallDisk::new(dir.path(), "8M");
+    let small = disk.path.clone();
     {
         // cache_size= larger than the disk: the disk fills first.
         let m = Mount::new(&s, &opts(&small, ",cache_size=1G"));

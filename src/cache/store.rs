@@ -407,6 +407,18 @@ impl Store {
         }
     }
 
+    /// Frees file name `id` for a new copy: the copy using it goes, unless it is being
+    /// read (false then).
+    fn free_id(&self, g: &mut Index, id: u64) -> bool {
+        if let Some(other) = g.by_id.get(&id).cloned() {
+            if g.by_path.peek(&other).is_some_and(|e| e.open > 0) {
+                return false;
+            }
+            self.drop_entry(g, &other);
+        }
+        true
+    }
+
     fn drop_entry(&self, g: &mut Index, path: &str) {
         if let Some(e) = g.by_path.pop(path) {
             g.by_id.remove(&e.id);
@@ -445,11 +457,8 @@ impl Store {
     pub fn adopt(&self, path: &str, version: Version, src: &Path, bytes: u64) -> bool {
         let id = id_of(path);
         let mut g = self.lock();
-        if let Some(other) = g.by_id.get(&id).cloned() {
-            if g.by_path.peek(&other).is_some_and(|e| e.open > 0) {
-                return false;
-            }
-            self.drop_entry(&mut g, &other);
+        if !self.free_id(&mut g, id) {
+            return false;
         }
         // The data first: a crash before the metadata leaves a data file without one,
         // removed at the next start.
@@ -614,11 +623,8 @@ impl Store {
     pub fn stage(self: &Arc<Self>, path: &str) -> Option<Staged> {
         let id = id_of(path);
         let mut g = self.lock();
-        if let Some(other) = g.by_id.get(&id).cloned() {
-            if g.by_path.peek(&other).is_some_and(|e| e.open > 0) {
-                return None;
-            }
-            self.drop_entry(&mut g, &other);
+        if !self.free_id(&mut g, id) {
+            return None;
         }
         let _ = std::fs::remove_file(self.meta_path(id));
         let (data, born) = match self.new_copy(&mut g, path, id, None) {

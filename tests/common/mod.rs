@@ -138,3 +138,30 @@ pub fn as_user(uid: u32, gid: u32, script: &str) -> Output {
 pub fn errno(e: std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(0)
 }
+
+/// A small ext4 filesystem of `size` (e.g. "8M") loop-mounted at `dir/small`, for a disk
+/// that fills up; unmounted on drop.
+pub struct SmallDisk {
+    pub path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    pub fn new(dir: &Path, size: &str) -> SmallDisk {
+        let img = dir.join("small.img");
+        let path = dir.join("small");
+        std::fs::create_dir(&path).unwrap();
+        run(Command::new("truncate").args(["-s", size]).arg(&img));
+        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img));
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&path));
+        SmallDisk { path }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}
