@@ -353,17 +353,7 @@ impl Store {
             .write(true)
             .mode(0o600)
             .open(self.data_path(id))?;
-        g.clock += 1;
-        let born = g.clock;
-        g.by_id.insert(id, path.to_string());
-        let entry = Entry {
-            id,
-            born,
-            version,
-            bytes: 0,
-            open: 1,
-        };
-        g.by_path.put(path.to_string(), entry);
+        let born = Self::index(g, path, id, version, 0, 1);
         Ok((data, born))
     }
 
@@ -405,6 +395,29 @@ impl Store {
         for p in under {
             self.drop_entry(&mut g, &p);
         }
+    }
+
+    /// Enters copy `id` of `path` in the index; its birth.
+    fn index(
+        g: &mut Index,
+        path: &str,
+        id: u64,
+        version: Option<Version>,
+        bytes: u64,
+        open: usize,
+    ) -> u64 {
+        g.clock += 1;
+        let born = g.clock;
+        g.by_id.insert(id, path.to_string());
+        let entry = Entry {
+            id,
+            born,
+            version,
+            bytes,
+            open,
+        };
+        g.by_path.put(path.to_string(), entry);
+        born
     }
 
     /// Frees file name `id` for a new copy: the copy using it goes, unless it is being
@@ -470,17 +483,7 @@ impl Store {
             self.write_failed(&e);
             return false;
         }
-        g.clock += 1;
-        let born = g.clock;
-        g.by_id.insert(id, path.to_string());
-        let entry = Entry {
-            id,
-            born,
-            version: Some(version),
-            bytes,
-            open: 0,
-        };
-        g.by_path.put(path.to_string(), entry);
+        Self::index(&mut g, path, id, Some(version), bytes, 0);
         true
     }
 
