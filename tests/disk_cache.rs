@@ -190,6 +190,18 @@ fn cached_files_are_served_through_an_outage() {
         ),
     );
     read_all(&m, &files);
+    let names = |d: &Path| -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    };
+    let listed_dir = m.p("media_attachments/files/000");
+    let listed = names(&listed_dir);
+    assert_eq!(listed.len(), 6);
     p.set_mode(Mode::Blackhole);
     wait_until(Duration::from_secs(30), "the mount sees the outage", || {
         m.status()["state"] != "connected"
@@ -212,6 +224,14 @@ fn cached_files_are_served_through_an_outage() {
     );
     reader.join().unwrap();
     assert_eq!(disk_cache(&m, "hit_bytes"), total(&files));
+    // A directory listed before lists the same names (its listing expired long ago).
+    let lister = std::thread::spawn(move || names(&listed_dir));
+    wait_until(
+        Duration::from_secs(30),
+        "a listing during the outage",
+        || lister.is_finished(),
+    );
+    assert_eq!(lister.join().unwrap(), listed);
     p.set_mode(Mode::Pass);
 }
 

@@ -10,14 +10,14 @@
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
 use crate::session::Attrs;
 
-use super::listings::{split, Fetch, Listing, Listings};
+use super::listings::{split, DirEntryOut, Fetch, Listing, Listings};
 
 const CAPACITY: usize = 64 * 1024;
 
@@ -208,6 +208,26 @@ impl MetaCache {
     /// from where the mount allows it.
     pub fn last_seen(&self, path: &str) -> Option<Attrs> {
         self.seen_within(path, None)
+    }
+
+    /// The last listing of `dir`, however old, with this mount's changes since: each name
+    /// whose attributes are known (what an outage is served from).
+    pub fn last_listing(&self, dir: &str) -> Option<Listing> {
+        let names = self.dirs.last_names(dir)?;
+        let prefix = dir.trim_end_matches('/');
+        let mut entries: Vec<DirEntryOut> = names
+            .into_iter()
+            .filter_map(|name| {
+                let attrs = self.last_seen(&format!("{prefix}/{name}"))?;
+                Some(DirEntryOut {
+                    kind: super::file_type(attrs.mode.unwrap_or(0)),
+                    name,
+                    attrs,
+                })
+            })
+            .collect();
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Some(Arc::new(entries))
     }
 
     /// What the server last said of `path`'s attributes (asked, or in its directory's

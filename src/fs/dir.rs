@@ -163,13 +163,20 @@ impl<R: Remote> Fs<R> {
     /// The listing of directory `ino` for a new handle, and whether it is a cached one.
     pub(super) async fn open_listing(&self, ino: u64) -> FsResult<(Arc<OpenDir>, bool)> {
         let path = self.path_of(ino)?;
-        self.prefetcher.wait(dir_key(&path)).await;
+        // While disconnected, with a disk cache: the last listing, however old (nothing
+        // on its way is waited for).
+        let offline = (self.cfg.offline_stale && !self.remote.is_connected())
+            .then(|| self.cache.last_listing(&path))
+            .flatten();
+        if offline.is_none() {
+            self.prefetcher.wait(dir_key(&path)).await;
+        }
         let cached = self.cache.listing(&path);
-        if cached.is_none() {
+        if cached.is_none() && offline.is_none() {
             self.walk_ahead(dir_key(&path));
         }
         let reused = cached.is_some();
-        let entries = match cached {
+        let entries = match cached.or(offline) {
             Some(cached) => cached,
             None => {
                 let fetch = self.cache.begin_listing(&path);

@@ -315,6 +315,13 @@ impl Listings {
             .flatten()
     }
 
+    /// The names last listed in `dir`, however old the listing, with this mount's changes
+    /// since (what an outage is served from).
+    pub fn last_names(&self, dir: &str) -> Option<Vec<String>> {
+        let g = self.inner.lock().ok()?;
+        Some(g.dirs.peek(dir_key(dir))?.names.keys().cloned().collect())
+    }
+
     /// The listed attributes of `name` in `dir` are stale (its contents changed), though
     /// the listing readdir serves may stand.
     pub fn forget_attrs(&self, dir: &str, name: &str) {
