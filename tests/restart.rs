@@ -337,6 +337,50 @@ fn a_write_after_a_crash_reports_eio_once_then_works() {
     );
 }
 
+/// With write-back, a crash keeps what was closed (it is in the log) and loses what was
+/// written and not closed, reported once, as without write-back.
+#[test]
+fn with_write_back_a_crash_reports_eio_once_for_what_was_not_closed() {
+    let server = Server::start();
+    let proxy = Proxy::start(server.port);
+    server.write_ssh_config_via(
+        proxy.port,
+        "  ServerAliveInterval 1\n  ServerAliveCountMax 2\n",
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let opts = format!(
+        "cache={},cache_writeback=on,fsync=local",
+        scratch.path().join("cache").display()
+    );
+    let mut m = Mount::with_store(&server, &opts);
+    proxy.set_mode(Mode::Blackhole);
+    // Pending files (the outage keeps them from being uploaded): one closed, one held
+    // open and written.
+    std::fs::write(m.p("closed.bin"), block(3)).unwrap();
+    std::fs::write(m.p("held.bin"), b"").unwrap();
+    let mut h = holder(scratch.path(), &m.p("held.bin"));
+    assert_eq!(h.ask("w 0"), "ok");
+    m.crash();
+    proxy.set_mode(Mode::Pass);
+    m.restart(&server, &opts).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(h.ask("w 1"), format!("err {}", libc::EIO));
+    assert_eq!(h.ask("seek 1"), "ok");
+    assert_eq!(h.ask("w 1"), "ok");
+    assert_eq!(h.ask("fsync"), "ok");
+    assert_eq!(h.ask("close"), "ok");
+    wait_until(Duration::from_secs(60), "the log uploaded", || {
+        std::fs::read(server.served.join("held.bin")).is_ok_and(|d| d.len() == 2 * BLOCK)
+    });
+    assert_eq!(
+        std::fs::read(server.served.join("closed.bin")).unwrap(),
+        block(3)
+    );
+    assert_eq!(
+        &std::fs::read(server.served.join("held.bin")).unwrap()[BLOCK..],
+        &block(1)[..]
+    );
+}
+
 #[test]
 fn the_store_holds_the_connection_and_is_emptied_at_unmount() {
     let server = Server::start();

@@ -175,8 +175,8 @@ impl LocalFile {
         if !st.sealed {
             return Ok(());
         }
-        let (wb, from, len) = (self.wb.clone(), st.id, st.size);
-        let (id, file) = blocking(move || wb.copy_data(from, len)).await?;
+        let (wb, from, len) = (self.wb.clone(), st.file.clone(), st.size);
+        let (id, file) = blocking(move || wb.copy_data(&from, len)).await?;
         st.id = id;
         st.file = Arc::new(file);
         st.sealed = false;

@@ -211,7 +211,18 @@ impl<R: Remote> Cached<R> {
                     };
                     new(node.version(), kept)?
                 } else {
-                    LocalFile::of_node(wb, path, &node)?
+                    match LocalFile::of_node(wb, path, &node) {
+                        Ok(f) => f,
+                        // Uploaded since the lookup (its data is the read copy now): the
+                        // server's file it is.
+                        Err(e) if e.errno() == libc::ENOENT => {
+                            if mode.write {
+                                self.barrier().await?;
+                            }
+                            return Ok(None);
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
             }
             Answer::Absent if !mode.create => return Err(refused(libc::ENOENT, "removed")),

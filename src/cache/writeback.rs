@@ -562,11 +562,20 @@ impl Writeback {
         Ok((id, f))
     }
 
-    /// A new data file holding the first `len` bytes of data file `from` (blocking).
-    pub fn copy_data(&self, from: u64, len: u64) -> std::io::Result<(u64, File)> {
-        let (id, mut to) = self.new_data()?;
-        let mut src = File::open(self.data_path(from))?;
-        std::io::copy(&mut std::io::Read::take(&mut src, len), &mut to)?;
+    /// A new data file holding the first `len` bytes of `from` (blocking).
+    pub fn copy_data(&self, from: &File, len: u64) -> std::io::Result<(u64, File)> {
+        let (id, to) = self.new_data()?;
+        // From the open descriptor: once uploaded, the file's name may be gone (kept as
+        // a read copy under another).
+        let mut at = 0;
+        while at < len {
+            let chunk = Self::read_at(from, at, (len - at).min(1 << 20) as usize)?;
+            if chunk.is_empty() {
+                break;
+            }
+            to.write_all_at(&chunk, at)?;
+            at += chunk.len() as u64;
+        }
         to.set_len(len)?;
         // A local copy of what is already held: counted, not refused.
         self.store.take(len);
