@@ -210,14 +210,14 @@ impl MetaCache {
         self.seen_within(path, None)
     }
 
-    /// The last listing of `dir`, however old, with this mount's changes since: each name
-    /// whose attributes are known (what an outage is served from).
+    /// The last listing of `dir`, however old, with this mount's changes since (what an
+    /// outage is served from); None unless the attributes of every name are known.
     pub fn last_listing(&self, dir: &str) -> Option<Listing> {
         let names = self.dirs.last_names(dir)?;
         let prefix = dir.trim_end_matches('/');
         let mut entries: Vec<DirEntryOut> = names
             .into_iter()
-            .filter_map(|name| {
+            .map(|name| {
                 let attrs = self.last_seen(&format!("{prefix}/{name}"))?;
                 Some(DirEntryOut {
                     kind: super::file_type(attrs.mode.unwrap_or(0)),
@@ -225,7 +225,7 @@ impl MetaCache {
                     attrs,
                 })
             })
-            .collect();
+            .collect::<Option<_>>()?;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         Some(Arc::new(entries))
     }
@@ -471,6 +471,43 @@ mod tests {
             Some(old),
             "a fetch sent after the change is kept"
         );
+    }
+
+    #[test]
+    fn the_last_listing_is_served_only_when_complete() {
+        let c = MetaCache::new(
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            Duration::from_millis(1),
+        );
+        let file = |name: &str| super::super::listings::DirEntryOut {
+            name: name.into(),
+            kind: fuser::FileType::RegularFile,
+            attrs: Attrs {
+                size: Some(1),
+                mode: Some(libc::S_IFREG | 0o644),
+                ..Default::default()
+            },
+        };
+        c.put_listing(c.begin_listing("/r"), Arc::new(vec![file("b"), file("a")]));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(c.listing("/r").is_none(), "expired");
+        let names = |l: Listing| l.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            c.last_listing("/r").map(names),
+            Some(vec!["a".into(), "b".into()])
+        );
+        // This mount's changes count; a name whose attributes are unknown makes it
+        // incomplete (not served).
+        c.removed("/r/a");
+        c.created("/r/c", Some(&file("c").attrs));
+        assert_eq!(
+            c.last_listing("/r").map(names),
+            Some(vec!["b".into(), "c".into()])
+        );
+        c.created("/r/d", None);
+        assert!(c.last_listing("/r").is_none());
+        assert!(c.last_listing("/never-listed").is_none());
     }
 
     #[test]
