@@ -190,17 +190,8 @@ fn cached_files_are_served_through_an_outage() {
         ),
     );
     read_all(&m, &files);
-    let names = |d: &Path| -> Vec<String> {
-        let mut n: Vec<String> = std::fs::read_dir(d)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        n.sort();
-        n
-    };
     let listed_dir = m.p("media_attachments/files/000");
-    let listed = names(&listed_dir);
+    let listed = names_in(&listed_dir);
     assert_eq!(listed.len(), 6);
     p.set_mode(Mode::Blackhole);
     wait_until(Duration::from_secs(30), "the mount sees the outage", || {
@@ -225,7 +216,7 @@ fn cached_files_are_served_through_an_outage() {
     reader.join().unwrap();
     assert_eq!(disk_cache(&m, "hit_bytes"), total(&files));
     // A directory listed before lists the same names (its listing expired long ago).
-    let lister = std::thread::spawn(move || names(&listed_dir));
+    let lister = std::thread::spawn(move || names_in(&listed_dir));
     wait_until(
         Duration::from_secs(30),
         "a listing during the outage",

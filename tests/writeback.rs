@@ -153,13 +153,7 @@ fn uploads_complete_locally_through_an_outage_longer_than_timeout() {
     assert_eq!(std::fs::read(&probe).unwrap(), content(20 + n / 2));
     assert_eq!(std::fs::metadata(&probe).unwrap().uid(), MASTODON);
     // A directory made during the outage lists what was written into it.
-    let dir = probe.parent().unwrap();
-    let mut listed: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    listed.sort();
+    let listed = names_in(probe.parent().unwrap());
     let i0 = (20 + n / 2) / 10 * 10;
     let want: Vec<String> = (i0..i0 + 10).map(|i| format!("{i:05x}.png")).collect();
     assert_eq!(listed, want);
@@ -247,13 +241,7 @@ fn a_kill_9_during_an_outage_loses_nothing_acknowledged() {
     eprintln!("write-back: the log a killed daemon left was uploaded in {upload:?}");
     assert_media_on_server(&s, 0..600);
     let chain = s.served.join("chain");
-    let mut names: Vec<String> = std::fs::read_dir(&chain)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["c", "dir2", "replaced"]);
+    assert_eq!(names_in(&chain), ["c", "dir2", "replaced"]);
     assert_eq!(std::fs::read(chain.join("c")).unwrap(), b"chained");
     assert_eq!(
         std::fs::read(chain.join("dir2/f")).unwrap(),

@@ -165,3 +165,14 @@ impl Drop for SmallDisk {
         let _ = Command::new("umount").arg(&self.path).status();
     }
 }
+
+/// The names in directory `d`, sorted.
+pub fn names_in(d: &Path) -> Vec<String> {
+    let mut n: Vec<String> = std::fs::read_dir(d)
+        .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    n.sort();
+    n
+}
