@@ -87,6 +87,14 @@ impl<R: Remote> Cached<R> {
             Answer::Absent => return Err(refused(libc::ENOENT, "no such file (pending)")),
             Answer::Unknown => {}
         }
+        // A directory with pending changes inside: the server's answer would lag them
+        // anyway (its mtime moves as they are uploaded), so the last one stands (the
+        // kernel asks again after every create in it).
+        if wb.touched_inside(path) {
+            if let Some((a, _)) = self.seen.get(path).filter(|(a, _)| a.kind() == Kind::Dir) {
+                return Ok(a);
+            }
+        }
         tokio::select! {
             a = self.ask_lstat(path, ahead) => {
                 let a = a?;

@@ -140,6 +140,19 @@ impl Pending {
             .collect()
     }
 
+    /// Whether a pending change touches a path directly in `dir` (removals too).
+    pub fn touched_inside(&self, dir: &str) -> bool {
+        let prefix = if dir.ends_with('/') {
+            dir.to_string()
+        } else {
+            format!("{dir}/")
+        };
+        self.nodes
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .any(|(k, _)| !k[prefix.len()..].contains('/'))
+    }
+
     /// Whether anything pending lies in `dir` (the node itself excluded).
     pub fn has_children(&self, dir: &str) -> bool {
         self.children(dir).iter().any(|(_, n)| *n != Node::Gone)
@@ -242,6 +255,8 @@ mod tests {
         assert_eq!(p.lookup("/m/other"), Answer::Unknown);
         assert_eq!(p.children("/m/d"), vec![("f".to_string(), file(7))]);
         assert!(p.has_children("/m/d"));
+        assert!(p.touched_inside("/m/d") && p.touched_inside("/m"));
+        assert!(!p.touched_inside("/m/d/f") && !p.touched_inside("/other"));
         assert_eq!(p.children("/m"), vec![("d".to_string(), dir())]);
     }
 

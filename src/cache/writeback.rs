@@ -307,6 +307,11 @@ impl Writeback {
         self.lock().pending.show(path, node);
     }
 
+    /// See [`Pending::touched_inside`].
+    pub fn touched_inside(&self, dir: &str) -> bool {
+        self.lock().pending.touched_inside(dir)
+    }
+
     pub fn has_children(&self, dir: &str) -> bool {
         self.lock().pending.has_children(dir)
     }
