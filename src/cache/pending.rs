@@ -125,37 +125,36 @@ impl Pending {
         matches!(self.nodes.get(dir), Some((Node::Dir { .. }, _)))
     }
 
-    /// The pending entries directly in `dir`: a node per name (Gone: hide it).
-    pub fn children(&self, dir: &str) -> Vec<(String, Node)> {
+    /// The pending nodes directly in `dir`, by name.
+    fn direct<'a>(&'a self, dir: &str) -> impl Iterator<Item = (&'a str, &'a Node)> + 'a {
         let prefix = if dir.ends_with('/') {
             dir.to_string()
         } else {
             format!("{dir}/")
         };
+        let len = prefix.len();
         self.nodes
             .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .filter(|(k, _)| !k[prefix.len()..].contains('/'))
-            .map(|(k, (n, _))| (k[prefix.len()..].to_string(), n.clone()))
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .map(move |(k, (n, _))| (&k[len..], n))
+            .filter(|(name, _)| !name.contains('/'))
+    }
+
+    /// The pending entries directly in `dir`: a node per name (Gone: hide it).
+    pub fn children(&self, dir: &str) -> Vec<(String, Node)> {
+        self.direct(dir)
+            .map(|(name, n)| (name.to_string(), n.clone()))
             .collect()
     }
 
     /// Whether a pending change touches a path directly in `dir` (removals too).
     pub fn touched_inside(&self, dir: &str) -> bool {
-        let prefix = if dir.ends_with('/') {
-            dir.to_string()
-        } else {
-            format!("{dir}/")
-        };
-        self.nodes
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .any(|(k, _)| !k[prefix.len()..].contains('/'))
+        self.direct(dir).next().is_some()
     }
 
     /// Whether anything pending lies in `dir` (the node itself excluded).
     pub fn has_children(&self, dir: &str) -> bool {
-        self.children(dir).iter().any(|(_, n)| *n != Node::Gone)
+        self.direct(dir).any(|(_, n)| *n != Node::Gone)
     }
 
     /// Shows a file this mount is writing before its first upload is recorded.
