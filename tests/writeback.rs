@@ -545,3 +545,152 @@ fn an_uploaded_file_is_read_back_from_the_disk() {
     assert_eq!(c["miss_bytes"], 0, "{c}");
     assert_eq!(c["hit_bytes"], data.len() as u64, "{c}");
 }
+
+/// What the server already holds, changed during an outage: each change completes at
+/// once, shows in the mount as it will be, survives a `kill -9`, and ends on the server as
+/// if it had been made there directly.
+#[test]
+fn changes_to_what_the_server_holds_are_recorded_through_an_outage() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Server::start();
+    let srv = |r: &str| s.served.join(r);
+    std::fs::create_dir_all(srv("dir/sub")).unwrap();
+    std::fs::write(srv("file.txt"), b"a server file").unwrap();
+    std::fs::write(srv("dir/a.txt"), b"in a directory").unwrap();
+    std::fs::write(srv("dir/sub/b.txt"), b"deeper").unwrap();
+    std::fs::write(srv("chmod.txt"), b"mode and time").unwrap();
+    let long: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(srv("trunc.bin"), &long).unwrap();
+    std::fs::write(srv("ftrunc.bin"), &long).unwrap();
+    std::fs::write(srv("append.log"), b"line 1\n").unwrap();
+    std::fs::write(srv("x"), b"renamed twice").unwrap();
+    let p = Proxy::start(s.port);
+    s.write_ssh_config_via(p.port, "");
+    let cache = tempfile::tempdir().unwrap();
+    let o = opts(cache.path(), "");
+    let mut m = Mount::with_store(&s, &o);
+    // Read once (so the read cache holds them), listed once.
+    for f in [
+        "file.txt",
+        "dir/a.txt",
+        "dir/sub/b.txt",
+        "chmod.txt",
+        "trunc.bin",
+        "ftrunc.bin",
+        "append.log",
+        "x",
+    ] {
+        std::fs::read(m.p(f)).unwrap();
+    }
+    names_in(&m.p("dir"));
+
+    outage_until_dead(&m, &p);
+    std::fs::rename(m.p("file.txt"), m.p("renamed.txt")).unwrap();
+    std::fs::rename(m.p("dir"), m.p("dir2")).unwrap();
+    std::fs::write(m.p("dir2/new.txt"), b"made in a renamed directory").unwrap();
+    std::fs::rename(m.p("x"), m.p("y")).unwrap();
+    std::fs::rename(m.p("y"), m.p("z")).unwrap();
+    std::fs::set_permissions(m.p("chmod.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let when = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    std::fs::File::open(m.p("chmod.txt"))
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+    let path =
+        std::ffi::CString::new(m.p("trunc.bin").into_os_string().into_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::truncate(path.as_ptr(), 1000) }, 0);
+    std::fs::File::options()
+        .write(true)
+        .open(m.p("ftrunc.bin"))
+        .unwrap()
+        .set_len(50_000)
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::options()
+            .append(true)
+            .open(m.p("append.log"))
+            .unwrap();
+        f.write_all(b"line 2\n").unwrap();
+    }
+    // The mount shows the changes while nothing of them is on the server.
+    assert!(srv("file.txt").exists() && srv("dir").exists());
+    assert_eq!(std::fs::read(m.p("renamed.txt")).unwrap(), b"a server file");
+    assert!(!m.p("file.txt").exists() && !m.p("dir").exists());
+    assert_eq!(std::fs::read(m.p("dir2/sub/b.txt")).unwrap(), b"deeper");
+    assert_eq!(std::fs::read(m.p("z")).unwrap(), b"renamed twice");
+    let meta = std::fs::metadata(m.p("chmod.txt")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    assert_eq!(meta.modified().unwrap(), when);
+    assert_eq!(std::fs::read(m.p("trunc.bin")).unwrap(), &long[..1000]);
+    assert_eq!(
+        std::fs::read(m.p("append.log")).unwrap(),
+        b"line 1\nline 2\n"
+    );
+    assert!(pending(&m) >= 9, "{}", writeback(&m));
+
+    // A crash, then the link returns: the log a killed daemon left ends in the right tree.
+    m.crash();
+    p.set_mode(Mode::Pass);
+    m.restart(&s, &o).unwrap_or_else(|e| panic!("{e}"));
+    drained(&m, Duration::from_secs(120));
+    assert_eq!(
+        names_in(&s.served),
+        [
+            "append.log",
+            "chmod.txt",
+            "dir2",
+            "ftrunc.bin",
+            "renamed.txt",
+            "trunc.bin",
+            "z"
+        ]
+    );
+    assert_eq!(std::fs::read(srv("renamed.txt")).unwrap(), b"a server file");
+    assert_eq!(names_in(&srv("dir2")), ["a.txt", "new.txt", "sub"]);
+    assert_eq!(std::fs::read(srv("dir2/sub/b.txt")).unwrap(), b"deeper");
+    assert_eq!(
+        std::fs::read(srv("dir2/new.txt")).unwrap(),
+        b"made in a renamed directory"
+    );
+    assert_eq!(std::fs::read(srv("z")).unwrap(), b"renamed twice");
+    let meta = std::fs::metadata(srv("chmod.txt")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    assert_eq!(meta.modified().unwrap(), when);
+    assert_eq!(std::fs::read(srv("chmod.txt")).unwrap(), b"mode and time");
+    assert_eq!(std::fs::read(srv("trunc.bin")).unwrap(), &long[..1000]);
+    assert_eq!(std::fs::read(srv("ftrunc.bin")).unwrap(), &long[..50_000]);
+    assert_eq!(
+        std::fs::read(srv("append.log")).unwrap(),
+        b"line 1\nline 2\n"
+    );
+    assert_eq!(writeback(&m)["conflicts"], 0);
+}
+
+/// Mastodon's media cleanup (`tootctl media remove`): a file unlinked, then its empty
+/// directories removed bottom up, while earlier changes are still pending; a directory
+/// still holding a file refuses.
+#[test]
+fn an_emptied_server_directory_is_removed_behind_a_backlog() {
+    let s = Server::start();
+    std::fs::create_dir_all(s.served.join("m/000/001/original")).unwrap();
+    std::fs::write(s.served.join("m/000/001/original/a.png"), b"a").unwrap();
+    std::fs::write(s.served.join("m/000/keep.png"), b"k").unwrap();
+    let p = Proxy::start(s.port);
+    s.write_ssh_config_via(p.port, "");
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(&s, &opts(cache.path(), ""));
+    // A backlog the server cannot take yet: the link is slow.
+    p.set_delay(Duration::from_millis(300));
+    std::fs::write(m.p("backlog"), b"pending").unwrap();
+    std::fs::remove_file(m.p("m/000/001/original/a.png")).unwrap();
+    std::fs::remove_dir(m.p("m/000/001/original")).unwrap();
+    std::fs::remove_dir(m.p("m/000/001")).unwrap();
+    let e = std::fs::remove_dir(m.p("m/000")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY));
+    assert!(!m.p("m/000/001").exists());
+    p.set_delay(Duration::ZERO);
+    drained(&m, Duration::from_secs(120));
+    assert_eq!(names_in(&s.served.join("m/000")), ["keep.png"]);
+    assert_eq!(std::fs::read(s.served.join("backlog")).unwrap(), b"pending");
+}

@@ -221,6 +221,14 @@ impl LocalFile {
         Ok(())
     }
 
+    /// Its data file now holds a copy of the server's file, whose mtime was `mtime`:
+    /// nothing to upload until it is changed.
+    pub async fn copied(&self, mtime: u32) {
+        let mut st = self.st.lock().await;
+        st.mtime = mtime;
+        st.dirty = false;
+    }
+
     /// Whether everything written is committed.
     pub async fn is_clean(&self) -> bool {
         !self.st.lock().await.dirty

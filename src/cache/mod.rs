@@ -262,6 +262,44 @@ impl<R: Remote> Cached<R> {
         Ok(CachedFile::new(path, mode, remote, blocks, None))
     }
 
+    /// Opens the server's file at `path`: a plain read through the copy on disk, else
+    /// the server's handle (what is written through it copied as it goes).
+    async fn open_server(
+        &self,
+        path: &str,
+        mode: OpenMode,
+        perm: Option<u32>,
+    ) -> RemoteResult<CachedFile<R::File>> {
+        let plain_read = mode.read && !mode.write && !mode.create && !mode.truncate;
+        match &self.store {
+            Some(store) if plain_read => self.open_read(store, path, mode).await,
+            _ => {
+                if !plain_read {
+                    self.changed(path);
+                }
+                let f = self.inner.open(path, mode, perm).await?;
+                // What is written through it is copied, and kept once it is closed.
+                let staged = match &self.store {
+                    Some(store) if mode.write => {
+                        let (store, p) = (store.clone(), path.to_string());
+                        blocking(move || store.stage(&p))
+                            .await
+                            .flatten()
+                            .map(Arc::new)
+                    }
+                    _ => None,
+                };
+                Ok(CachedFile::new(
+                    path,
+                    mode,
+                    OnceCell::new_with(Some(f)),
+                    None,
+                    staged,
+                ))
+            }
+        }
+    }
+
     /// Fetches block `[start, end)` from the server and keeps it. Concurrent reads of the
     /// same open file that need the block (the kernel's readahead sends several at once)
     /// share one fetch.
@@ -385,10 +423,10 @@ impl<R: Remote> Remote for Cached<R> {
 
     async fn lstat_after(&self, path: &str, after: &str) -> RemoteResult<Attrs> {
         if let Some(wb) = &self.wb {
-            if wb.lookup(path) != pending::Answer::Unknown {
+            if !wb.untouched(path) {
                 return self.wb_lstat(wb, path, false).await;
             }
-            if wb.lookup(after) != pending::Answer::Unknown {
+            if !wb.untouched(after) {
                 // The server does not show the pending change yet: nothing to ask it.
                 return Err(RemoteError::Broken("not on the server yet".into()));
             }
@@ -405,7 +443,7 @@ impl<R: Remote> Remote for Cached<R> {
 
     async fn stat(&self, path: &str) -> RemoteResult<Attrs> {
         if let Some(wb) = &self.wb {
-            if wb.lookup(path) != pending::Answer::Unknown {
+            if !wb.untouched(path) {
                 return self.wb_lstat(wb, path, false).await;
             }
         }
@@ -442,6 +480,9 @@ impl<R: Remote> Remote for Cached<R> {
     }
 
     async fn readlink(&self, path: &str) -> RemoteResult<String> {
+        if let Some(wb) = &self.wb {
+            return self.inner.readlink(&wb.server_path(path)).await;
+        }
         self.inner.readlink(path).await
     }
 
@@ -506,38 +547,12 @@ impl<R: Remote> Remote for Cached<R> {
         mode: OpenMode,
         perm: Option<u32>,
     ) -> RemoteResult<Self::File> {
-        if let Some(wb) = &self.wb {
-            if let Some(f) = self.wb_open(wb, path, mode, perm).await? {
-                return Ok(f);
-            }
-        }
-        let plain_read = mode.read && !mode.write && !mode.create && !mode.truncate;
-        match &self.store {
-            Some(store) if plain_read => self.open_read(store, path, mode).await,
-            _ => {
-                if !plain_read {
-                    self.changed(path);
-                }
-                let f = self.inner.open(path, mode, perm).await?;
-                // What is written through it is copied, and kept once it is closed.
-                let staged = match &self.store {
-                    Some(store) if mode.write => {
-                        let (store, p) = (store.clone(), path.to_string());
-                        blocking(move || store.stage(&p))
-                            .await
-                            .flatten()
-                            .map(Arc::new)
-                    }
-                    _ => None,
-                };
-                Ok(CachedFile::new(
-                    path,
-                    mode,
-                    OnceCell::new_with(Some(f)),
-                    None,
-                    staged,
-                ))
-            }
+        match &self.wb {
+            Some(wb) => match self.wb_open(wb, path, mode, perm).await? {
+                overlay::Opened::Local(f) => Ok(f),
+                overlay::Opened::Server(at) => self.open_server(&at, mode, perm).await,
+            },
+            None => self.open_server(path, mode, perm).await,
         }
     }
 
@@ -549,11 +564,15 @@ impl<R: Remote> Remote for Cached<R> {
         {
             return f;
         }
+        let path = match &self.wb {
+            Some(wb) => wb.server_path(path),
+            None => path.to_string(),
+        };
         if mode.write {
-            self.changed(path);
+            self.changed(&path);
         }
-        let remote = OnceCell::new_with(Some(self.inner.adopt(path, mode)));
-        CachedFile::new(path, mode, remote, None, None)
+        let remote = OnceCell::new_with(Some(self.inner.adopt(&path, mode)));
+        CachedFile::new(&path, mode, remote, None, None)
     }
 
     async fn read(

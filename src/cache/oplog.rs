@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::pending::Shown;
 use super::store::Version;
 
 /// A change to make on the server. Paths are remote paths.
@@ -46,15 +47,22 @@ pub enum Op {
     Rmdir {
         path: String,
     },
+    /// `shown`: what the server held at `from` (nothing pending was there), as it was
+    /// shown when the rename was recorded.
     Rename {
         from: String,
         to: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shown: Option<Shown>,
     },
-    /// A mode or times change (never the size: that is a [`Op::Put`]).
+    /// A mode or times change (never the size: that is a [`Op::Put`]). `shown`: as for
+    /// [`Op::Rename`], before the change.
     SetStat {
         path: String,
         perm: Option<u32>,
         mtime: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shown: Option<Shown>,
     },
 }
 
@@ -67,7 +75,7 @@ impl Op {
             | Op::Remove { path }
             | Op::Rmdir { path }
             | Op::SetStat { path, .. } => vec![path],
-            Op::Rename { from, to } => vec![from, to],
+            Op::Rename { from, to, .. } => vec![from, to],
         }
     }
 }

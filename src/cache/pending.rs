@@ -1,16 +1,52 @@
 //! What the tree looks like with the write-back log applied: the pending namespace.
 //!
 //! Owns, for each path a pending operation touches, what it is once the log is on the
-//! server (a file with its data, a directory, or nothing) and the last operation that set
-//! it; a node goes when that operation is confirmed. Answers lookups and merges listings
-//! from it: a node answers for its path, and a directory created here answers for its
-//! children. Pure logic, no I/O: it must never guess about a path it holds nothing for.
+//! server (a file with its data, a directory, something the server holds now at another
+//! path or with other attributes, or nothing) and the last operation that set it; a node
+//! goes when that operation is confirmed. Answers lookups and merges listings from it: a
+//! node answers for its path, a directory created here answers for its children, and a
+//! directory the server holds elsewhere (renamed, not yet on the server) sends lookups of
+//! its children to the server's path. Pure logic, no I/O: it must never guess about a
+//! path it holds nothing for.
 
 use std::collections::BTreeMap;
 
-use crate::meta::Attrs;
+use serde::{Deserialize, Serialize};
+
+use crate::meta::{Attrs, Kind};
 
 use super::store::Version;
+
+/// The attributes of something the server holds (a file or a directory), as this mount
+/// shows it until its pending changes (a rename, a mode or time change) are uploaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shown {
+    pub dir: bool,
+    pub size: u64,
+    pub perm: u32,
+    pub mtime: u32,
+    pub owner: Option<(u32, u32)>,
+}
+
+impl Shown {
+    /// Of a file or directory the server showed (None for anything else: a symlink's
+    /// changes go to the server directly).
+    pub fn of(a: &Attrs) -> Option<Shown> {
+        let dir = match (a.kind(), a.mode) {
+            (_, None) => return None,
+            (Kind::Dir, _) => true,
+            (Kind::File, _) => false,
+            _ => return None,
+        };
+        Some(Shown {
+            dir,
+            size: a.size.unwrap_or(0),
+            perm: a.mode.unwrap_or(0) & 0o7777,
+            mtime: a.mtime.unwrap_or(0),
+            owner: a.uid.zip(a.gid),
+        })
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
@@ -26,6 +62,12 @@ pub enum Node {
         mtime: u32,
         owner: Option<(u32, u32)>,
     },
+    /// What the server holds at `at` now (its path before the pending renames), shown
+    /// with the pending attributes.
+    Server {
+        at: String,
+        shown: Shown,
+    },
     Gone,
 }
 
@@ -40,6 +82,10 @@ impl Node {
                 ..
             } => (*size, libc::S_IFREG | perm, *mtime, owner),
             Node::Dir { perm, mtime, owner } => (4096, libc::S_IFDIR | perm, *mtime, owner),
+            Node::Server { shown: s, .. } => {
+                let kind = if s.dir { libc::S_IFDIR } else { libc::S_IFREG };
+                (s.size, kind | s.perm, s.mtime, &s.owner)
+            }
             Node::Gone => return None,
         };
         Some(Attrs {
@@ -56,7 +102,16 @@ impl Node {
     pub fn version(&self) -> Option<Version> {
         match self {
             Node::File { size, mtime, .. } => Some((*size, *mtime)),
+            Node::Server { shown: s, .. } if !s.dir => Some((s.size, s.mtime)),
             _ => None,
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        match self {
+            Node::Dir { .. } => true,
+            Node::Server { shown, .. } => shown.dir,
+            _ => false,
         }
     }
 }
@@ -68,8 +123,9 @@ pub enum Answer {
     Is(Node),
     /// It will not exist.
     Absent,
-    /// Nothing pending touches it: ask the server.
-    Unknown,
+    /// Nothing pending says: ask the server, at this path (its own, or the one it has
+    /// under a directory renamed here and not yet on the server).
+    Ask(String),
 }
 
 #[derive(Default)]
@@ -112,12 +168,39 @@ impl Pending {
             match self.nodes.get(p) {
                 Some((Node::Gone | Node::File { .. }, _)) => return Answer::Absent,
                 Some((Node::Dir { .. }, _)) if first => return Answer::Absent,
+                Some((Node::Server { shown, .. }, _)) if !shown.dir => return Answer::Absent,
+                Some((Node::Server { at, .. }, _)) => {
+                    return Answer::Ask(format!("{at}{}", &path[p.len()..]))
+                }
                 _ => {}
             }
             first = false;
             up = if p == "/" { None } else { parent(p) };
         }
-        Answer::Unknown
+        Answer::Ask(path.to_string())
+    }
+
+    /// Where the server holds what `path` shows now (its own path unless it, or a
+    /// directory above it, was renamed here and the rename is not on the server yet).
+    pub fn server_path(&self, path: &str) -> String {
+        match self.nodes.get(path) {
+            Some((Node::Server { at, .. }, _)) => at.clone(),
+            _ => match self.lookup(path) {
+                Answer::Ask(at) => at,
+                _ => path.to_string(),
+            },
+        }
+    }
+
+    /// A rename is on the server: what it held under `from` it now holds under `to`.
+    pub fn moved_on_server(&mut self, from: &str, to: &str) {
+        for (n, _) in self.nodes.values_mut() {
+            if let Node::Server { at, .. } = n {
+                if within(at, from) {
+                    *at = format!("{to}{}", &at[from.len()..]);
+                }
+            }
+        }
     }
 
     /// Whether `dir` was created here (its listing is all pending).
@@ -184,8 +267,16 @@ impl Pending {
     }
 
     /// Moves `from` (and what is pending under it) to `to`, replacing what was there;
-    /// `from` will be gone.
-    pub fn rename(&mut self, from: &str, to: &str, seq: u64) {
+    /// `from` will be gone. `shown`: what the server holds at `from` when nothing
+    /// pending is there (it answers for `to` until the rename is uploaded).
+    pub fn rename(&mut self, from: &str, to: &str, shown: Option<&Shown>, seq: u64) {
+        let server = match (self.nodes.get(from), shown) {
+            (None, Some(s)) => Some(Node::Server {
+                at: self.server_path(from),
+                shown: s.clone(),
+            }),
+            _ => None,
+        };
         let moved = self.under(from, u64::MAX);
         let replaced = self.under(to, u64::MAX);
         let mut taken = Vec::new();
@@ -199,6 +290,9 @@ impl Pending {
         }
         for (k, n) in taken {
             self.nodes.insert(k, (n, seq));
+        }
+        if let Some(n) = server {
+            self.nodes.insert(to.to_string(), (n, seq));
         }
         self.nodes.insert(from.to_string(), (Node::Gone, seq));
     }
@@ -251,7 +345,7 @@ mod tests {
         p.set("/m/d/f", file(7), 2);
         assert_eq!(p.lookup("/m/d/f"), Answer::Is(file(7)));
         assert_eq!(p.lookup("/m/d/x"), Answer::Absent);
-        assert_eq!(p.lookup("/m/other"), Answer::Unknown);
+        assert_eq!(p.lookup("/m/other"), Answer::Ask("/m/other".into()));
         assert_eq!(p.children("/m/d"), vec![("f".to_string(), file(7))]);
         assert!(p.has_children("/m/d"));
         assert!(p.touched_inside("/m/d") && p.touched_inside("/m"));
@@ -264,8 +358,8 @@ mod tests {
         let mut p = Pending::default();
         p.set("/d", dir(), 1);
         p.set("/d/a", file(1), 2);
-        p.rename("/d/a", "/d/b", 3);
-        p.rename("/d", "/e", 4);
+        p.rename("/d/a", "/d/b", None, 3);
+        p.rename("/d", "/e", None, 4);
         p.set("/e/b", Node::Gone, 5);
         p.set("/e/c", file(2), 6);
         assert_eq!(p.lookup("/d"), Answer::Absent);
@@ -284,12 +378,47 @@ mod tests {
         assert!(p.is_empty());
     }
 
+    fn shown(dir: bool) -> Shown {
+        Shown {
+            dir,
+            size: 3,
+            perm: 0o640,
+            mtime: 9,
+            owner: None,
+        }
+    }
+
+    #[test]
+    fn what_the_server_holds_answers_from_its_old_path_until_the_rename_is_uploaded() {
+        let mut p = Pending::default();
+        p.set("/a/new", file(1), 1);
+        p.rename("/a", "/b", Some(&shown(true)), 2);
+        p.rename("/b/x", "/c", Some(&shown(false)), 3);
+        assert_eq!(p.lookup("/a/y"), Answer::Absent);
+        assert_eq!(p.lookup("/b/y"), Answer::Ask("/a/y".into()));
+        assert_eq!(p.lookup("/b/new"), Answer::Is(file(1)));
+        assert_eq!(p.lookup("/b/x"), Answer::Absent);
+        assert_eq!(p.server_path("/c"), "/a/x");
+        assert_eq!(p.lookup("/c/under-a-file"), Answer::Absent);
+        assert!(matches!(p.lookup("/b"), Answer::Is(ref n) if n.is_dir()));
+        // The first rename is on the server: the file is at /b/x there now.
+        p.moved_on_server("/a", "/b");
+        p.confirmed(2, &["/a", "/b"]);
+        assert_eq!(p.server_path("/c"), "/b/x");
+        assert_eq!(p.lookup("/b/y"), Answer::Ask("/b/y".into()));
+        p.moved_on_server("/b/x", "/c");
+        p.confirmed(3, &["/b/x", "/c"]);
+        assert_eq!(p.lookup("/c"), Answer::Ask("/c".into()));
+        p.confirmed(1, &["/a/new"]);
+        assert!(p.is_empty());
+    }
+
     #[test]
     fn similar_names_are_not_inside_each_other() {
         let mut p = Pending::default();
         p.set("/a", dir(), 1);
         p.set("/ab", file(1), 2);
-        p.rename("/a", "/z", 3);
+        p.rename("/a", "/z", None, 3);
         assert_eq!(p.lookup("/ab"), Answer::Is(file(1)));
         assert_eq!(p.lookup("/z"), Answer::Is(dir()));
     }

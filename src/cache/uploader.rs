@@ -176,7 +176,7 @@ async fn upload<R: Remote>(remote: &R, wb: &Writeback, rec: &Record) -> RemoteRe
             }
             r
         }
-        Op::Rename { from, to } => {
+        Op::Rename { from, to, .. } => {
             let r = remote.rename(from, to, RenameMode::Replace, false).await;
             if r.is_ok() {
                 return Ok(());
@@ -197,7 +197,9 @@ async fn upload<R: Remote>(remote: &R, wb: &Writeback, rec: &Record) -> RemoteRe
                 _ => r,
             }
         }
-        Op::SetStat { path, perm, mtime } => {
+        Op::SetStat {
+            path, perm, mtime, ..
+        } => {
             let attrs = Attrs {
                 mode: *perm,
                 atime: *mtime,

@@ -153,32 +153,47 @@ fn apply(p: &mut Pending, rec: &Record) {
             rec.seq,
         ),
         Op::Remove { path } | Op::Rmdir { path } => p.set(path, Node::Gone, rec.seq),
-        Op::Rename { from, to } => p.rename(from, to, rec.seq),
+        Op::Rename { from, to, shown } => p.rename(from, to, shown.as_ref(), rec.seq),
         Op::SetStat {
             path,
             perm: new_perm,
             mtime: new_mtime,
+            shown,
         } => {
+            let (perm, mtime) = (*new_perm, *new_mtime);
             let node = match p.node(path).cloned() {
                 Some(Node::File {
                     data,
                     size,
-                    perm,
-                    mtime,
+                    perm: p0,
+                    mtime: m0,
                     owner,
                 }) => Node::File {
                     data,
                     size,
-                    perm: new_perm.unwrap_or(perm),
-                    mtime: new_mtime.unwrap_or(mtime),
+                    perm: perm.unwrap_or(p0),
+                    mtime: mtime.unwrap_or(m0),
                     owner,
                 },
-                Some(Node::Dir { perm, mtime, owner }) => Node::Dir {
-                    perm: new_perm.unwrap_or(perm),
-                    mtime: new_mtime.unwrap_or(mtime),
+                Some(Node::Dir {
+                    perm: p0,
+                    mtime: m0,
+                    owner,
+                }) => Node::Dir {
+                    perm: perm.unwrap_or(p0),
+                    mtime: mtime.unwrap_or(m0),
                     owner,
                 },
-                _ => return,
+                found => {
+                    let (at, mut s) = match (found, shown) {
+                        (Some(Node::Server { at, shown }), _) => (at, shown),
+                        (None, Some(s)) => (p.server_path(path), s.clone()),
+                        _ => return,
+                    };
+                    s.perm = perm.unwrap_or(s.perm);
+                    s.mtime = mtime.unwrap_or(s.mtime);
+                    Node::Server { at, shown: s }
+                }
             };
             p.set(path, node, rec.seq);
         }
@@ -292,6 +307,16 @@ impl Writeback {
 
     pub fn lookup(&self, path: &str) -> Answer {
         self.lock().pending.lookup(path)
+    }
+
+    /// Nothing pending touches `path`: the server's answer for it stands.
+    pub fn untouched(&self, path: &str) -> bool {
+        matches!(self.lookup(path), Answer::Ask(at) if at == path)
+    }
+
+    /// See [`Pending::server_path`].
+    pub fn server_path(&self, path: &str) -> String {
+        self.lock().pending.server_path(path)
     }
 
     pub fn made_here(&self, dir: &str) -> bool {
@@ -471,6 +496,9 @@ impl Writeback {
         s.queue[i].stage = Stage::Done;
         let rec = s.queue[i].rec.clone();
         let skipped = s.queue[i].skip;
+        if let Op::Rename { from, to, .. } = &rec.op {
+            s.pending.moved_on_server(from, to);
+        }
         s.pending.confirmed(seq, &rec.op.paths());
         let mut confirmed = None;
         let mut uploaded = Vec::new();
@@ -749,6 +777,7 @@ mod tests {
         let rename = Op::Rename {
             from: "/f".into(),
             to: "/g".into(),
+            shown: None,
         };
         let seq = wb.change(rename, |_| Ok(())).unwrap();
         drop(wb);
