@@ -15,7 +15,9 @@ use crate::fs::Fs;
 use crate::options::MountConfig;
 use crate::session::supervisor::LinkState;
 use crate::session::Session;
-use crate::status::report::{DiskCache, DiskUse, ServerCapabilities, Snapshot, WritebackStatus};
+use crate::status::report::{
+    DiskCache, DiskUse, RefusedStatus, ServerCapabilities, Snapshot, WritebackStatus,
+};
 use crate::status::Source;
 
 pub struct Monitor {
@@ -240,6 +242,11 @@ impl Source for Monitor {
                         uploaded_ops: load(&wb.stats.uploaded),
                         upload_errors: load(&wb.stats.upload_errors),
                         conflicts: load(&wb.stats.conflicts),
+                        refused: wb.refusal().map(|r| RefusedStatus {
+                            op: r.op,
+                            error: r.error,
+                            for_secs: r.since.elapsed().as_secs(),
+                        }),
                     }
                 });
                 let (hit, miss) = (load(&c.stats.hit_bytes), load(&c.stats.miss_bytes));

@@ -694,3 +694,40 @@ fn an_emptied_server_directory_is_removed_behind_a_backlog() {
     assert_eq!(names_in(&s.served.join("m/000")), ["keep.png"]);
     assert_eq!(std::fs::read(s.served.join("backlog")).unwrap(), b"pending");
 }
+
+/// A change the server refuses (another client put a file where this mount made a
+/// directory during an outage) holds what depends on it, is shown in the status with the
+/// server's error, and goes up once the cause is removed; nothing is dropped.
+#[test]
+fn a_refused_change_is_shown_and_goes_up_once_the_cause_is_gone() {
+    let s = Server::start();
+    let p = Proxy::start(s.port);
+    s.write_ssh_config_via(p.port, "");
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(&s, &opts(cache.path(), ""));
+    outage_until_dead(&m, &p);
+    std::fs::create_dir(m.p("x")).unwrap();
+    std::fs::write(m.p("x/f"), b"held").unwrap();
+    std::fs::write(s.served.join("x"), b"another client's file").unwrap();
+    s.give(&s.served.join("x"));
+    p.set_mode(Mode::Pass);
+    wait_until(Duration::from_secs(60), "the refusal shown", || {
+        !writeback(&m)["refused"].is_null()
+    });
+    let r = writeback(&m)["refused"].clone();
+    let x = s.served.join("x");
+    assert_eq!(r["op"], format!("mkdir {}", x.display()), "{r}");
+    assert!(r["error"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
+    assert!(pending(&m) >= 2);
+    let text = std::process::Command::new(BIN)
+        .arg("status")
+        .arg(m.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(text.contains("the server refuses the mkdir"), "{text}");
+    std::fs::remove_file(s.served.join("x")).unwrap();
+    drained(&m, Duration::from_secs(120));
+    assert!(writeback(&m)["refused"].is_null());
+    assert_eq!(std::fs::read(s.served.join("x/f")).unwrap(), b"held");
+}

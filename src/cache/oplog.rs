@@ -67,6 +67,18 @@ pub enum Op {
 }
 
 impl Op {
+    /// What it does, in a few words, for an operator.
+    pub fn describe(&self) -> String {
+        match self {
+            Op::Mkdir { path, .. } => format!("mkdir {path}"),
+            Op::Put { path, size, .. } => format!("upload of {path} ({size} bytes)"),
+            Op::Remove { path } => format!("unlink {path}"),
+            Op::Rmdir { path } => format!("rmdir {path}"),
+            Op::Rename { from, to, .. } => format!("rename {from} to {to}"),
+            Op::SetStat { path, .. } => format!("mode or time change of {path}"),
+        }
+    }
+
     /// The paths whose pending state this operation last set.
     pub fn paths(&self) -> Vec<&str> {
         match self {

@@ -31,6 +31,10 @@ use crate::session::remote::{DirEntry, Remote, RemoteError, RemoteResult, Rename
 /// answered "absent" instead of waiting for the server.
 pub const GRACE: Duration = Duration::from_secs(2);
 
+/// Entries a directory's listing (with the pending changes) may hold for an rmdir to
+/// look at them; a larger one is removed on the server directly.
+const RMDIR_LISTING: usize = 10_000;
+
 /// Bytes read from the server per request when a file is copied into the cache.
 const COPY_CHUNK: u32 = 1 << 20;
 
@@ -403,10 +407,6 @@ impl<R: Remote> Cached<R> {
         .map(|_| ())
     }
 
-    /// Entries a directory's listing (with the pending changes) may hold for an rmdir
-    /// to look at them; a larger one goes to the server directly.
-    const RMDIR_LISTING: usize = 10_000;
-
     pub(super) async fn wb_rmdir(&self, wb: &Arc<Writeback>, path: &str) -> RemoteResult<()> {
         let direct = async {
             self.barrier().await?;
@@ -419,10 +419,7 @@ impl<R: Remote> Cached<R> {
             // Nothing pending at all: the server answers at once.
             Answer::Ask(_) if wb.backlog().ops == 0 => return direct.await,
             // What the server holds: empty once the pending changes are applied?
-            _ => match self
-                .wb_read_dir(wb, path, Self::RMDIR_LISTING, None)
-                .await?
-            {
+            _ => match self.wb_read_dir(wb, path, RMDIR_LISTING, None).await? {
                 Some(e) if e.iter().all(|d| d.name == "." || d.name == "..") => {}
                 Some(_) => return Err(refused(libc::ENOTEMPTY, "directory not empty")),
                 None => return direct.await,
@@ -532,7 +529,9 @@ impl<R: Remote> Cached<R> {
             self.barrier().await?;
             self.inner.setstat(path, attrs).await
         };
-        if attrs.uid.is_some() || attrs.gid.is_some() {
+        // The log keeps no owner, nor an access time alone.
+        let unlogged = attrs.size.is_none() && attrs.mode.is_none() && attrs.mtime.is_none();
+        if attrs.uid.is_some() || attrs.gid.is_some() || unlogged {
             return direct.await;
         }
         let (shown, server) = match wb.lookup(path) {

@@ -66,12 +66,13 @@ async fn retried<R: Remote>(
     let mut backoff = Duration::from_millis(500);
     loop {
         let e = match upload(remote, wb, rec).await {
-            Ok(()) => return,
+            Ok(()) => return wb.accepted(rec.seq),
             Err(e) => e,
         };
         let transient = matches!(e, RemoteError::Timeout(_) | RemoteError::Broken(_));
         if !transient {
             wb.stats.upload_errors.fetch_add(1, Relaxed);
+            wb.refused(rec, &e);
         }
         if let Ok(mut l) = logged.lock() {
             if l.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {

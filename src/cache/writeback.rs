@@ -43,6 +43,16 @@ pub struct WritebackStats {
     pub conflicts: AtomicU64,
 }
 
+/// The earliest change the server refuses (retried until it takes it): what holds the
+/// changes that depend on it.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub seq: u64,
+    pub op: String,
+    pub error: String,
+    pub since: std::time::Instant,
+}
+
 /// A queued change, and where its upload is.
 pub struct Queued {
     pub rec: Record,
@@ -100,6 +110,7 @@ pub struct Writeback {
     /// What the server showed lately, shared with the cache layer: an upload confirmed
     /// adds what it left there (what a later write of the same path replaces).
     pub seen: Arc<Seen>,
+    refusal: Mutex<Option<Refusal>>,
 }
 
 /// What the status report shows of the pending changes.
@@ -298,6 +309,7 @@ impl Writeback {
             stats: WritebackStats::default(),
             pending_bytes: AtomicU64::new(bytes),
             seen: Arc::default(),
+            refusal: Mutex::default(),
         }))
     }
 
@@ -573,6 +585,46 @@ impl Writeback {
         if let Some(upto) = confirmed {
             self.done.send_replace(upto);
         }
+    }
+
+    /// The server refused change `rec` (the earliest refused one is kept).
+    pub fn refused(&self, rec: &Record, error: &RemoteError) {
+        let mut r = self.refusal.lock().unwrap_or_else(|p| p.into_inner());
+        match &*r {
+            Some(old) if old.seq < rec.seq => {}
+            Some(old) if old.seq == rec.seq => {
+                let since = old.since;
+                *r = Some(Refusal {
+                    error: error.to_string(),
+                    since,
+                    ..old.clone()
+                });
+            }
+            _ => {
+                *r = Some(Refusal {
+                    seq: rec.seq,
+                    op: rec.op.describe(),
+                    error: error.to_string(),
+                    since: std::time::Instant::now(),
+                })
+            }
+        }
+    }
+
+    /// Change `seq` is on the server: a refusal of it is over.
+    pub fn accepted(&self, seq: u64) {
+        let mut r = self.refusal.lock().unwrap_or_else(|p| p.into_inner());
+        if r.as_ref().is_some_and(|old| old.seq == seq) {
+            *r = None;
+        }
+    }
+
+    /// The earliest change the server refuses now, if any.
+    pub fn refusal(&self) -> Option<Refusal> {
+        self.refusal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn data_path(&self, id: u64) -> PathBuf {

@@ -145,6 +145,15 @@ fn summary(v: &serde_json::Value) -> String {
                 n("upload_errors"),
                 n("conflicts")
             ));
+            if let Some(r) = w.get("refused").filter(|r| !r.is_null()) {
+                let t = |k: &str| r.get(k).and_then(|x| x.as_str()).unwrap_or("?");
+                out.push_str(&format!(
+                    "  write-back held for {} s: the server refuses the {}: {}\n",
+                    r.get("for_secs").and_then(|x| x.as_u64()).unwrap_or(0),
+                    clean(t("op")),
+                    clean(t("error"))
+                ));
+            }
         }
     }
     if let (Some(e), Some(at)) = (

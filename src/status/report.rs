@@ -54,6 +54,16 @@ pub struct WritebackStatus {
     pub uploaded_ops: u64,
     pub upload_errors: u64,
     pub conflicts: u64,
+    /// The earliest change the server refuses, retried until it takes it: what holds
+    /// the changes that depend on it (null when none is refused).
+    pub refused: Option<RefusedStatus>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RefusedStatus {
+    pub op: String,
+    pub error: String,
+    pub for_secs: u64,
 }
 
 impl WritebackStatus {
@@ -260,6 +270,7 @@ const SCALARS: &[Scalar] = &[
     ("writeback_uploaded_total", COUNTER, "changes uploaded", |s| s.writeback().map(|w| w.uploaded_ops.to_string())),
     ("writeback_upload_errors_total", COUNTER, "uploads the server refused (each is retried)", |s| s.writeback().map(|w| w.upload_errors.to_string())),
     ("writeback_conflicts_total", COUNTER, "server copies changed behind a pending write and kept aside", |s| s.writeback().map(|w| w.conflicts.to_string())),
+    ("writeback_refused_seconds", GAUGE, "how long the server has refused the earliest change it refuses (0: none)", |s| s.writeback().map(|w| w.refused.as_ref().map_or(0, |r| r.for_secs).to_string())),
     ("disk_cache_write_errors_total", COUNTER, "failed writes to the cache directory (the data came from the server instead)", |s| s.disk_cache.as_ref().map(|c| c.write_errors.to_string())),
     ("remote_size_bytes", GAUGE, "size of the remote filesystem", |s| s.disk.as_ref().map(|d| d.total_bytes.to_string())),
     ("remote_available_bytes", GAUGE, "space available on the remote filesystem", |s| s.disk.as_ref().map(|d| d.available_bytes.to_string())),
