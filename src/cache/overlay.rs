@@ -577,15 +577,16 @@ impl<R: Remote> Cached<R> {
         if !wb.cfg.fsync_remote {
             return Ok(());
         }
-        // All of the log so far: the file's directory must be there too.
-        wb.settled(seq.max(wb.last_seq()), self.timeout)
-            .await
-            .map_err(|_| {
-                refused(
-                    libc::EIO,
-                    "fsync=remote: the server has not confirmed this file within timeout=",
-                )
-            })
+        // Its upload, and everything recorded before it (its directories among them:
+        // the server confirms in the log's order); a file not written through this
+        // descriptor waits for all of the log so far.
+        let upto = if seq == 0 { wb.last_seq() } else { seq };
+        wb.settled(upto, self.timeout).await.map_err(|_| {
+            refused(
+                libc::EIO,
+                "fsync=remote: the server has not confirmed this file within timeout=",
+            )
+        })
     }
 
     /// The version the server showed for `path` when last asked, however long ago

@@ -4,7 +4,8 @@
 //! goes through [`replay::run`] (wait for a link, resend after a transport error, reconcile
 //! non-idempotent outcomes) on the connection chosen for its path (`max_conns`), file
 //! handles are logical ([`handles`]) and reopened on new connections, writes may be
-//! acknowledged early ([`writeback`]), and one [`supervisor`] per connection keeps it up.
+//! acknowledged early ([`writeback`], within [`write_budget`]), and one [`supervisor`]
+//! per connection keeps it up.
 //! It must never know about inodes, caches or the kernel, and never import the filesystem
 //! layer.
 
@@ -18,13 +19,13 @@ pub mod remote;
 pub mod replay;
 pub mod sftp_sessions;
 pub mod supervisor;
+pub mod write_budget;
 pub mod writeback;
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures::future::try_join_all;
-use tokio::sync::Semaphore;
 
 use crate::ssh::{SshError, Target};
 
@@ -51,9 +52,7 @@ pub struct Session {
     /// the resolved path instead ([`ops`] checks the text still resolves to that answer).
     link_texts: std::sync::Mutex<lru::LruCache<String, String>>,
     /// Bytes of acknowledged, unconfirmed writes allowed across all files.
-    write_budget: Arc<Semaphore>,
-    /// The budget's size; 0 means every write waits for the server (sync writes).
-    write_behind: usize,
+    write_budget: write_budget::WriteBudget,
 }
 
 impl Session {
@@ -110,15 +109,13 @@ impl Session {
             replay_stats: ReplayStats::default(),
             caps: std::sync::Mutex::new(Capabilities::default()),
             link_texts: std::sync::Mutex::new(lru::LruCache::new(links::LINK_TEXTS)),
-            write_budget: Arc::new(Semaphore::new(write_behind)),
-            write_behind,
+            write_budget: write_budget::WriteBudget::new(write_behind),
         })
     }
 
     /// Bytes acknowledged to applications that the server has not confirmed yet.
     pub fn unconfirmed_bytes(&self) -> usize {
-        self.write_behind
-            .saturating_sub(self.write_budget.available_permits())
+        self.write_budget.held()
     }
 
     /// Waits until the writes of every open file whose path satisfies `pred` are answered

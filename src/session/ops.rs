@@ -16,7 +16,9 @@ use super::replay::{exists_is_done, gone_is_done, renamed_is_done};
 use super::supervisor::{Link, LinkState};
 use super::Session;
 use crate::name_bytes::{decode, encode as w};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 
 impl Remote for Session {
@@ -294,17 +296,18 @@ impl Remote for Session {
         let file = f.clone();
         let len = data.len();
         let me = self.me.upgrade();
-        let (Some(me), true) = (me, len <= self.write_behind) else {
+        let (Some(me), true) = (me, len <= self.write_budget.ceiling()) else {
             file.wb.settle().await?;
             return self.write_now(&file, offset, &data).await;
         };
-        // The semaphore is never closed; a failure here cannot happen.
+        let rtt = self.sups[0].stats.rtt_smoothed_us.load(Ordering::Relaxed);
+        self.write_budget
+            .fit((rtt > 0).then(|| Duration::from_micros(rtt)));
         let permit = self
             .write_budget
-            .clone()
-            .acquire_many_owned(len as u32)
+            .hold(len)
             .await
-            .map_err(|_| RemoteError::Broken("write budget closed".into()))?;
+            .ok_or_else(|| RemoteError::Broken("write budget closed".into()))?;
         file.wb.begin(offset, len).await?;
         tokio::spawn(async move {
             let r = me.write_now(&file, offset, &data).await;
