@@ -225,7 +225,7 @@ pub const OPTIONS: &[Opt] = &[
             Ok(())
         }),
     // Writes and caches.
-    own(&["write_behind"], Value("MIB"), "8", "at most this many MiB of writes acknowledged before the server confirmed them, across all files (failures reach flush, fsync and close); within it, the link's round trip x 256 MiB/s, at least 2 MiB",
+    own(&["write_behind"], Value("MIB"), "8", "at most this many MiB of writes acknowledged before the server confirmed them, across all files (failures reach flush, fsync and close); within it, the link's round trip x 1 GiB/s, at least 2 MiB",
         |p, k, v| {
             let mib: usize = uint(k, v)?;
             if mib > 1024 { return Err(format!("option write_behind={mib}: at most 1024 (MiB)")); }

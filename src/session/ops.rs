@@ -300,7 +300,7 @@ impl Remote for Session {
             file.wb.settle().await?;
             return self.write_now(&file, offset, &data).await;
         };
-        let rtt = self.sups[0].stats.rtt_smoothed_us.load(Ordering::Relaxed);
+        let rtt = self.sups[0].stats.rtt_min_us.load(Ordering::Relaxed);
         self.write_budget
             .fit((rtt > 0).then(|| Duration::from_micros(rtt)));
         let permit = self

@@ -93,6 +93,9 @@ pub struct LinkStats {
     /// Round trip of the latest probe and its moving average, in microseconds (0: none yet).
     pub rtt_recent_us: AtomicU64,
     pub rtt_smoothed_us: AtomicU64,
+    /// The smallest round trip of the current connection: the link's own, without the
+    /// wait behind transfers in flight (what the write-behind budget is sized by).
+    pub rtt_min_us: AtomicU64,
     /// The server as the latest connection found it.
     pub server: Mutex<ServerFacts>,
 }
@@ -113,6 +116,10 @@ impl LinkStats {
     fn record_rtt(&self, d: Duration) {
         let us = d.as_micros().max(1) as u64;
         self.rtt_recent_us.store(us, Ordering::Relaxed);
+        let min = self.rtt_min_us.load(Ordering::Relaxed);
+        if min == 0 || us < min {
+            self.rtt_min_us.store(us, Ordering::Relaxed);
+        }
         let old = self.rtt_smoothed_us.load(Ordering::Relaxed);
         let new = if old == 0 { us } else { (old * 7 + us) / 8 };
         self.rtt_smoothed_us.store(new, Ordering::Relaxed);
@@ -283,6 +290,7 @@ impl Supervisor {
     }
 
     fn publish_up(&self, link: Arc<Link>) {
+        self.stats.rtt_min_us.store(0, Ordering::Relaxed);
         if let Ok(mut s) = self.stats.connected_since.lock() {
             *s = Some(SystemTime::now());
         }
