@@ -108,6 +108,14 @@ fn assert_media_on_server(s: &Server, range: std::ops::Range<usize>) {
     }
 }
 
+/// The fault proxy in front of `s` (the mount's ssh_config goes through it), and a
+/// directory for the cache.
+fn via_proxy(s: &Server) -> (Proxy, tempfile::TempDir) {
+    let p = Proxy::start(s.port);
+    s.write_ssh_config_via(p.port, "");
+    (p, tempfile::tempdir().unwrap())
+}
+
 fn outage_until_dead(m: &Mount, p: &Proxy) {
     p.set_mode(Mode::Blackhole);
     wait_until(Duration::from_secs(30), "the mount sees the outage", || {
@@ -119,9 +127,7 @@ fn outage_until_dead(m: &Mount, p: &Proxy) {
 fn uploads_complete_locally_through_an_outage_longer_than_timeout() {
     let s = Server::start();
     std::fs::create_dir_all(s.served.join("media_attachments/files")).unwrap();
-    let p = Proxy::start(s.port);
-    s.write_ssh_config_via(p.port, "");
-    let cache = tempfile::tempdir().unwrap();
+    let (p, cache) = via_proxy(&s);
     let m = Mount::new(&s, &opts(cache.path(), ""));
     // The instance worked before: a few uploads went straight through.
     write_media(&m, 0..20);
@@ -203,9 +209,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 fn a_kill_9_during_an_outage_loses_nothing_acknowledged() {
     let s = Server::start();
     std::fs::create_dir_all(s.served.join("media_attachments/files")).unwrap();
-    let p = Proxy::start(s.port);
-    s.write_ssh_config_via(p.port, "");
-    let cache = tempfile::tempdir().unwrap();
+    let (p, cache) = via_proxy(&s);
     let o = opts(cache.path(), "");
     let mut m = Mount::with_store(&s, &o);
     std::fs::create_dir(m.p("chain")).unwrap();
@@ -253,9 +257,7 @@ fn a_kill_9_during_an_outage_loses_nothing_acknowledged() {
 #[test]
 fn fsync_remote_waits_for_the_server_and_fails_past_timeout() {
     let s = Server::start();
-    let p = Proxy::start(s.port);
-    s.write_ssh_config_via(p.port, "");
-    let cache = tempfile::tempdir().unwrap();
+    let (p, cache) = via_proxy(&s);
     let m = Mount::new(&s, &opts(cache.path(), ",timeout=4"));
     // Connected: fsync returns once the server has the file.
     {
@@ -292,9 +294,7 @@ fn fsync_remote_waits_for_the_server_and_fails_past_timeout() {
 #[test]
 fn fsync_local_returns_at_disk_speed() {
     let s = Server::start();
-    let p = Proxy::start(s.port);
-    s.write_ssh_config_via(p.port, "");
-    let cache = tempfile::tempdir().unwrap();
+    let (p, cache) = via_proxy(&s);
     let m = Mount::new(&s, &opts(cache.path(), ",fsync=local"));
     outage_until_dead(&m, &p);
     {
@@ -328,9 +328,7 @@ fn fsync_local_returns_at_disk_speed() {
 fn a_copy_another_client_changed_is_kept_aside() {
     let s = Server::start();
     std::fs::write(s.served.join("shared.txt"), b"original").unwrap();
-    let p = Proxy::start(s.port);
-    s.write_ssh_config_via(p.port, "");
-    let cache = tempfile::tempdir().unwrap();
+    let (p, cache) = via_proxy(&s);
     let m = Mount::new(&s, &opts(cache.path(), ""));
     assert_eq!(std::fs::read(m.p("shared.txt")).unwrap(), b"original");
     outage_until_dead(&m, &p);
@@ -358,9 +356,7 @@ fn a_copy_another_client_changed_is_kept_aside() {
 #[test]
 fn a_full_cache_waits_for_uploads_then_says_enospc() {
     let s = Server::start();
-    let p = Proxy::start(s.port);
-    s.write_ssh_config_via(p.port, "");
-    let cache = tempfile::tempdir().unwrap();
+    let (p, cache) = via_proxy(&s);
     let m = Mount::new(&s, &opts(cache.path(), ",cache_size=1M,timeout=3"));
     outage_until_dead(&m, &p);
     std::fs::write(m.p("fits"), vec![7u8; 600_000]).unwrap();
@@ -490,9 +486,7 @@ fn a_full_cache_disk_gives_enospc_and_loses_nothing_acknowledged() {
 fn an_upgrade_with_a_backlog_resumes_the_log_and_open_files() {
     use std::io::Write;
     let s = Server::start();
-    let p = Proxy::start(s.port);
-    s.write_ssh_config_via(p.port, "");
-    let cache = tempfile::tempdir().unwrap();
+    let (p, cache) = via_proxy(&s);
     let mut m = Mount::new(&s, &opts(cache.path(), ",timeout=120"));
     outage_until_dead(&m, &p);
     for i in 0..100 {
@@ -564,9 +558,7 @@ fn changes_to_what_the_server_holds_are_recorded_through_an_outage() {
     std::fs::write(srv("ftrunc.bin"), &long).unwrap();
     std::fs::write(srv("append.log"), b"line 1\n").unwrap();
     std::fs::write(srv("x"), b"renamed twice").unwrap();
-    let p = Proxy::start(s.port);
-    s.write_ssh_config_via(p.port, "");
-    let cache = tempfile::tempdir().unwrap();
+    let (p, cache) = via_proxy(&s);
     let o = opts(cache.path(), "");
     let mut m = Mount::with_store(&s, &o);
     // Read once (so the read cache holds them), listed once.
@@ -676,9 +668,7 @@ fn an_emptied_server_directory_is_removed_behind_a_backlog() {
     std::fs::create_dir_all(s.served.join("m/000/001/original")).unwrap();
     std::fs::write(s.served.join("m/000/001/original/a.png"), b"a").unwrap();
     std::fs::write(s.served.join("m/000/keep.png"), b"k").unwrap();
-    let p = Proxy::start(s.port);
-    s.write_ssh_config_via(p.port, "");
-    let cache = tempfile::tempdir().unwrap();
+    let (p, cache) = via_proxy(&s);
     let m = Mount::new(&s, &opts(cache.path(), ""));
     // A backlog the server cannot take yet: the link is slow.
     p.set_delay(Duration::from_millis(300));
@@ -701,9 +691,7 @@ fn an_emptied_server_directory_is_removed_behind_a_backlog() {
 #[test]
 fn a_refused_change_is_shown_and_goes_up_once_the_cause_is_gone() {
     let s = Server::start();
-    let p = Proxy::start(s.port);
-    s.write_ssh_config_via(p.port, "");
-    let cache = tempfile::tempdir().unwrap();
+    let (p, cache) = via_proxy(&s);
     let m = Mount::new(&s, &opts(cache.path(), ""));
     outage_until_dead(&m, &p);
     std::fs::create_dir(m.p("x")).unwrap();

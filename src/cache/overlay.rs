@@ -307,15 +307,11 @@ impl<R: Remote> Cached<R> {
             let perm = perm.or(kept_perm).unwrap_or(0o644);
             LocalFile::create(wb, path, perm, self.owner(), base)
         };
-        // Written into without truncating: a copy of the server's file, or in place.
-        let copied = |at: String, perm: Option<u32>| async move {
-            match self.copy_up(wb, path, &at, None, perm).await? {
-                Some(f) => Ok(Ok(f)),
-                None => {
-                    self.barrier().await?;
-                    Ok::<_, RemoteError>(Err(Opened::Server(path.to_string())))
-                }
-            }
+        // Written into without truncating: a copy of the server's file, or (too large to
+        // copy) the server's file in place once the log is on the server.
+        let in_place = || async {
+            self.barrier().await?;
+            Ok(Opened::Server(path.to_string()))
         };
         let f = match wb.lookup(path) {
             Answer::Is(n) if n.is_dir() => return Err(refused(libc::EISDIR, "a directory")),
@@ -331,18 +327,20 @@ impl<R: Remote> Cached<R> {
                 new(node.version(), kept)?
             }
             Answer::Is(Node::Server { at, .. }) if !mode.write => return Ok(Opened::Server(at)),
-            Answer::Is(Node::Server { at, shown }) => match copied(at, Some(shown.perm)).await? {
-                Ok(f) => f,
-                Err(o) => return Ok(o),
-            },
+            Answer::Is(Node::Server { at, shown }) => {
+                match self.copy_up(wb, path, &at, None, Some(shown.perm)).await? {
+                    Some(f) => f,
+                    None => return in_place().await,
+                }
+            }
             Answer::Is(node) => match LocalFile::of_node(wb, path, &node) {
                 Ok(f) => f,
                 // Uploaded since the lookup (its data is the read copy now): the
                 // server's file it is.
                 Err(e) if e.errno() == libc::ENOENT && mode.write => {
-                    match copied(path.to_string(), None).await? {
-                        Ok(f) => f,
-                        Err(o) => return Ok(o),
+                    match self.copy_up(wb, path, path, None, None).await? {
+                        Some(f) => f,
+                        None => return in_place().await,
                     }
                 }
                 Err(e) if e.errno() == libc::ENOENT => return Ok(Opened::Server(path.into())),
@@ -356,9 +354,9 @@ impl<R: Remote> Cached<R> {
                 new(seen.map(|s| s.0), seen.map(|s| s.1))?
             }
             Answer::Ask(at) if !mode.write => return Ok(Opened::Server(at)),
-            Answer::Ask(at) => match copied(at, None).await? {
-                Ok(f) => f,
-                Err(o) => return Ok(o),
+            Answer::Ask(at) => match self.copy_up(wb, path, &at, None, None).await? {
+                Some(f) => f,
+                None => return in_place().await,
             },
         };
         if mode.write {

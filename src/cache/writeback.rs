@@ -590,16 +590,9 @@ impl Writeback {
     /// The server refused change `rec` (the earliest refused one is kept).
     pub fn refused(&self, rec: &Record, error: &RemoteError) {
         let mut r = self.refusal.lock().unwrap_or_else(|p| p.into_inner());
-        match &*r {
+        match &mut *r {
             Some(old) if old.seq < rec.seq => {}
-            Some(old) if old.seq == rec.seq => {
-                let since = old.since;
-                *r = Some(Refusal {
-                    error: error.to_string(),
-                    since,
-                    ..old.clone()
-                });
-            }
+            Some(old) if old.seq == rec.seq => old.error = error.to_string(),
             _ => {
                 *r = Some(Refusal {
                     seq: rec.seq,
