@@ -2,7 +2,7 @@
 """Where the daemon's memory goes: resident memory of mastofs (with the given options) and
 of sshfs with its ssh, phase by phase, on the same local sshd in one run.
 
-Usage: scripts/memory.py [--rtt-ms N] [--big-mib N] [--bin PATH] [--opts a=b,c=d ...]
+Usage: scripts/memory.py [--rtt-ms N] [--big-mib N] [--bin PATH] [--opts a=b,c=d ...] [--env N=V]
 
 Each phase is run on every mount in turn; after it, the current resident memory (VmRSS)
 and the peak so far (VmHWM) of the daemon plus its children are printed. Phases: idle
@@ -36,6 +36,7 @@ def main():
     ap.add_argument("--bin", default=os.path.join(bench.ROOT, "target/release/mastofs"))
     ap.add_argument("--proxy", default=os.path.join(bench.ROOT, "target/release/examples/faultproxy"))
     ap.add_argument("--opts", action="append", default=[], help="a further mastofs column with these options")
+    ap.add_argument("--env", default="", help="environment for the mastofs daemons (NAME=VALUE ...)")
     args = ap.parse_args()
     big = args.big_mib << 20
     rig = bench.Rig(args)

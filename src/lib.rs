@@ -9,6 +9,7 @@
 //! [`handover`] passes a live mount to a successor daemon; [`cli`] is the command line.
 //! ARCHITECTURE.md draws the picture.
 
+pub mod bounded;
 pub mod cache;
 pub mod cli;
 pub mod daemon;

@@ -7,7 +7,6 @@
 //! conflict). Bounded (least recently used go); a cache, never a source of truth while
 //! the server can be asked.
 
-use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -16,10 +15,7 @@ use lru::LruCache;
 use crate::meta::Attrs;
 
 /// Paths remembered, at most.
-const CAPACITY: NonZeroUsize = match NonZeroUsize::new(16384) {
-    Some(n) => n,
-    None => NonZeroUsize::MIN,
-};
+const CAPACITY: usize = 16384;
 
 pub struct Seen {
     map: Mutex<LruCache<String, (Attrs, Instant)>>,
@@ -28,7 +24,7 @@ pub struct Seen {
 impl Default for Seen {
     fn default() -> Self {
         Seen {
-            map: Mutex::new(LruCache::new(CAPACITY)),
+            map: Mutex::new(crate::bounded::lru(CAPACITY)),
         }
     }
 }

@@ -8,7 +8,6 @@
 //! falls back to the server.
 
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -90,17 +89,16 @@ pub type Version = (Option<u32>, Option<u64>);
 
 impl MetaCache {
     pub fn new(attr_ttl: Duration, negative_ttl: Duration, dir_ttl: Duration) -> Self {
-        let cap = NonZeroUsize::new(CAPACITY).unwrap_or(NonZeroUsize::MIN);
         MetaCache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
-            attrs: Mutex::new(LruCache::new(cap)),
-            missing: Mutex::new(LruCache::new(cap)),
+            attrs: Mutex::new(crate::bounded::lru(CAPACITY)),
+            missing: Mutex::new(crate::bounded::lru(CAPACITY)),
             dirs: Listings::new(dir_ttl),
             attr_ttl,
             negative_ttl,
             root: Mutex::new(None),
-            opened: Mutex::new(LruCache::new(cap)),
+            opened: Mutex::new(crate::bounded::lru(CAPACITY)),
             fetching: Mutex::new(HashMap::new()),
         }
     }

@@ -13,7 +13,6 @@
 //! name count. It must never answer past its TTL.
 
 use std::collections::{HashMap, HashSet};
-use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -131,10 +130,9 @@ impl Drop for Fetch<'_> {
 
 impl Listings {
     pub fn new(ttl: Duration) -> Self {
-        let dirs = NonZeroUsize::new(DIRS).unwrap_or(NonZeroUsize::MIN);
         Listings {
             inner: Mutex::new(Inner {
-                dirs: LruCache::new(dirs),
+                dirs: crate::bounded::lru(DIRS),
                 names: 0,
                 fetching: HashMap::new(),
             }),

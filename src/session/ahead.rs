@@ -11,7 +11,7 @@
 //! handle to an open that writes, creates or truncates, and never retries anything.
 
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
+
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,9 +64,7 @@ impl Default for Ahead {
         Ahead {
             max: AtomicUsize::new(DEFAULT_MAX),
             spares: Mutex::default(),
-            not_files: Mutex::new(lru::LruCache::new(
-                NonZeroUsize::new(NOT_FILES).unwrap_or(NonZeroUsize::MIN),
-            )),
+            not_files: Mutex::new(crate::bounded::lru(NOT_FILES)),
             next: AtomicU64::new(0),
             used: AtomicU64::new(0),
             unused: AtomicU64::new(0),

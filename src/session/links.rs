@@ -18,10 +18,7 @@ use crate::sftp::wire::status;
 use crate::sftp::SftpError;
 
 /// Symlink texts remembered for servers whose READLINK resolves links.
-pub(super) const LINK_TEXTS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(4096) {
-    Some(n) => n,
-    None => std::num::NonZeroUsize::MIN,
-};
+pub(super) const LINK_TEXTS: usize = 4096;
 
 impl Link {
     /// LSTAT of `path` as OpenSSH answers it, on any server: where the server's LSTAT

@@ -108,7 +108,7 @@ impl Session {
             timeout,
             replay_stats: ReplayStats::default(),
             caps: std::sync::Mutex::new(Capabilities::default()),
-            link_texts: std::sync::Mutex::new(lru::LruCache::new(links::LINK_TEXTS)),
+            link_texts: std::sync::Mutex::new(crate::bounded::lru(links::LINK_TEXTS)),
             write_budget: write_budget::WriteBudget::new(write_behind),
         })
     }

@@ -285,7 +285,7 @@ impl SftpClient {
     fn handle_of(&self, r: Reply) -> R<RemoteHandle> {
         let body = self.expect(r, kind::HANDLE, "open")?;
         let id = Reader::new(body)
-            .bytes("handle")
+            .owned("handle")
             .map_err(|e| self.conn.confused(format!("HANDLE: {e}")))?;
         if id.len() > MAX_HANDLE {
             return Err(self.conn.confused(format!(

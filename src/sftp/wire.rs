@@ -152,6 +152,14 @@ impl Reader {
         Ok(self.buf.split_to(len))
     }
 
+    /// A length-prefixed string copied out of the packet, for what is kept after the reply
+    /// is gone (names, handles). A slice would keep the whole read buffer it shares (64 KiB
+    /// and more, several replies) alive: a 10,000-entry listing held ~8 MiB of buffers for
+    /// ~1 MiB of names that way.
+    pub fn owned(&mut self, what: &'static str) -> D<Bytes> {
+        Ok(Bytes::copy_from_slice(&self.bytes(what)?))
+    }
+
     /// A string that is text by the protocol (messages, extension names): lossy UTF-8.
     pub fn text(&mut self, what: &'static str) -> D<String> {
         Ok(String::from_utf8_lossy(&self.bytes(what)?).into_owned())
@@ -298,7 +306,7 @@ pub fn version(mut body: Bytes) -> D<(u32, Vec<(String, Bytes)>)> {
     let mut ext = Vec::new();
     while r.remaining() > 0 {
         let name = r.text("extension name")?;
-        let data = r.bytes("extension data")?;
+        let data = r.owned("extension data")?;
         ext.push((name, data));
     }
     Ok((v, ext))
@@ -308,6 +316,18 @@ pub fn version(mut body: Bytes) -> D<(u32, Vec<(String, Bytes)>)> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_kept_field_is_copied_out_of_the_packet_a_payload_is_not() {
+        let packet = Bytes::from(b"\0\0\0\x04name\0\0\0\x04data".to_vec());
+        let inside = |b: &Bytes| packet.as_ptr_range().contains(&b.as_ptr());
+        let mut r = Reader::new(packet.clone());
+        let name = r.owned("name").unwrap();
+        let data = r.bytes("data").unwrap();
+        assert_eq!((&name[..], &data[..]), (&b"name"[..], &b"data"[..]));
+        assert!(!inside(&name), "a kept name must not pin the read buffer");
+        assert!(inside(&data), "a payload stays a slice (no copy)");
+    }
 
     #[test]
     fn packet_layout() {

@@ -81,7 +81,7 @@ impl SftpClient {
         }
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
-            let name = r.bytes("filename").map_err(bad)?;
+            let name = r.owned("filename").map_err(bad)?;
             r.bytes("longname").map_err(bad)?;
             let attrs = r.attrs().map_err(bad)?;
             out.push(DirEntry { name, attrs });
