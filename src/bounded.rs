@@ -22,7 +22,7 @@ pub fn lru<K: Hash + Eq, V>(cap: usize) -> LruCache<K, V> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn holds_at_most_its_bound_and_reserves_nothing_up_front() {
+    fn holds_at_most_its_bound_dropping_the_least_recently_used() {
         let mut c = super::lru::<u32, u32>(3);
         assert_eq!(c.cap().get(), 3);
         for i in 0..10 {

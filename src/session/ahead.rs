@@ -11,7 +11,6 @@
 //! handle to an open that writes, creates or truncates, and never retries anything.
 
 use std::collections::HashMap;
-
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
